@@ -1,0 +1,137 @@
+"""Tokenised examples -> fixed-shape batches in a few length buckets.
+
+Shuffling is a deterministic function of (seed, epoch); the iterator's whole
+state is {epoch, index}, saved in every checkpoint and restored exactly.
+Multi-host: every process builds the same global order and takes its slice.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Example:
+  """Token ids and, per token, whether it is a training target."""
+  tokens: np.ndarray        # int32 [n]
+  target_mask: np.ndarray   # bool [n]: token i is predicted (loss on it)
+
+
+@dataclasses.dataclass
+class TruncationStats:
+  prompts_cut: int = 0
+  responses_cut: int = 0
+
+  def as_dict(self):
+    return dataclasses.asdict(self)
+
+
+def make_example(prompt_ids: Sequence[int], response_ids: Sequence[int], *, bos_id: int,
+                 eos_id: int, max_len: int, max_response_len: int,
+                 stats: TruncationStats | None = None) -> Example:
+  """[bos] prompt response [eos]; loss on response and eos.
+
+  Truncation policy: the response is cut to `max_response_len` tokens (eos
+  kept); then the prompt keeps its *end* so the whole fits in `max_len`.
+  """
+  response = list(response_ids) + [eos_id]
+  if len(response) > max_response_len:
+    response = response[:max_response_len - 1] + [eos_id]
+    if stats: stats.responses_cut += 1
+  prompt = [bos_id] + list(prompt_ids)
+  room = max_len - len(response)
+  if room < 1:
+    raise ValueError(f"max_len={max_len} leaves no room for the prompt (response {len(response)})")
+  if len(prompt) > room:
+    prompt = [bos_id] + prompt[len(prompt) - room + 1:]
+    if stats: stats.prompts_cut += 1
+  tokens = np.asarray(prompt + response, np.int32)
+  mask = np.zeros(len(tokens), bool)
+  mask[len(prompt):] = True
+  return Example(tokens, mask)
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+  for b in sorted(buckets):
+    if n <= b:
+      return b
+  raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}")
+
+
+def default_buckets(max_len: int, smallest: int = 32) -> tuple[int, ...]:
+  out, b = [], smallest
+  while b < max_len:
+    out.append(b)
+    b *= 2
+  out.append(max_len)
+  return tuple(out)
+
+
+def collate(examples: Sequence[Example], length: int, pad_id: int) -> dict[str, np.ndarray]:
+  """Right-padded next-token batch: inputs[t] predicts targets[t] = tokens[t+1]."""
+  B = len(examples)
+  inputs = np.full((B, length), pad_id, np.int32)
+  targets = np.full((B, length), pad_id, np.int32)
+  loss_mask = np.zeros((B, length), np.float32)
+  mask = np.zeros((B, length), bool)
+  for i, ex in enumerate(examples):
+    n = len(ex.tokens) - 1
+    inputs[i, :n] = ex.tokens[:-1]
+    targets[i, :n] = ex.tokens[1:]
+    loss_mask[i, :n] = ex.target_mask[1:]
+    mask[i, :n] = True
+  positions = np.broadcast_to(np.arange(length, dtype=np.int32), (B, length)).copy()
+  return dict(inputs=inputs, targets=targets, loss_mask=loss_mask, mask=mask, positions=positions)
+
+
+class BatchIterator:
+  """Infinite, resumable iterator of bucketed batches over `examples`."""
+
+  def __init__(self, examples: Sequence[Example], *, batch_size: int, buckets: Sequence[int],
+               pad_id: int, seed: int, shuffle: bool = True, process_index: int = 0,
+               process_count: int = 1):
+    if not examples:
+      raise ValueError("no training examples")
+    if batch_size % process_count:
+      raise ValueError(f"batch_size {batch_size} not divisible by {process_count} processes")
+    self.examples = list(examples)
+    self.batch_size, self.buckets, self.pad_id = batch_size, tuple(buckets), pad_id
+    self.seed, self.shuffle = seed, shuffle
+    self.process_index, self.process_count = process_index, process_count
+    self.epoch, self.index = 0, 0
+
+  def _order(self, epoch: int) -> np.ndarray:
+    n = len(self.examples)
+    if not self.shuffle:
+      return np.arange(n)
+    return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+  @property
+  def batches_per_epoch(self) -> int:
+    return max(len(self.examples) // self.batch_size, 1)
+
+  def get_state(self) -> dict:
+    return {"epoch": int(self.epoch), "index": int(self.index), "seed": int(self.seed)}
+
+  def set_state(self, state: dict):
+    if state.get("seed", self.seed) != self.seed:
+      raise ValueError(f"data seed changed since the checkpoint ({state['seed']} -> {self.seed})")
+    self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    order = self._order(self.epoch)
+    start = self.index * self.batch_size
+    idx = [order[(start + i) % len(order)] for i in range(self.batch_size)]
+    self.index += 1
+    if self.index >= self.batches_per_epoch:
+      self.epoch, self.index = self.epoch + 1, 0
+    chosen = [self.examples[i] for i in idx]
+    length = bucket_length(max(len(e.tokens) - 1 for e in chosen), self.buckets)
+    local = self.batch_size // self.process_count
+    mine = chosen[self.process_index * local:(self.process_index + 1) * local]
+    return collate(mine, length, self.pad_id)

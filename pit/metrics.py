@@ -1,0 +1,77 @@
+"""Metrics to JSONL and TensorBoard event files (tensorboardX; no TensorFlow)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Mapping
+
+import jax
+import numpy as np
+
+
+def _to_float(v):
+  v = np.asarray(jax.device_get(v))
+  return float(v) if v.size == 1 else None
+
+
+class MetricsWriter:
+  """Appends `{"step":..., "split":..., name: value}` lines to workdir/metrics.jsonl
+  and scalars to workdir/tensorboard/. Only process 0 writes."""
+
+  def __init__(self, workdir: str, *, resume_step: int | None = None, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._truncate_after(resume_step)
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+    except ImportError:  # pragma: no cover - tensorboardX is a dependency
+      self._tb = None
+
+  def _truncate_after(self, step):
+    """On resume, drop lines logged after the restored checkpoint (they are redone)."""
+    if not os.path.exists(self.path):
+      return
+    keep = []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut by a crash
+        if step is None or rec.get("step", 0) <= step:
+          keep.append(json.dumps(rec))
+    with open(self.path, "w") as f:
+      f.write("".join(k + "\n" for k in keep))
+
+  def write(self, step: int, metrics: Mapping, split: str = "train"):
+    if not self.enabled:
+      return {}
+    scalars = {}
+    for k, v in metrics.items():
+      f = _to_float(v)
+      if f is not None and math.isfinite(f):
+        scalars[k] = f
+    rec = {"step": int(step), "split": split, "time": time.time(), **scalars}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(rec) + "\n")
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(f"{split}/{k}", v, int(step))
+    return scalars
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,396 @@
+"""One configurable decoder-only Transformer (Flax NNX).
+
+Covers the Llama family (RMSNorm, RoPE, SwiGLU, GQA, optional q/k/v bias, tied or
+untied embeddings) and GPT-2 / Phi / NeoX options (LayerNorm, learned positions
+or partial rotary, GELU, parallel attention+MLP residual, biases). `head='lm'`
+gives next-token logits; `head='scalar'` gives one value per token (reward and
+value models read it at the last non-pad token).
+
+Every parameter carries logical axis names in its `axes` metadata; activations
+are constrained by logical names too (`pit.sharding.constrain`).
+
+Shape suffixes: B batch, L query length, S key/cache length, D d_model,
+H query heads, K kv heads, G query heads per kv head, E head_dim, F d_ff, V vocab.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pit.sharding import constrain
+
+NEG_INF = -1e30  # finite so fully-masked (pad) query rows give no NaNs.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int = 256
+  d_model: int = 64
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int = 0          # 0 -> num_heads (multi-head attention)
+  head_dim: int = 0              # 0 -> d_model // num_heads
+  d_ff: int = 256
+  max_seq_len: int = 2048
+  norm: str = "rmsnorm"          # rmsnorm | layernorm
+  norm_eps: float = 1e-6
+  position: str = "rope"         # rope | learned | none
+  rope_theta: float = 10000.0
+  rotary_fraction: float = 1.0   # partial rotary (Phi / NeoX): share of head_dim rotated
+  mlp: str = "swiglu"            # swiglu | geglu | gelu | relu
+  gelu_approximate: bool = True  # tanh GELU (GPT-2 "gelu_new")
+  qkv_bias: bool = False
+  out_bias: bool = False
+  mlp_bias: bool = False
+  lm_head_bias: bool = False
+  tie_embeddings: bool = False
+  parallel_residual: bool = False  # x + attn(n1(x)) + mlp(n2(x))
+  shared_parallel_norm: bool = False  # Phi: one norm feeds both branches
+  head: str = "lm"               # lm | scalar
+  dtype: str = "float32"         # compute dtype
+  param_dtype: str = "float32"
+  remat: str = "none"            # none | full | dots
+  init_std: float = 0.02
+
+  def __post_init__(self):
+    def bad(field, msg):
+      raise ValueError(f"model.{field}: {msg}")
+    for field in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff"):
+      if getattr(self, field) <= 0:
+        bad(field, f"must be positive, got {getattr(self, field)}")
+    if self.num_heads % self.kv_heads:
+      bad("num_kv_heads", f"{self.kv_heads} does not divide num_heads={self.num_heads}")
+    if not self.head_dim and self.d_model % self.num_heads:
+      bad("head_dim", f"d_model={self.d_model} not divisible by num_heads={self.num_heads}; set head_dim")
+    choices = dict(norm=("rmsnorm", "layernorm"), position=("rope", "learned", "none"),
+                   mlp=("swiglu", "geglu", "gelu", "relu"), head=("lm", "scalar"),
+                   remat=("none", "full", "dots"), dtype=("float32", "bfloat16", "float16"),
+                   param_dtype=("float32", "bfloat16"))
+    for field, allowed in choices.items():
+      if getattr(self, field) not in allowed:
+        bad(field, f"{getattr(self, field)!r} not in {allowed}")
+    if self.rotary_dim % 2:
+      bad("rotary_fraction", f"rotated dims ({self.rotary_dim}) must be even")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def rotary_dim(self) -> int:
+    return int(self.dim_per_head * self.rotary_fraction) if self.position == "rope" else 0
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @classmethod
+  def from_config(cls, cfg) -> "ModelConfig":
+    """From an ml_collections ConfigDict (or dict); unknown fields are an error."""
+    values = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"model: unknown field(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+  def replace(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+
+def _param(rngs, shape, axes, cfg: ModelConfig, init: str = "normal", std=None):
+  dtype = jnp.dtype(cfg.param_dtype)
+  if init == "zeros":
+    value = jnp.zeros(shape, dtype)
+  elif init == "ones":
+    value = jnp.ones(shape, dtype)
+  else:
+    std = cfg.init_std if std is None else std
+    value = (std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape)).astype(dtype)
+  return nnx.Param(value, axes=tuple(axes))
+
+
+class Norm(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.scale = _param(rngs, (cfg.d_model,), ("norm",), cfg, "ones")
+    self.bias = _param(rngs, (cfg.d_model,), ("norm",), cfg, "zeros") if cfg.norm == "layernorm" else None
+
+  def __call__(self, x_BLD):
+    x = x_BLD.astype(jnp.float32)
+    if self.cfg.norm == "layernorm":
+      x = x - x.mean(-1, keepdims=True)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.cfg.norm_eps)
+    x = x * self.scale[...].astype(jnp.float32)
+    if self.bias is not None:
+      x = x + self.bias[...].astype(jnp.float32)
+    return x.astype(self.cfg.compute_dtype)
+
+
+def rope(x_BLHE, positions_BL, rotary_dim: int, theta: float):
+  """Rotary embedding on the first `rotary_dim` dims (half-split / `rotate_half` layout)."""
+  if rotary_dim == 0:
+    return x_BLHE
+  half = rotary_dim // 2
+  inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) * 2 / rotary_dim))
+  angle_BLF = positions_BL.astype(jnp.float32)[..., None] * inv_freq
+  sin, cos = jnp.sin(angle_BLF)[:, :, None, :], jnp.cos(angle_BLF)[:, :, None, :]
+  rot, rest = x_BLHE[..., :rotary_dim], x_BLHE[..., rotary_dim:]
+  x1, x2 = rot[..., :half].astype(jnp.float32), rot[..., half:].astype(jnp.float32)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x_BLHE.dtype)
+  return jnp.concatenate([rotated, rest], -1) if rest.shape[-1] else rotated
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    D, H, K, E = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+    out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
+    self.wq = _param(rngs, (D, H, E), ("embed", "q_heads", "head_dim"), cfg)
+    self.wk = _param(rngs, (D, K, E), ("embed", "kv_heads", "head_dim"), cfg)
+    self.wv = _param(rngs, (D, K, E), ("embed", "kv_heads", "head_dim"), cfg)
+    self.wo = _param(rngs, (H, E, D), ("q_heads", "head_dim", "embed"), cfg, std=out_std)
+    if cfg.qkv_bias:
+      self.bq = _param(rngs, (H, E), ("q_heads", "head_dim"), cfg, "zeros")
+      self.bk = _param(rngs, (K, E), ("kv_heads", "head_dim"), cfg, "zeros")
+      self.bv = _param(rngs, (K, E), ("kv_heads", "head_dim"), cfg, "zeros")
+    else:
+      self.bq = self.bk = self.bv = None
+    self.bo = _param(rngs, (D,), ("embed",), cfg, "zeros") if cfg.out_bias else None
+
+  def _proj(self, x_BLD, w, b):
+    dt = self.cfg.compute_dtype
+    y = jnp.einsum("bld,dhe->blhe", x_BLD, w[...].astype(dt))
+    return y + b[...].astype(dt) if b is not None else y
+
+  def __call__(self, x_BLD, positions_BL, kv_mask_BS, cache=None, cache_index=None):
+    cfg = self.cfg
+    q_BLHE = rope(self._proj(x_BLD, self.wq, self.bq), positions_BL, cfg.rotary_dim, cfg.rope_theta)
+    k_BLKE = rope(self._proj(x_BLD, self.wk, self.bk), positions_BL, cfg.rotary_dim, cfg.rope_theta)
+    v_BLKE = self._proj(x_BLD, self.wv, self.bv)
+    q_BLHE = constrain(q_BLHE, ("activation_batch", "activation_length", "activation_heads", None))
+    L = x_BLD.shape[1]
+    if cache is not None:
+      start = (0, cache_index, 0, 0)
+      k_BSKE = jax.lax.dynamic_update_slice(cache["k"], k_BLKE.astype(cache["k"].dtype), start)
+      v_BSKE = jax.lax.dynamic_update_slice(cache["v"], v_BLKE.astype(cache["v"].dtype), start)
+      axes = ("cache_batch", "cache_length", "activation_kv_heads", None)
+      k_BSKE, v_BSKE = constrain(k_BSKE, axes), constrain(v_BSKE, axes)
+      new_cache = {"k": k_BSKE, "v": v_BSKE}
+      q_slot_L = cache_index + jnp.arange(L)
+    else:
+      k_BSKE, v_BSKE, new_cache = k_BLKE, v_BLKE, None
+      q_slot_L = jnp.arange(L)
+    S = k_BSKE.shape[1]
+    causal_LS = jnp.arange(S)[None, :] <= q_slot_L[:, None]
+    mask_BLS = causal_LS[None] & kv_mask_BS[:, None, :].astype(bool)
+    out_BLHE = attend(q_BLHE, k_BSKE.astype(q_BLHE.dtype), v_BSKE.astype(q_BLHE.dtype), mask_BLS)
+    out_BLD = jnp.einsum("blhe,hed->bld", out_BLHE, self.wo[...].astype(cfg.compute_dtype))
+    if self.bo is not None:
+      out_BLD = out_BLD + self.bo[...].astype(cfg.compute_dtype)
+    return out_BLD, new_cache
+
+
+def attend(q_BLHE, k_BSKE, v_BSKE, mask_BLS):
+  """Grouped-query softmax attention with fp32 scores."""
+  B, L, H, E = q_BLHE.shape
+  K = k_BSKE.shape[2]
+  q_BLKGE = q_BLHE.reshape(B, L, K, H // K, E)
+  scores_BKGLS = jnp.einsum("blkge,bske->bkgls", q_BLKGE, k_BSKE,
+                            preferred_element_type=jnp.float32) * (E ** -0.5)
+  scores_BKGLS = jnp.where(mask_BLS[:, None, None], scores_BKGLS, NEG_INF)
+  probs_BKGLS = jax.nn.softmax(scores_BKGLS, axis=-1).astype(v_BSKE.dtype)
+  out_BLKGE = jnp.einsum("bkgls,bske->blkge", probs_BKGLS, v_BSKE)
+  return out_BLKGE.reshape(B, L, H, E)
+
+
+class Mlp(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    D, F = cfg.d_model, cfg.d_ff
+    out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
+    gated = cfg.mlp in ("swiglu", "geglu")
+    self.w_gate = _param(rngs, (D, F), ("embed", "mlp"), cfg) if gated else None
+    self.w_up = _param(rngs, (D, F), ("embed", "mlp"), cfg)
+    self.w_down = _param(rngs, (F, D), ("mlp", "embed"), cfg, std=out_std)
+    self.b_up = _param(rngs, (F,), ("mlp",), cfg, "zeros") if cfg.mlp_bias else None
+    self.b_gate = _param(rngs, (F,), ("mlp",), cfg, "zeros") if cfg.mlp_bias and gated else None
+    self.b_down = _param(rngs, (D,), ("embed",), cfg, "zeros") if cfg.mlp_bias else None
+
+  def _act(self, x):
+    if self.cfg.mlp == "swiglu":
+      return jax.nn.silu(x)
+    if self.cfg.mlp == "relu":
+      return jax.nn.relu(x)
+    return jax.nn.gelu(x, approximate=self.cfg.gelu_approximate)
+
+  def __call__(self, x_BLD):
+    dt = self.cfg.compute_dtype
+    def dense(x, w, b):
+      y = x @ w[...].astype(dt)
+      return y + b[...].astype(dt) if b is not None else y
+    up_BLF = dense(x_BLD, self.w_up, self.b_up)
+    if self.w_gate is not None:
+      h_BLF = self._act(dense(x_BLD, self.w_gate, self.b_gate)) * up_BLF
+    else:
+      h_BLF = self._act(up_BLF)
+    h_BLF = constrain(h_BLF, ("activation_batch", "activation_length", "activation_mlp"))
+    return dense(h_BLF, self.w_down, self.b_down)
+
+
+class Block(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.attn_norm = Norm(cfg, rngs)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = None if (cfg.parallel_residual and cfg.shared_parallel_norm) else Norm(cfg, rngs)
+    self.mlp = Mlp(cfg, rngs)
+
+  def __call__(self, x_BLD, positions_BL, kv_mask_BS, cache=None, cache_index=None):
+    h_BLD = self.attn_norm(x_BLD)
+    attn_BLD, new_cache = self.attn(h_BLD, positions_BL, kv_mask_BS, cache, cache_index)
+    if self.cfg.parallel_residual:
+      mlp_in = h_BLD if self.mlp_norm is None else self.mlp_norm(x_BLD)
+      x_BLD = x_BLD + attn_BLD + self.mlp(mlp_in)
+    else:
+      x_BLD = x_BLD + attn_BLD
+      x_BLD = x_BLD + self.mlp(self.mlp_norm(x_BLD))
+    x_BLD = constrain(x_BLD, ("activation_batch", "activation_length", "activation_embed"))
+    return x_BLD, new_cache
+
+
+def _block_apply(block, x_BLD, positions_BL, kv_mask_BS, cache, cache_index):
+  return block(x_BLD, positions_BL, kv_mask_BS, cache, cache_index)
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM (`head='lm'`) or scalar model (`head='scalar'`)."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    D, V = cfg.d_model, cfg.vocab_size
+    self.embed = _param(rngs, (V, D), ("vocab", "embed"), cfg)
+    self.pos_embed = (_param(rngs, (cfg.max_seq_len, D), ("position", "embed"), cfg)
+                      if cfg.position == "learned" else None)
+    self.num_blocks = cfg.num_layers
+    for i in range(cfg.num_layers):
+      setattr(self, f"block_{i}", Block(cfg, rngs))
+    self.final_norm = Norm(cfg, rngs)
+    if cfg.head == "scalar":
+      self.score = _param(rngs, (D, 1), ("embed", "score"), cfg, std=1.0 / (D + 1) ** 0.5)
+      self.score_bias = _param(rngs, (1,), ("score",), cfg, "zeros")
+      self.lm_head = self.lm_head_bias = None
+    else:
+      self.score = self.score_bias = None
+      self.lm_head = None if cfg.tie_embeddings else _param(rngs, (D, V), ("embed", "vocab"), cfg)
+      self.lm_head_bias = _param(rngs, (V,), ("vocab",), cfg, "zeros") if cfg.lm_head_bias else None
+
+  def blocks(self):
+    return [getattr(self, f"block_{i}") for i in range(self.num_blocks)]
+
+  def hidden(self, tokens_BL, positions_BL, kv_mask_BS, cache=None, cache_index=None):
+    """Final-norm hidden states [B, L, D] and the updated cache (or None)."""
+    cfg = self.cfg
+    dt = cfg.compute_dtype
+    x_BLD = jnp.take(self.embed[...], tokens_BL, axis=0).astype(dt)
+    if self.pos_embed is not None:
+      x_BLD = x_BLD + jnp.take(self.pos_embed[...], positions_BL, axis=0).astype(dt)
+    x_BLD = constrain(x_BLD, ("activation_batch", "activation_length", "activation_embed"))
+    apply = _block_apply
+    if cfg.remat != "none":
+      apply = nnx.remat(_block_apply, policy=_REMAT_POLICIES[cfg.remat])
+    new_cache = [] if cache is not None else None
+    for i, block in enumerate(self.blocks()):
+      layer_cache = cache[i] if cache is not None else None
+      x_BLD, c = apply(block, x_BLD, positions_BL, kv_mask_BS, layer_cache, cache_index)
+      if cache is not None:
+        new_cache.append(c)
+    return self.final_norm(x_BLD), new_cache
+
+  def head(self, h_BLD):
+    """LM logits [B, L, V] (fp32) or scalar values [B, L] (fp32)."""
+    dt = self.cfg.compute_dtype
+    if self.score is not None:
+      values_BL1 = jnp.einsum("bld,dk->blk", h_BLD.astype(jnp.float32), self.score[...].astype(jnp.float32))
+      return values_BL1[..., 0] + self.score_bias[...].astype(jnp.float32)[0]
+    if self.lm_head is None:
+      logits_BLV = jnp.einsum("bld,vd->blv", h_BLD, self.embed[...].astype(dt),
+                              preferred_element_type=jnp.float32)
+    else:
+      logits_BLV = jnp.einsum("bld,dv->blv", h_BLD, self.lm_head[...].astype(dt),
+                              preferred_element_type=jnp.float32)
+    if self.lm_head_bias is not None:
+      logits_BLV = logits_BLV + self.lm_head_bias[...].astype(jnp.float32)
+    return constrain(logits_BLV, ("activation_batch", "activation_length", "activation_vocab"))
+
+  def __call__(self, tokens_BL, positions_BL=None, mask_BL=None, cache=None, cache_index=None):
+    """Runs the model.
+
+    Without a cache: `mask_BL` marks real tokens (default all), attention is
+    causal within the row. With a cache (a list of per-layer {'k','v'} arrays
+    [B, S, K, E]) the L new tokens are written at slot `cache_index` and
+    `mask_BL` is the [B, S] validity mask of all cache slots.
+    Returns (logits_BLV or values_BL, new_cache).
+    """
+    B, L = tokens_BL.shape
+    if positions_BL is None:
+      positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
+    if mask_BL is None:
+      S = L if cache is None else cache[0]["k"].shape[1]
+      mask_BL = jnp.ones((B, S), bool)
+    if cache is not None and cache_index is None:
+      cache_index = 0
+    h_BLD, new_cache = self.hidden(tokens_BL, positions_BL, mask_BL, cache, cache_index)
+    return self.head(h_BLD), new_cache
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> list[dict[str, jax.Array]]:
+  dtype = cfg.compute_dtype if dtype is None else dtype
+  shape = (batch, length, cfg.kv_heads, cfg.dim_per_head)
+  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)]
+
+
+CACHE_AXES = ("cache_batch", "cache_length", "kv_heads", "head_dim")
+
+
+def last_token_index(mask_BL) -> jax.Array:
+  """Index of the last real token per row (works for left and right padding)."""
+  L = mask_BL.shape[1]
+  return L - 1 - jnp.argmax(mask_BL[:, ::-1].astype(jnp.int32), axis=1)
+
+
+def gather_last(values_BL, mask_BL) -> jax.Array:
+  idx_B = last_token_index(mask_BL)
+  return jnp.take_along_axis(values_BL, idx_B[:, None], axis=1)[:, 0]
+
+
+def positions_from_mask(mask_BL) -> jax.Array:
+  """Per-row positions counting only real tokens (left padding -> 0 at first real)."""
+  return jnp.maximum(jnp.cumsum(mask_BL.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def count_params(cfg: ModelConfig, embeddings: bool = True) -> int:
+  abs_model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+  state = nnx.state(abs_model, nnx.Param).to_pure_dict()
+  total = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    if not embeddings and name in ("embed", "pos_embed"):
+      continue
+    total += int(leaf.size) if hasattr(leaf, "size") else 0
+  return total

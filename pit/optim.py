@@ -1,0 +1,31 @@
+"""AdamW with warmup + cosine decay and global-norm clipping."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def learning_rate_schedule(cfg) -> optax.Schedule:
+  """cfg: optim section (learning_rate, warmup_steps, decay_steps, end_lr_ratio)."""
+  peak = float(cfg.learning_rate)
+  warmup = int(cfg.warmup_steps)
+  decay = max(int(cfg.decay_steps), warmup + 1)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
+      decay_steps=decay, end_value=peak * float(cfg.end_lr_ratio))
+
+
+def _decay_mask(params):
+  """Weight decay on matrices only (not norms, biases or scalar heads' bias)."""
+  return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
+def make_optimizer(cfg) -> optax.GradientTransformation:
+  parts = []
+  if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(float(cfg.grad_clip_norm)))
+  parts.append(optax.adamw(learning_rate_schedule(cfg), b1=float(cfg.b1), b2=float(cfg.b2),
+                           eps=float(cfg.eps), weight_decay=float(cfg.weight_decay),
+                           mask=_decay_mask))
+  return optax.chain(*parts)

@@ -1,0 +1,75 @@
+"""Abstract model definitions and directly-sharded parameter creation."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from pit import sharding as shd
+from pit.model import ModelConfig, Transformer
+
+Params = Any  # nested dict of arrays (nnx pure dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+  """What a jitted function needs to rebuild the model from a params pytree."""
+  cfg: ModelConfig
+  graphdef: Any
+  abstract_params: Params  # ShapeDtypeStructs
+  axes: Params             # logical axis names per leaf (tuples wrapped in LogicalAxes)
+
+  def merge(self, params: Params) -> Transformer:
+    return nnx.merge(self.graphdef, params)
+
+  def shardings(self, mesh: Mesh, rules) -> Params:
+    return jax.tree.map(
+        lambda ax, a: NamedSharding(mesh, shd.logical_to_spec(ax.names, rules, mesh, a.shape)),
+        self.axes, self.abstract_params, is_leaf=lambda x: isinstance(x, LogicalAxes))
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class LogicalAxes:
+  names: tuple
+
+
+def model_def(cfg: ModelConfig) -> ModelDef:
+  abs_model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+  graphdef, state = nnx.split(abs_model)
+  is_var = lambda x: isinstance(x, nnx.Variable)
+  axes_state = jax.tree.map(lambda v: v.replace(LogicalAxes(tuple(v.get_metadata()["axes"]))),
+                            state, is_leaf=is_var)
+  axes = _to_pure(axes_state)
+  return ModelDef(cfg, graphdef, state.to_pure_dict(), axes)
+
+
+def _to_pure(state) -> dict:
+  out = {}
+  for path, var in state.flat_state():
+    node = out
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = var.get_value()
+  return out
+
+
+def init_params(mdef: ModelDef, mesh: Mesh, rules, seed: int) -> Params:
+  """Creates parameters directly in their shards (never whole on one device)."""
+  shardings = mdef.shardings(mesh, rules)
+
+  def init(key):
+    model = Transformer(mdef.cfg, nnx.Rngs(params=key))
+    params = nnx.state(model).to_pure_dict()
+    return jax.lax.with_sharding_constraint(params, shardings)
+
+  init = jax.jit(init, out_shardings=shardings)
+  with shd.axis_rules(mesh, rules):
+    return init(jax.random.key(seed))
+
+
+def num_params(params: Params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))

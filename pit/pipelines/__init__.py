@@ -1,0 +1,11 @@
+"""Pipelines selectable with `config.pipeline`."""
+from __future__ import annotations
+
+from typing import Callable
+
+from pit.pipelines import generate, sft
+
+PIPELINES: dict[str, Callable] = {
+    "sft": sft.run,
+    "generate": generate.run,
+}

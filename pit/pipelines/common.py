@@ -1,0 +1,85 @@
+"""Setup shared by pipelines: mesh, rules, model definition, tokenizer, data."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import jax
+import numpy as np
+
+from pit import sharding as shd
+from pit.data import batching, records
+from pit.data.tokenizer import Tokenizer, make_tokenizer
+from pit.model import ModelConfig
+from pit.params import ModelDef, model_def
+
+
+@dataclasses.dataclass
+class Runtime:
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  tokenizer: Tokenizer
+  mdef: ModelDef
+
+
+def setup(config, **model_overrides) -> Runtime:
+  shd.maybe_initialize_distributed(config.get("distributed", None))
+  mesh = shd.mesh_from_config(config.mesh)
+  rules = shd.rules_from_config(config.mesh)
+  tokenizer = make_tokenizer(config.tokenizer)
+  mcfg = ModelConfig.from_config(config.model).replace(**model_overrides)
+  if mcfg.vocab_size < tokenizer.vocab_size:
+    raise ValueError(f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
+                     f"vocabulary ({tokenizer.vocab_size})")
+  logging.info("mesh %s, %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
+  return Runtime(mesh, rules, tokenizer, model_def(mcfg))
+
+
+def buckets(config) -> tuple[int, ...]:
+  return tuple(config.data.buckets) or batching.default_buckets(int(config.data.max_len))
+
+
+def load_sft_examples(path: str, config, tokenizer, stats=None) -> list[batching.Example]:
+  """JSONL with {"prompt","response"} (loss on response) or {"text"} (loss on all)."""
+  if not path:
+    raise ValueError("data.train_path: no training file given")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"data file not found: {path}")
+  fields = _detect_fields(path)
+  report = records.SkipReport()
+  stats = stats or batching.TruncationStats()
+  examples = []
+  max_len, max_resp = int(config.data.max_len), int(config.data.max_response_len)
+  for rec in records.read_jsonl(path, fields, on_error=config.data.on_error, report=report):
+    if fields == ("text",):
+      prompt_ids, response_ids = [], tokenizer.encode(rec["text"])
+      resp_cap = max_len - 1
+    else:
+      prompt_ids = tokenizer.encode(config.data.prompt_format.format(prompt=rec["prompt"]))
+      response_ids, resp_cap = tokenizer.encode(rec["response"]), max_resp
+    examples.append(batching.make_example(
+        prompt_ids, response_ids, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+        max_len=max_len, max_response_len=resp_cap, stats=stats))
+  logging.info("%s: %d examples; truncations %s; %s", path, len(examples), stats.as_dict(),
+               report.summary())
+  return examples
+
+
+def _detect_fields(path) -> tuple[str, ...]:
+  """Format of the file from its first record: pairs or plain text."""
+  for rec in records.read_jsonl(path, (), on_error="skip"):
+    if "text" in rec and "prompt" not in rec:
+      return ("text",)
+    return ("prompt", "response")
+  raise records.DataError(f"{path}: no records")
+
+
+def split_eval(examples, fraction: float, seed: int):
+  if fraction <= 0 or len(examples) < 20:
+    return examples, []
+  order = np.random.default_rng(seed).permutation(len(examples))
+  n_eval = max(1, int(len(examples) * fraction))
+  ev = set(order[:n_eval].tolist())
+  return ([e for i, e in enumerate(examples) if i not in ev],
+          [e for i, e in enumerate(examples) if i in ev])

@@ -1,0 +1,64 @@
+"""`pipeline=generate`: sample from the latest checkpoint of a workdir."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+
+from pit.checkpoint import Checkpointer
+from pit.data import records
+from pit.pipelines import common
+from pit.sampler import Sampler
+
+
+def load_prompts(gcfg) -> list[str]:
+  prompts = [str(p) for p in gcfg.prompts]
+  if gcfg.prompts_path:
+    prompts += [r["prompt"] for r in records.read_jsonl(gcfg.prompts_path, ("prompt",))]
+  if not prompts:
+    raise ValueError("generate: no prompts (set generate.prompts or generate.prompts_path)")
+  return prompts
+
+
+def restore_params_for_sampling(rt, checkpoint_dir: str):
+  ckpt = Checkpointer(checkpoint_dir, save_every=1, keep=1, async_save=False)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        rt.mdef.abstract_params, rt.mdef.shardings(rt.mesh, rt.rules))
+  params, step = ckpt.restore_params(target)
+  ckpt.close()
+  return params, step
+
+
+def run(config, workdir: str):
+  rt = common.setup(config)
+  gcfg = config.generate
+  ckpt_dir = gcfg.checkpoint_dir or os.path.join(workdir, "checkpoints")
+  params, step = restore_params_for_sampling(rt, ckpt_dir)
+  prompts = load_prompts(gcfg)
+  tok = rt.tokenizer
+  sampler = Sampler(rt.mdef, rt.mesh, rt.rules, pad_id=tok.pad_id, eos_id=tok.eos_id)
+  out_path = os.path.join(workdir, gcfg.output)
+  results = []
+  bs = int(gcfg.batch_size)
+  for start in range(0, len(prompts), bs):
+    chunk = prompts[start:start + bs]
+    ids = [[tok.bos_id] + tok.encode(config.data.prompt_format.format(prompt=p)) for p in chunk]
+    out = sampler.generate(params, ids, max_new_tokens=int(gcfg.max_new_tokens),
+                           temperature=float(gcfg.temperature), top_k=int(gcfg.top_k),
+                           top_p=float(gcfg.top_p), seed=int(gcfg.seed) + start)
+    for p, toks, lps, n in zip(chunk, out.tokens, out.logprobs, out.lengths):
+      results.append({"prompt": p, "response": tok.decode(toks[:n]),
+                      "num_tokens": int(n), "logprob": float(lps[:n].sum()), "checkpoint_step": step})
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(out_path, "w") as f:
+      for r in results:
+        f.write(json.dumps(r) + "\n")
+    for r in results[:8]:
+      print(f"> {r['prompt']!r}\n  {r['response']!r}")
+  logging.info("wrote %d generations to %s", len(results), out_path)
+  return results

@@ -1,0 +1,72 @@
+"""`pipeline=sft`: train a causal LM with the loss on response tokens only."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+
+from pit import losses
+from pit import sharding as shd
+from pit.data import batching
+from pit.pipelines import common
+from pit.trainer import train
+
+
+def make_eval_fn(rt, examples, config):
+  """Held-out mean NLL on response tokens, in fixed-shape batches."""
+  if not examples:
+    return None
+  bs = int(config.train.batch_size)
+  bk = common.buckets(config)
+  batches = []
+  for i in range(0, len(examples), bs):
+    chunk = examples[i:i + bs]
+    chunk = chunk + [chunk[-1]] * (bs - len(chunk))  # pad batch; weights below
+    weight = np.zeros(bs, np.float32)
+    weight[:len(examples[i:i + bs])] = 1.0
+    b = batching.collate(chunk, batching.bucket_length(max(len(e.tokens) - 1 for e in chunk), bk),
+                         rt.tokenizer.pad_id)
+    b["loss_mask"] = b["loss_mask"] * weight[:, None]
+    batches.append(b)
+
+  @jax.jit
+  def nll_sum(params, batch):
+    with shd.axis_rules(rt.mesh, rt.rules):
+      loss, n, _ = losses.sft_loss(rt.mdef.merge(params), batch, None, None)
+    return loss * n, n
+
+  def eval_fn(state, step):
+    tot, cnt = 0.0, 0.0
+    for b in batches:
+      s, n = nll_sum(state.params, shd.put_batch(b, rt.mesh, rt.rules))
+      tot, cnt = tot + float(s), cnt + float(n)
+    return {"nll": tot / max(cnt, 1.0)}
+  return eval_fn
+
+
+def run(config, workdir: str):
+  rt = common.setup(config)
+  examples = common.load_sft_examples(config.data.train_path, config, rt.tokenizer)
+  if config.data.eval_path:
+    train_ex, eval_ex = examples, common.load_sft_examples(config.data.eval_path, config, rt.tokenizer)
+  else:
+    train_ex, eval_ex = common.split_eval(examples, float(config.data.eval_fraction), int(config.data.seed))
+  data = batching.BatchIterator(
+      train_ex, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
+      pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed),
+      process_index=jax.process_index(), process_count=jax.process_count())
+  eval_fn = make_eval_fn(rt, eval_ex, config)
+  result = train(config, workdir, rt.mdef, losses.sft_loss, data, mesh=rt.mesh, rules=rt.rules,
+                 eval_fn=eval_fn, name="sft")
+  summary = {"steps_run": result.steps_run, "resumed_from": result.resumed_from,
+             "final_train": result.last_metrics}
+  if eval_fn is not None:
+    summary["final_eval"] = eval_fn(result.state, int(config.train.steps))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "sft_summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  logging.info("sft done: %s", summary)
+  return summary

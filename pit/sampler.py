@@ -1,0 +1,152 @@
+"""Jit-compiled prefill + decode sampler with a preallocated KV cache.
+
+Prompts are left-padded to a length bucket P with per-row positions, so every
+row's next token goes to the same cache slot and the decode step is one static
+shape. One compilation per (batch, P, max_new_tokens); temperature, top-k and
+top-p are traced values (changing them never recompiles).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from pit import sharding as shd
+from pit.data.batching import bucket_length, default_buckets
+from pit.model import init_cache, positions_from_mask
+from pit.params import ModelDef
+
+
+@dataclasses.dataclass
+class SampleOutput:
+  tokens: np.ndarray    # int32 [B, N]; after eos: pad
+  logprobs: np.ndarray  # float32 [B, N]; log p(token) under the model at temperature 1; 0 after eos
+  lengths: np.ndarray   # int32 [B]; generated tokens including eos
+
+
+def filter_logits(logits_BV, temperature, top_k, top_p):
+  """Temperature, then top-k, then top-p (nucleus). Removed entries are -inf."""
+  scaled_BV = logits_BV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+
+  def filtered(x_BV):
+    V = x_BV.shape[-1]
+    order_BV = jnp.argsort(-x_BV, axis=-1)
+    sorted_BV = jnp.take_along_axis(x_BV, order_BV, axis=-1)
+    rank_V = jnp.arange(V)
+    keep_BV = (top_k <= 0) | (rank_V < top_k)
+    sorted_BV = jnp.where(keep_BV, sorted_BV, -jnp.inf)
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV  # mass of strictly better tokens
+    keep_BV = keep_BV & ((before_BV < top_p) | (rank_V == 0))
+    sorted_BV = jnp.where(keep_BV, sorted_BV, -jnp.inf)
+    inverse_BV = jnp.argsort(order_BV, axis=-1)
+    return jnp.take_along_axis(sorted_BV, inverse_BV, axis=-1)
+
+  no_filter = (top_k <= 0) & (top_p >= 1.0)
+  return jax.lax.cond(no_filter, lambda x: x, filtered, scaled_BV)
+
+
+def sample_token(logits_BV, key, temperature, top_k, top_p):
+  """Returns (token_B, logprob_B under the unfiltered, temperature-1 model)."""
+  greedy_B = jnp.argmax(logits_BV, axis=-1)
+  sampled_B = jax.random.categorical(key, filter_logits(logits_BV, temperature, top_k, top_p))
+  token_B = jnp.where(temperature <= 0, greedy_B, sampled_B).astype(jnp.int32)
+  logp_BV = jax.nn.log_softmax(logits_BV.astype(jnp.float32), axis=-1)
+  return token_B, jnp.take_along_axis(logp_BV, token_B[:, None], axis=-1)[:, 0]
+
+
+class Sampler:
+  def __init__(self, mdef: ModelDef, mesh: Mesh, rules, *, pad_id: int, eos_id: int,
+               prompt_buckets: Sequence[int] | None = None, cache_dtype=None):
+    self.mdef, self.mesh, self.rules = mdef, mesh, tuple(rules)
+    self.pad_id, self.eos_id = pad_id, eos_id
+    self.prompt_buckets = tuple(prompt_buckets or default_buckets(mdef.cfg.max_seq_len, 16))
+    self.cache_dtype = cache_dtype
+    self._compiled = {}
+    self.batch_multiple = shd.data_parallel_size(mesh, self.rules)
+
+  @property
+  def num_compiled(self) -> int:
+    return len(self._compiled)
+
+  def _build(self, B: int, P: int, N: int):
+    mdef, mesh, rules = self.mdef, self.mesh, self.rules
+    pad_id, eos_id = self.pad_id, self.eos_id
+
+    def run(params, tokens_BP, mask_BP, key, temperature, top_k, top_p):
+      with shd.axis_rules(mesh, rules):
+        model = mdef.merge(params)
+        cache = init_cache(mdef.cfg, B, P + N, self.cache_dtype)
+        cache = [{k: shd.constrain(v, ("cache_batch", "cache_length", "activation_kv_heads", None))
+                  for k, v in c.items()} for c in cache]
+        kv_mask_BS = jnp.concatenate([mask_BP, jnp.ones((B, N), bool)], axis=1)
+        positions_BP = positions_from_mask(mask_BP)
+        logits_BPV, cache = model(tokens_BP, positions_BP, kv_mask_BS, cache, 0)
+        prompt_len_B = jnp.sum(mask_BP, axis=1).astype(jnp.int32)
+        key, sub = jax.random.split(key)
+        tok_B, lp_B = sample_token(logits_BPV[:, -1], sub, temperature, top_k, top_p)
+        tokens_BN = jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(tok_B)
+        logprobs_BN = jnp.zeros((B, N), jnp.float32).at[:, 0].set(lp_B)
+        done_B = tok_B == eos_id
+
+        def cond(carry):
+          i, _, _, done_B, _, _ = carry
+          return (i < N) & ~jnp.all(done_B)
+
+        def body(carry):
+          i, tokens_BN, logprobs_BN, done_B, cache, key = carry
+          prev_B = jax.lax.dynamic_index_in_dim(tokens_BN, i - 1, axis=1, keepdims=False)
+          pos_B = prompt_len_B + i - 1
+          logits_B1V, cache = model(prev_B[:, None], pos_B[:, None], kv_mask_BS, cache, P + i - 1)
+          key, sub = jax.random.split(key)
+          tok_B, lp_B = sample_token(logits_B1V[:, 0], sub, temperature, top_k, top_p)
+          tok_B = jnp.where(done_B, pad_id, tok_B)
+          lp_B = jnp.where(done_B, 0.0, lp_B)
+          tokens_BN = jax.lax.dynamic_update_index_in_dim(tokens_BN, tok_B, i, axis=1)
+          logprobs_BN = jax.lax.dynamic_update_index_in_dim(logprobs_BN, lp_B, i, axis=1)
+          return i + 1, tokens_BN, logprobs_BN, done_B | (tok_B == eos_id), cache, key
+
+        _, tokens_BN, logprobs_BN, _, _, _ = jax.lax.while_loop(
+            cond, body, (jnp.int32(1), tokens_BN, logprobs_BN, done_B, cache, key))
+        is_eos_BN = tokens_BN == eos_id
+        first_eos_B = jnp.argmax(is_eos_BN, axis=1)
+        lengths_B = jnp.where(jnp.any(is_eos_BN, axis=1), first_eos_B + 1, N).astype(jnp.int32)
+        return tokens_BN, logprobs_BN, lengths_B
+
+    out = shd.batch_sharding(mesh, rules, 2, (B, N))
+    return jax.jit(run, out_shardings=(out, out, shd.batch_sharding(mesh, rules, 1, (B,))))
+
+  def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               seed: int = 0) -> SampleOutput:
+    """Samples continuations for token-id prompts (any lengths, any count)."""
+    if not prompts:
+      raise ValueError("no prompts")
+    n = len(prompts)
+    longest = max(len(p) for p in prompts)
+    if longest == 0:
+      raise ValueError("empty prompt")
+    P = bucket_length(longest, self.prompt_buckets)
+    N = int(max_new_tokens)
+    if P + N > self.mdef.cfg.max_seq_len and self.mdef.cfg.position == "learned":
+      raise ValueError(f"prompt bucket {P} + {N} new tokens exceeds max_seq_len {self.mdef.cfg.max_seq_len}")
+    m = self.batch_multiple
+    B = -(-n // m) * m
+    tokens = np.full((B, P), self.pad_id, np.int32)
+    mask = np.zeros((B, P), bool)
+    for i in range(B):
+      p = list(prompts[i % n])
+      tokens[i, P - len(p):] = p
+      mask[i, P - len(p):] = True
+    key = (B, P, N)
+    if key not in self._compiled:
+      self._compiled[key] = self._build(B, P, N)
+    tokens_d, mask_d = shd.put_global((tokens, mask), self.mesh, self.rules)
+    out = self._compiled[key](params, tokens_d, mask_d, jax.random.key(seed),
+                              jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
+    toks, lps, lens = (np.asarray(jax.device_get(x))[:n] for x in out)
+    return SampleOutput(toks, lps, lens)

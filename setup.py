@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="pit",
+    version="0.1.0",
+    description="PIT: JAX/Flax-native self-improving language model training "
+                "(PIT, Self-Rewarding LMs, SER).",
+    packages=find_packages(include=["pit", "pit.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax==0.10.2",
+        "jaxlib==0.10.2",
+        "flax==0.12.8",
+        "optax==0.2.8",
+        "orbax-checkpoint==0.12.8",
+        "ml-collections>=1.1",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
+        "safetensors>=0.4",
+        "transformers>=5.0,<6",
+        "tokenizers>=0.21",
+        "sentencepiece>=0.2",
+        "tensorflow-datasets>=4.9.9",
+        "array-record>=0.8",
+        "grain>=0.2.18",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["pit=pit.main:entry"]},
+)

@@ -1,0 +1,21 @@
+"""8 fake CPU devices for every test (set before jax is imported)."""
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+
+
+@pytest.fixture
+def shared_dir():
+  if not os.path.isdir(os.path.join(SHARED, "data")):
+    pytest.skip(f"../shared/data not found at {SHARED}: real-data tests need the shared folder")
+  return SHARED

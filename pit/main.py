@@ -62,13 +62,25 @@ def _fail(msg: str):
   sys.exit(2)
 
 
+def _one_line(e: BaseException) -> str:
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  if any(line.startswith("Traceback") for line in lines):  # keep the head and the cause
+    lines = [lines[0].split(" Traceback")[0], lines[-1]]
+  text = " ".join(lines)
+  text = text or type(e).__name__
+  return text if len(text) <= 400 else text[:397] + "..."
+
+
 def _parse_flags(argv):
+  overrides = [a.split("=", 1)[0].lstrip("-") for a in argv[1:] if a.startswith("--config.")]
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e).splitlines()[0])
+    _fail(_one_line(e))
+  except (AttributeError, KeyError) as e:  # override of a field the config lacks
+    _fail(f"unknown config field {e} in override(s) {', '.join(overrides)}")
   except Exception as e:  # config file import / preset errors raised while parsing
-    _fail(f"bad config: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    _fail(f"bad config: {type(e).__name__}: {_one_line(e)}")
 
 
 def entry():
@@ -76,10 +88,10 @@ def entry():
     app.run(main, flags_parser=_parse_flags)
   except SystemExit:
     raise
-  except (UsageError, ValueError, FileNotFoundError, KeyError) as e:
+  except (UsageError, ValueError, OSError, KeyError) as e:
     if os.environ.get("PIT_TRACEBACK"):
       raise
-    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    _fail(_one_line(e))
 
 
 if __name__ == "__main__":

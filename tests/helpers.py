@@ -1,0 +1,37 @@
+"""Small shared builders for tests."""
+import ml_collections
+import numpy as np
+
+from pit import sharding as shd
+from pit.model import ModelConfig
+from pit.params import init_params, model_def
+
+TINY = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=64,
+            max_seq_len=64)
+
+
+def tiny_mdef(**kw):
+  return model_def(ModelConfig(**{**TINY, **kw}))
+
+
+def optim_cfg(**kw):
+  base = dict(learning_rate=1e-2, warmup_steps=2, decay_steps=20, end_lr_ratio=0.1,
+              grad_clip_norm=1.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
+  return ml_collections.ConfigDict({**base, **kw})
+
+
+def random_lm_batch(B=8, L=16, V=64, seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(L // 2, L + 1, B)
+  mask = np.arange(L)[None] < lengths[:, None]
+  loss_mask = (mask & (rng.random((B, L)) < 0.7)).astype(np.float32)
+  return dict(inputs=rng.integers(0, V, (B, L)).astype(np.int32),
+              targets=rng.integers(0, V, (B, L)).astype(np.int32),
+              loss_mask=loss_mask, mask=mask,
+              positions=np.broadcast_to(np.arange(L, dtype=np.int32), (B, L)).copy())
+
+
+def mesh(shape, n=None):
+  import jax
+  devices = jax.devices()[: (n or int(np.prod(shape)))]
+  return shd.make_mesh(shape, devices=devices)

@@ -1,0 +1,117 @@
+"""`python -m pit.main`: errors, the sft + generate pipelines, and SIGKILL-resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+TINY = ["--config=configs/sft.py:tiny", "--config.progress=False",
+        "--config.model.d_model=64", "--config.model.d_ff=128", "--config.train.batch_size=16"]
+
+
+def _env(devices=1):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def _cmd(workdir, *extra):
+  return [sys.executable, "-m", "pit.main", *TINY, f"--workdir={workdir}", *extra]
+
+
+def _run(workdir, *extra, devices=1, timeout=600):
+  return subprocess.run(_cmd(workdir, *extra), cwd=REPO, env=_env(devices), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--config.pipeline=nope"], "unknown pipeline 'nope'"),
+    (["--config.model.no_such_field=3"], "unknown config field"),
+    (["--config.train.steps=abc"], "config.train.steps"),
+    (["--config.data.train_path=/no/such/file.jsonl"], "/no/such/file.jsonl"),
+    (["--config.pipeline=generate"], "no checkpoint"),
+])
+def test_bad_invocations_fail_with_one_line(tmp_path, args, needle):
+  r = _run(tmp_path / "w", *args)
+  assert r.returncode != 0
+  assert "Traceback" not in r.stderr
+  errors = [l for l in r.stderr.splitlines() if l.startswith("pit: error:")]
+  assert len(errors) == 1 and needle in errors[0], r.stderr[-2000:]
+
+
+def test_missing_workdir_and_bad_preset(tmp_path):
+  r = subprocess.run([sys.executable, "-m", "pit.main", "--config=configs/sft.py"], cwd=REPO,
+                     env=_env(), capture_output=True, text=True)
+  assert r.returncode != 0 and "--workdir is required" in r.stderr and "Traceback" not in r.stderr
+  r = _run(tmp_path / "w", "--config=configs/sft.py:nope")
+  assert r.returncode != 0 and "unknown preset 'nope'" in r.stderr
+
+
+def test_sft_trains_then_generate_samples(tmp_path):
+  wd = tmp_path / "run"
+  r = _run(wd, "--config.train.steps=120", "--config.train.log_every=10",
+           "--config.train.eval_every=60")
+  assert r.returncode == 0, r.stderr[-3000:]
+  lines = [json.loads(l) for l in open(wd / "metrics.jsonl")]
+  train = [l["loss"] for l in lines if l["split"] == "train"]
+  evals = [l["nll"] for l in lines if l["split"] == "eval"]
+  assert train[-1] < 0.7 * train[0], train
+  assert len(evals) == 2 and evals[-1] < evals[0]
+  assert os.listdir(wd / "tensorboard")  # event files written
+  r = _run(wd, "--config.pipeline=generate", "--config.generate.max_new_tokens=8")
+  assert r.returncode == 0, r.stderr[-3000:]
+  gens = [json.loads(l) for l in open(wd / "generations.jsonl")]
+  assert len(gens) == 4 and all(g["checkpoint_step"] == 120 for g in gens)
+  assert all(0 < g["num_tokens"] <= 8 for g in gens)
+
+
+def _final_params(workdir):
+  from pit import sharding as shd
+  from pit.checkpoint import Checkpointer
+  from pit.model import ModelConfig
+  from pit.params import model_def
+  cfg = json.load(open(os.path.join(workdir, "config_sft.json")))
+  mdef = model_def(ModelConfig.from_config(cfg["model"]))
+  mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        mdef.abstract_params, mdef.shardings(mesh, shd.DEFAULT_RULES))
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=1)
+  params, step = ckpt.restore_params(target)
+  ckpt.close()
+  return jax.device_get(params), step
+
+
+def test_sigkill_midway_resumes_to_identical_params(tmp_path):
+  args = ["--config.train.steps=40", "--config.checkpoint.every=8", "--config.train.log_every=4",
+          "--config.mesh.shape=(2,4,1)", "--config.train.accum_steps=2"]
+  ref, killed = tmp_path / "ref", tmp_path / "killed"
+  r = _run(ref, *args, devices=8)
+  assert r.returncode == 0, r.stderr[-3000:]
+  proc = subprocess.Popen(_cmd(killed, *args), cwd=REPO, env=_env(8),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (killed / "checkpoints" / "16").exists():
+    assert proc.poll() is None, "run finished before it could be killed"
+    assert time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
+  assert not (killed / "checkpoints" / "40").exists()
+  r = _run(killed, *args, devices=8)
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = json.load(open(killed / "sft_summary.json"))
+  assert summary["resumed_from"] is not None and 16 <= summary["resumed_from"] < 40
+  p_ref, s_ref = _final_params(ref)
+  p_res, s_res = _final_params(killed)
+  assert s_ref == s_res == 40
+  jax.tree.map(np.testing.assert_array_equal, p_ref, p_res)
+  steps = [l["step"] for l in map(json.loads, open(killed / "metrics.jsonl")) if l["split"] == "train"]
+  assert steps == sorted(set(steps)) and steps[-1] == 40  # no duplicated steps after resume

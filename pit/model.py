@@ -180,12 +180,17 @@ class Attention(nnx.Module):
     q_BLHE = constrain(q_BLHE, ("activation_batch", "activation_length", "activation_heads", None))
     L = x_BLD.shape[1]
     if cache is not None:
-      start = (0, cache_index, 0, 0)
-      k_BSKE = jax.lax.dynamic_update_slice(cache["k"], k_BLKE.astype(cache["k"].dtype), start)
-      v_BSKE = jax.lax.dynamic_update_slice(cache["v"], v_BLKE.astype(cache["v"].dtype), start)
-      axes = ("cache_batch", "cache_length", "activation_kv_heads", None)
-      k_BSKE, v_BSKE = constrain(k_BSKE, axes), constrain(v_BSKE, axes)
-      new_cache = {"k": k_BSKE, "v": v_BSKE}
+      # The cache is stored [B, K, S, E] (heads before slots): the attention dots batch
+      # over (B, K), so this layout needs no per-step transpose of the whole cache.
+      start = (0, 0, cache_index, 0)
+      k_BKSE = jax.lax.dynamic_update_slice(
+          cache["k"], k_BLKE.swapaxes(1, 2).astype(cache["k"].dtype), start)
+      v_BKSE = jax.lax.dynamic_update_slice(
+          cache["v"], v_BLKE.swapaxes(1, 2).astype(cache["v"].dtype), start)
+      axes = ("cache_batch", "activation_kv_heads", "cache_length", None)
+      k_BKSE, v_BKSE = constrain(k_BKSE, axes), constrain(v_BKSE, axes)
+      new_cache = {"k": k_BKSE, "v": v_BKSE}
+      k_BSKE, v_BSKE = k_BKSE.swapaxes(1, 2), v_BKSE.swapaxes(1, 2)
       q_slot_L = cache_index + jnp.arange(L)
     else:
       k_BSKE, v_BSKE, new_cache = k_BLKE, v_BLKE, None
@@ -343,7 +348,7 @@ class Transformer(nnx.Module):
 
     Without a cache: `mask_BL` marks real tokens (default all), attention is
     causal within the row. With a cache (a list of per-layer {'k','v'} arrays
-    [B, S, K, E]) the L new tokens are written at slot `cache_index` and
+    [B, K, S, E]) the L new tokens are written at slot `cache_index` and
     `mask_BL` is the [B, S] validity mask of all cache slots.
     Returns (logits_BLV or values_BL, new_cache).
     """
@@ -351,7 +356,7 @@ class Transformer(nnx.Module):
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
     if mask_BL is None:
-      S = L if cache is None else cache[0]["k"].shape[1]
+      S = L if cache is None else cache[0]["k"].shape[2]
       mask_BL = jnp.ones((B, S), bool)
     if cache is not None and cache_index is None:
       cache_index = 0
@@ -361,11 +366,11 @@ class Transformer(nnx.Module):
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> list[dict[str, jax.Array]]:
   dtype = cfg.compute_dtype if dtype is None else dtype
-  shape = (batch, length, cfg.kv_heads, cfg.dim_per_head)
+  shape = (batch, cfg.kv_heads, length, cfg.dim_per_head)
   return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)]
 
 
-CACHE_AXES = ("cache_batch", "cache_length", "kv_heads", "head_dim")
+CACHE_AXES = ("cache_batch", "kv_heads", "cache_length", "head_dim")
 
 
 def last_token_index(mask_BL) -> jax.Array:

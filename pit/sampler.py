@@ -81,7 +81,7 @@ class Sampler:
       with shd.axis_rules(mesh, rules):
         model = mdef.merge(params)
         cache = init_cache(mdef.cfg, B, P + N, self.cache_dtype)
-        cache = [{k: shd.constrain(v, ("cache_batch", "cache_length", "activation_kv_heads", None))
+        cache = [{k: shd.constrain(v, ("cache_batch", "activation_kv_heads", "cache_length", None))
                   for k, v in c.items()} for c in cache]
         kv_mask_BS = jnp.concatenate([mask_BP, jnp.ones((B, N), bool)], axis=1)
         positions_BP = positions_from_mask(mask_BP)

@@ -1,0 +1,229 @@
+"""Sampler: greedy = naive reference loop, EOS handling, logprobs, seeds, top-k/top-p."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pit import sharding as shd
+from pit.model import ModelConfig
+from pit.params import init_params, model_def
+from pit.sampler import Sampler, filter_logits, sample_token
+
+RULES = shd.DEFAULT_RULES
+CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=64,
+                  max_seq_len=64, init_std=0.1, lm_head_bias=True)
+PAD = 0
+PROMPTS = [[5, 6, 7], [9], [10, 11, 12, 13, 14, 15, 16, 17], [3, 4, 60, 61, 2]]
+N = 10
+NO_EOS = -1  # never generated
+
+
+def mesh_of(shape):
+  return shd.make_mesh(shape, devices=jax.devices()[:int(np.prod(shape))])
+
+
+@functools.cache
+def setup(shape=(1, 1, 1)):
+  mdef = model_def(CFG)
+  mesh = mesh_of(shape)
+  return mdef, mesh, init_params(mdef, mesh, RULES, 0)
+
+
+def make_sampler(eos_id, shape=(1, 1, 1)):
+  mdef, mesh, _ = setup(shape)
+  return Sampler(mdef, mesh, RULES, pad_id=PAD, eos_id=eos_id, prompt_buckets=(8,))
+
+
+@functools.cache
+def full_logits_fn():
+  mdef = model_def(CFG)
+  return jax.jit(lambda params, tokens_BT, mask_BT: mdef.merge(params)(tokens_BT, None, mask_BT)[0])
+
+
+def right_padded(seqs, T):
+  tokens_BT = np.full((len(seqs), T), PAD, np.int32)
+  mask_BT = np.zeros((len(seqs), T), bool)
+  for b, s in enumerate(seqs):
+    tokens_BT[b, :len(s)], mask_BT[b, :len(s)] = s, True
+  return tokens_BT, mask_BT
+
+
+def logprobs_of(params, prompts, new_tokens):
+  """log p(new_tokens[b][j]) from one full forward over prompt + new tokens (right-padded)."""
+  seqs = [list(p) + list(t) for p, t in zip(prompts, new_tokens)]
+  logits_BTV = full_logits_fn()(params, *right_padded(seqs, max(map(len, seqs))))
+  logp_BTV = np.asarray(jax.nn.log_softmax(logits_BTV, axis=-1))
+  return [np.array([logp_BTV[b, len(p) - 1 + j, t] for j, t in enumerate(new)])
+          for b, (p, new) in enumerate(zip(prompts, new_tokens))]
+
+
+def reference_greedy(params, prompts, n, eos_id):
+  """Repeated full forward passes + argmax; stops a row at eos. Returns token lists, logprobs."""
+  seqs = [list(p) for p in prompts]
+  done = [False] * len(prompts)
+  T = max(map(len, prompts)) + n
+  for _ in range(n):
+    logits_BTV = np.asarray(full_logits_fn()(params, *right_padded(seqs, T)))
+    for b, s in enumerate(seqs):
+      if not done[b]:
+        tok = int(np.argmax(logits_BTV[b, len(s) - 1]))
+        s.append(tok)
+        done[b] = tok == eos_id
+  new = [s[len(p):] for s, p in zip(seqs, prompts)]
+  return new, logprobs_of(params, prompts, new)
+
+
+def pick_eos(ref_tokens):
+  """The emitted token that, as eos, gives the most distinct row lengths (some rows never stop)."""
+  def lengths(t):
+    return [row.index(t) + 1 if t in row else N for row in ref_tokens]
+  candidates = [t for row in ref_tokens for t in row if N in lengths(t)]
+  assert candidates, ref_tokens
+  return max(candidates, key=lambda t: (len(set(lengths(t))), -t))
+
+
+def as_padded(rows, n, fill):
+  out = np.full((len(rows), n), fill, np.asarray(rows[0]).dtype)
+  for b, r in enumerate(rows):
+    out[b, :len(r)] = r
+  return out
+
+
+def test_greedy_matches_reference_loop_and_stops_at_eos_per_row():
+  _, _, params = setup()
+  free_tokens, _ = reference_greedy(params, PROMPTS, N, NO_EOS)
+  eos = pick_eos(free_tokens)
+  ref_tokens, ref_logprobs = reference_greedy(params, PROMPTS, N, eos)
+  ref_lengths = np.array([len(r) for r in ref_tokens])
+  assert len(set(ref_lengths)) >= 3 and ref_lengths.max() == N  # rows stop at different steps
+
+  sampler = make_sampler(eos)
+  out = sampler.generate(params, PROMPTS, max_new_tokens=N, temperature=0.0, seed=0)
+  np.testing.assert_array_equal(out.lengths, ref_lengths)
+  np.testing.assert_array_equal(out.tokens, as_padded(ref_tokens, N, PAD))
+  np.testing.assert_allclose(out.logprobs, as_padded(ref_logprobs, N, 0.0), atol=1e-5, rtol=0)
+  for b, n in enumerate(out.lengths):  # invariants: eos only as the last token, pad after it
+    assert eos not in out.tokens[b, :n - 1]
+    assert np.all(out.tokens[b, n:] == PAD) and np.all(out.logprobs[b, n:] == 0)
+  assert np.all(out.logprobs[out.tokens != PAD] < 0)
+
+  again = sampler.generate(params, PROMPTS, max_new_tokens=N, temperature=0.0, seed=123)
+  np.testing.assert_array_equal(again.tokens, out.tokens)  # greedy ignores the seed
+  np.testing.assert_array_equal(again.logprobs, out.logprobs)
+  assert sampler.num_compiled == 1
+
+
+def test_eos_bias_stops_every_row_at_once():
+  _, _, params = setup()
+  eos = 7
+  params = {**params, "lm_head_bias": params["lm_head_bias"].at[eos].add(100.0)}
+  out = make_sampler(eos).generate(params, PROMPTS, max_new_tokens=N, temperature=1.0, seed=0)
+  np.testing.assert_array_equal(out.lengths, [1] * len(PROMPTS))
+  assert np.all(out.tokens[:, 0] == eos) and np.all(out.tokens[:, 1:] == PAD)
+  np.testing.assert_allclose(out.logprobs[:, 0], 0.0, atol=1e-5)
+  assert np.all(out.logprobs[:, 1:] == 0)
+
+
+def test_sampling_seeds_logprobs_and_a_single_compilation():
+  _, _, params = setup()
+  sampler = make_sampler(NO_EOS)
+  gen = functools.partial(sampler.generate, params, PROMPTS, max_new_tokens=N)
+  a = gen(temperature=1.0, seed=0)
+  np.testing.assert_array_equal(gen(temperature=1.0, seed=0).tokens, a.tokens)
+  assert not np.array_equal(gen(temperature=1.0, seed=1).tokens, a.tokens)
+  greedy = gen(temperature=0.0)
+  assert not np.array_equal(greedy.tokens, a.tokens)
+  np.testing.assert_array_equal(a.lengths, [N] * len(PROMPTS))
+  # Logprobs are the temperature-1 model's, at the sampled tokens.
+  expected = logprobs_of(params, PROMPTS, a.tokens)
+  np.testing.assert_allclose(a.logprobs, np.stack(expected), atol=1e-5, rtol=0)
+  hot = gen(temperature=1.7, seed=2)  # ... whatever temperature the tokens were sampled at
+  np.testing.assert_allclose(hot.logprobs, np.stack(logprobs_of(params, PROMPTS, hot.tokens)),
+                             atol=1e-5, rtol=0)
+  # Top-k 1 is greedy; changing temperature / top-k / top-p never recompiles.
+  np.testing.assert_array_equal(gen(temperature=0.7, top_k=1, seed=3).tokens, greedy.tokens)
+  gen(temperature=0.3, top_k=5, top_p=0.9, seed=4)
+  gen(temperature=1.5, top_p=0.5, seed=5)
+  assert sampler.num_compiled == 1
+  assert all(fn._cache_size() == 1 for fn in sampler._compiled.values())
+
+
+def test_sharded_sampler_matches_single_device():
+  _, _, params1 = setup()
+  _, _, params8 = setup((2, 4, 1))
+  sampler = make_sampler(NO_EOS, (2, 4, 1))
+  assert sampler.batch_multiple == 8  # 4 prompts are padded to a batch of 8
+  out8 = sampler.generate(params8, PROMPTS, max_new_tokens=N, temperature=0.0)
+  out1 = make_sampler(NO_EOS).generate(params1, PROMPTS, max_new_tokens=N, temperature=0.0)
+  assert out8.tokens.shape == (len(PROMPTS), N)
+  np.testing.assert_array_equal(out8.tokens, out1.tokens)
+  np.testing.assert_allclose(out8.logprobs, out1.logprobs, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- filtering semantics
+
+PROBS = np.array([0.5, 0.2, 0.15, 0.1, 0.05], np.float32)
+LOGITS_1V = jnp.log(jnp.asarray(PROBS))[None]
+
+
+def survivors(temperature=1.0, top_k=0, top_p=1.0, logits_1V=LOGITS_1V):
+  out_1V = filter_logits(logits_1V, jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
+  return np.flatnonzero(np.isfinite(np.asarray(out_1V)[0])).tolist()
+
+
+def test_top_k_and_top_p_survivors():
+  assert survivors() == [0, 1, 2, 3, 4]
+  assert survivors(top_k=2) == [0, 1]
+  assert survivors(top_k=1) == [0]
+  # Nucleus: keep a token if the mass of strictly more likely tokens is < top_p
+  # (so the token that crosses top_p is kept). The most likely token always survives.
+  assert survivors(top_p=0.55) == [0, 1]       # before = 0, .5 | .7
+  assert survivors(top_p=0.68) == [0, 1]
+  assert survivors(top_p=0.72) == [0, 1, 2]    # before(2) = .7 < .72
+  assert survivors(top_p=0.3) == [0]
+  assert survivors(top_p=1e-6) == [0]
+  # Exact boundary with exactly representable probabilities (.25 each): before = 0, .25, .5, .75.
+  flat_1V = jnp.zeros((1, 4))
+  assert len(survivors(top_p=0.5, logits_1V=flat_1V)) == 2   # before == top_p is dropped
+  assert len(survivors(top_p=0.5001, logits_1V=flat_1V)) == 3
+  # Top-p acts on the top-k renormalised distribution: top-3 gives .588 .235 .176.
+  assert survivors(top_k=3, top_p=0.8) == [0, 1]   # unrenormalised would keep [0, 1, 2]
+  # Top-p acts after temperature: T=.5 gives .769 .123 .069 ...
+  assert survivors(temperature=0.5, top_p=0.8) == [0, 1]
+  assert survivors(temperature=1.0, top_p=0.8) == [0, 1, 2]
+
+
+def filtered_dist(keep, temperature=1.0):
+  p = PROBS ** (1.0 / temperature)
+  p = np.where(np.isin(np.arange(len(p)), keep), p, 0.0)
+  return p / p.sum()
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p,keep", [
+    (1.0, 0, 1.0, [0, 1, 2, 3, 4]),
+    (1.0, 2, 1.0, [0, 1]),
+    (1.0, 0, 0.8, [0, 1, 2]),
+    (1.0, 3, 0.8, [0, 1]),
+    (0.5, 0, 1.0, [0, 1, 2, 3, 4]),
+    (2.0, 4, 1.0, [0, 1, 2, 3]),
+])
+def test_empirical_frequencies_match_filtered_distribution(temperature, top_k, top_p, keep):
+  n = 20000
+  logits_BV = jnp.broadcast_to(LOGITS_1V, (n, 5))
+  tokens_B, logprobs_B = jax.jit(sample_token)(logits_BV, jax.random.key(0), jnp.float32(temperature),
+                                               jnp.int32(top_k), jnp.float32(top_p))
+  freq = np.bincount(np.asarray(tokens_B), minlength=5) / n
+  np.testing.assert_allclose(freq, filtered_dist(keep, temperature), atol=0.015)
+  assert set(np.unique(np.asarray(tokens_B)).tolist()) == set(keep)
+  # Logprobs are under the unfiltered temperature-1 distribution.
+  np.testing.assert_allclose(np.asarray(logprobs_B), np.log(PROBS)[np.asarray(tokens_B)], atol=1e-5)
+
+
+def test_temperature_zero_is_argmax_whatever_the_filters():
+  logits_BV = jnp.asarray(np.random.default_rng(0).standard_normal((16, 64)), jnp.float32)
+  for top_k, top_p in [(0, 1.0), (3, 0.5), (1, 0.01)]:
+    tokens_B, _ = sample_token(logits_BV, jax.random.key(1), jnp.float32(0.0), jnp.int32(top_k),
+                               jnp.float32(top_p))
+    np.testing.assert_array_equal(tokens_B, np.argmax(np.asarray(logits_BV), -1))

@@ -39,6 +39,13 @@ def _open(path):
 
 def read_jsonl(path: str, fields: tuple[str, ...], *, on_error: str = "raise",
                report: SkipReport | None = None) -> Iterator[dict]:
+  """Like `read_jsonl_numbered`, without the line numbers."""
+  for _, rec in read_jsonl_numbered(path, fields, on_error=on_error, report=report):
+    yield rec
+
+
+def read_jsonl_numbered(path: str, fields: tuple[str, ...], *, on_error: str = "raise",
+                        report: SkipReport | None = None) -> Iterator[tuple[int, dict]]:
   """Yields records that have non-empty string values for every name in `fields`.
 
   One of the field tuples may be alternatives: pass e.g. ("prompt", "response")
@@ -74,6 +81,6 @@ def read_jsonl(path: str, fields: tuple[str, ...], *, on_error: str = "raise",
           raise
         report.add(str(e), str(e).split(": ", 1)[1].split(" (")[0])
         continue
-      yield rec
+      yield lineno, rec
   if report.total:
     logging.warning("%s: %s", path, report.summary())

@@ -1,0 +1,63 @@
+"""Preference pairs: the one record type every preference method consumes
+(reward models, DPO, PIT's gap reward model and policy, evaluation).
+
+Sources: JSONL files of `{"prompt", "chosen", "rejected"}` (optional numeric
+`margin`; any other fields are kept in `meta`), the TFDS builders in
+`pit.data.builders`, and the synthetic oracle task (`pit.data.synthetic`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterable
+
+from pit.data import records
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferencePair:
+  prompt: str            # rendered prompt text (e.g. "\n\nHuman: ...\n\nAssistant:")
+  chosen: str            # the better response y_w
+  rejected: str          # the worse response y_l
+  margin: float = 0.0    # known quality gap (score difference) when the source has one
+  meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def to_json(self) -> dict:
+    out = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+    if self.margin:
+      out["margin"] = self.margin
+    out.update({k: v for k, v in self.meta.items() if k not in out})
+    return out
+
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def read_pairs_jsonl(path: str, *, on_error: str = "raise",
+                     report: records.SkipReport | None = None) -> list[PreferencePair]:
+  """Pairs from JSONL; bad lines raise `DataError` naming file, line and field
+  (or are skipped and counted with on_error='skip')."""
+  report = report if report is not None else records.SkipReport()
+  out = []
+  for lineno, rec in records.read_jsonl_numbered(path, PAIR_FIELDS, on_error=on_error,
+                                                 report=report):
+    margin = rec.get("margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+      err = records.DataError(f"{path}:{lineno}: field 'margin' must be a finite number")
+      if on_error == "raise":
+        raise err
+      report.add(str(err), "field 'margin' must be a finite number")
+      continue
+    meta = {k: v for k, v in rec.items() if k not in PAIR_FIELDS + ("margin",)}
+    out.append(PreferencePair(rec["prompt"], rec["chosen"], rec["rejected"], float(margin), meta))
+  return out
+
+
+def write_pairs_jsonl(path: str, pairs: Iterable[PreferencePair]) -> int:
+  import json
+  n = 0
+  with open(path, "w") as f:
+    for p in pairs:
+      f.write(json.dumps(p.to_json()) + "\n")
+      n += 1
+  return n

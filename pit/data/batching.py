@@ -7,7 +7,7 @@ Multi-host: every process builds the same global order and takes its slice.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -86,12 +86,26 @@ def collate(examples: Sequence[Example], length: int, pad_id: int) -> dict[str, 
   return dict(inputs=inputs, targets=targets, loss_mask=loss_mask, mask=mask, positions=positions)
 
 
-class BatchIterator:
-  """Infinite, resumable iterator of bucketed batches over `examples`."""
+def example_length(ex: Example) -> int:
+  """Positions an Example occupies in a next-token batch."""
+  return len(ex.tokens) - 1
 
-  def __init__(self, examples: Sequence[Example], *, batch_size: int, buckets: Sequence[int],
+
+class BatchIterator:
+  """Infinite, resumable iterator of bucketed batches over `examples`.
+
+  `examples` may be any items: `collate_fn(items, length, pad_id) -> batch`
+  builds the batch and `length_fn(item)` gives the positions an item needs
+  (the batch length is the smallest bucket holding the longest item). The
+  defaults batch `Example`s with `collate`; pit.data.pair_batching passes its
+  own pair collate so preference pairs share this resumable iterator.
+  """
+
+  def __init__(self, examples: Sequence[Any], *, batch_size: int, buckets: Sequence[int],
                pad_id: int, seed: int, shuffle: bool = True, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1,
+               collate_fn: Callable[[Sequence[Any], int, int], dict] = collate,
+               length_fn: Callable[[Any], int] = example_length):
     if not examples:
       raise ValueError("no training examples")
     if batch_size % process_count:
@@ -100,6 +114,7 @@ class BatchIterator:
     self.batch_size, self.buckets, self.pad_id = batch_size, tuple(buckets), pad_id
     self.seed, self.shuffle = seed, shuffle
     self.process_index, self.process_count = process_index, process_count
+    self.collate_fn, self.length_fn = collate_fn, length_fn
     self.epoch, self.index = 0, 0
 
   def _order(self, epoch: int) -> np.ndarray:
@@ -131,7 +146,7 @@ class BatchIterator:
     if self.index >= self.batches_per_epoch:
       self.epoch, self.index = self.epoch + 1, 0
     chosen = [self.examples[i] for i in idx]
-    length = bucket_length(max(len(e.tokens) - 1 for e in chosen), self.buckets)
+    length = bucket_length(max(self.length_fn(e) for e in chosen), self.buckets)
     local = self.batch_size // self.process_count
     mine = chosen[self.process_index * local:(self.process_index + 1) * local]
-    return collate(mine, length, self.pad_id)
+    return self.collate_fn(mine, length, self.pad_id)

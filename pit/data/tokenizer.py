@@ -1,11 +1,37 @@
 """Tokenizers behind one small interface.
 
-`ByteTokenizer` (UTF-8 bytes + specials) needs no training and no files, which
-makes it the tokenizer of the from-scratch tiny presets and of the tests.
+Kinds (`config.tokenizer.kind`, `make_tokenizer`):
+  'byte'           `ByteTokenizer`: UTF-8 bytes + pad/bos/eos; no files. The
+                   tokenizer of the from-scratch tiny presets and of the tests.
+  'sentencepiece'  `SentencePieceTokenizer(tokenizer.path)`: a `.model` file,
+                   e.g. one trained here with `train_sentencepiece`.
+  'hf'             `HFTokenizer(tokenizer.path)`: a local Hugging Face tokenizer
+                   directory (tokenizer.json / tokenizer_config.json), loaded
+                   offline; its `chat_template` renders chats.
+
+Conventions shared by every kind (the pipelines rely on them):
+  * `encode(text)` adds no special tokens; pipelines put `bos_id` in front of a
+    prompt and `eos_id` after a response themselves.
+  * `decode(ids)` stops at the first `eos_id` and drops pad/bos/other specials.
+  * `render_chat(turns)` turns [(role, text), ...] into one prompt string. HF
+    directories with a chat template use it; everything else uses the plain
+    HH-RLHF template `PLAIN_CHAT` ("\\n\\nHuman: ...\\n\\nAssistant: ...").
+
+Train a SentencePiece model from the command line:
+  python -m pit.data.tokenizer --input corpus.txt --vocab_size 4000 --model_prefix out/spm
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import argparse
+import os
+from typing import Iterable, Protocol, Sequence
+
+Turn = tuple[str, str]
+
+# The plain chat template (HH-RLHF style), used where no Jinja template exists.
+PLAIN_CHAT = {"user": "\n\nHuman: ", "assistant": "\n\nAssistant: ",
+              "generation_prompt": "\n\nAssistant:"}
+_ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "system": "system"}
 
 
 class Tokenizer(Protocol):
@@ -16,6 +42,32 @@ class Tokenizer(Protocol):
 
   def encode(self, text: str) -> list[int]: ...
   def decode(self, ids: Sequence[int]) -> str: ...
+  def render_chat(self, turns: Sequence[Turn], add_generation_prompt: bool = True) -> str: ...
+
+
+def _role(role: str) -> str:
+  r = _ROLE_ALIASES.get(str(role).lower())
+  if r is None:
+    raise ValueError(f"chat turn: unknown role {role!r} (known: user/human, assistant, system)")
+  return r
+
+
+def render_plain_chat(turns: Sequence[Turn], add_generation_prompt: bool = True) -> str:
+  """HH-RLHF style: a system turn is plain text at the start; then
+  "\\n\\nHuman: {user}" and "\\n\\nAssistant: {assistant}" per turn; with
+  `add_generation_prompt` a trailing "\\n\\nAssistant:" for the model to continue."""
+  out = []
+  for i, (role, text) in enumerate(turns):
+    r = _role(role)
+    if r == "system":
+      if i != 0:
+        raise ValueError("chat turn: a system turn must come first")
+      out.append(text)
+    else:
+      out.append(PLAIN_CHAT[r] + text)
+  if add_generation_prompt:
+    out.append(PLAIN_CHAT["generation_prompt"])
+  return "".join(out)
 
 
 class ByteTokenizer:
@@ -38,9 +90,165 @@ class ByteTokenizer:
         out.append(i)
     return out.decode("utf-8", errors="replace")
 
+  def render_chat(self, turns: Sequence[Turn], add_generation_prompt: bool = True) -> str:
+    return render_plain_chat(turns, add_generation_prompt)
+
+
+# ------------------------------------------------------------------ SentencePiece
+SPM_SPECIALS = dict(unk_id=0, bos_id=1, eos_id=2, pad_id=3)
+
+
+def train_sentencepiece(texts: Iterable[str] | str, vocab_size: int, model_prefix: str, *,
+                        model_type: str = "bpe", byte_fallback: bool = True,
+                        character_coverage: float = 1.0, num_threads: int = 1) -> str:
+  """Trains a SentencePiece model on `texts` (strings, or the path of a text
+  file with one sentence per line); writes `{model_prefix}.model`/`.vocab` and
+  returns the `.model` path.
+
+  Deterministic: the whole corpus is used in order (no sampling, no shuffling)
+  and one thread by default, so the same corpus gives a byte-identical model.
+  Specials: unk=0, bos=1, eos=2, pad=3. With `byte_fallback` (default) every
+  UTF-8 string round-trips exactly (256 byte pieces; vocab_size must exceed 260).
+  """
+  import sentencepiece as spm
+  if byte_fallback and vocab_size <= 260:
+    raise ValueError(f"vocab_size={vocab_size} too small with byte_fallback (needs > 260)")
+  kw = dict(vocab_size=int(vocab_size), model_prefix=str(model_prefix), model_type=model_type,
+            byte_fallback=byte_fallback, character_coverage=character_coverage,
+            num_threads=int(num_threads), input_sentence_size=0, shuffle_input_sentence=False,
+            hard_vocab_limit=False, split_digits=True, remove_extra_whitespaces=False,
+            normalization_rule_name="identity", minloglevel=2, **SPM_SPECIALS)
+  d = os.path.dirname(str(model_prefix))
+  if d:
+    os.makedirs(d, exist_ok=True)
+  if isinstance(texts, (str, os.PathLike)):
+    if not os.path.exists(texts):
+      raise FileNotFoundError(f"sentencepiece training corpus not found: {texts}")
+    spm.SentencePieceTrainer.train(input=str(texts), **kw)
+  else:
+    lines = [t.replace("\n", " ") for t in texts if t and t.strip()]
+    if not lines:
+      raise ValueError("train_sentencepiece: empty corpus")
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), **kw)
+  return f"{model_prefix}.model"
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece `.model`. Models without a pad piece (e.g. Llama's) pad
+  with unk (pad positions are always masked out)."""
+
+  def __init__(self, path: str):
+    import sentencepiece as spm
+    if not path:
+      raise ValueError("tokenizer.path: no SentencePiece .model file given")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"tokenizer.path: SentencePiece model not found: {path}")
+    self.path = path
+    self.sp = spm.SentencePieceProcessor(model_file=path)
+    self.vocab_size = int(self.sp.get_piece_size())
+    self.bos_id, self.eos_id = int(self.sp.bos_id()), int(self.sp.eos_id())
+    if self.bos_id < 0 or self.eos_id < 0:
+      raise ValueError(f"{path}: SentencePiece model has no bos/eos piece "
+                       f"(bos_id={self.bos_id}, eos_id={self.eos_id})")
+    pad = int(self.sp.pad_id())
+    self.pad_id = pad if pad >= 0 else max(int(self.sp.unk_id()), 0)
+    self._drop = {self.pad_id, self.bos_id}
+
+  def encode(self, text: str) -> list[int]:
+    return list(self.sp.encode(text, out_type=int))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    out = []
+    for i in ids:
+      i = int(i)
+      if i == self.eos_id:
+        break
+      if i not in self._drop and 0 <= i < self.vocab_size:
+        out.append(i)
+    return self.sp.decode(out)
+
+  def render_chat(self, turns: Sequence[Turn], add_generation_prompt: bool = True) -> str:
+    return render_plain_chat(turns, add_generation_prompt)
+
+
+# ------------------------------------------------------------------ Hugging Face
+class HFTokenizer:
+  """A local Hugging Face tokenizer directory, loaded with `local_files_only`.
+
+  Missing specials: no pad -> eos pads (masked anyway); no bos -> eos is put in
+  front of prompts (GPT-2/Qwen convention). `render_chat` uses the directory's
+  `chat_template` (a leading bos string it renders is dropped, because the
+  pipelines add `bos_id` themselves) or, without one, the plain template.
+  """
+
+  def __init__(self, path: str):
+    if not path:
+      raise ValueError("tokenizer.path: no Hugging Face tokenizer directory given")
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"tokenizer.path: tokenizer directory not found: {path}")
+    known = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+    if not any(os.path.exists(os.path.join(path, f)) for f in known):
+      raise FileNotFoundError(f"tokenizer.path: {os.path.join(path, 'tokenizer.json')} not found "
+                              f"(nor any of {', '.join(known[1:])})")
+    from transformers import AutoTokenizer
+    self.path = path
+    self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    t = self.tok
+    if t.eos_token_id is None:
+      raise ValueError(f"{path}: tokenizer defines no eos_token (set it in tokenizer_config.json)")
+    self.eos_id = int(t.eos_token_id)
+    self.bos_id = int(t.bos_token_id) if t.bos_token_id is not None else self.eos_id
+    self.pad_id = int(t.pad_token_id) if t.pad_token_id is not None else self.eos_id
+    self.vocab_size = len(t)
+    self._special = set(int(i) for i in t.all_special_ids)
+
+  def encode(self, text: str) -> list[int]:
+    return list(self.tok.encode(text, add_special_tokens=False))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    out = []
+    for i in ids:
+      i = int(i)
+      if i == self.eos_id:
+        break
+      if i not in self._special:
+        out.append(i)
+    return self.tok.decode(out, skip_special_tokens=True)
+
+  def render_chat(self, turns: Sequence[Turn], add_generation_prompt: bool = True) -> str:
+    if not self.tok.chat_template:
+      return render_plain_chat(turns, add_generation_prompt)
+    msgs = [{"role": _role(r), "content": text} for r, text in turns]
+    out = self.tok.apply_chat_template(msgs, tokenize=False,
+                                       add_generation_prompt=add_generation_prompt)
+    bos = self.tok.bos_token
+    if bos and out.startswith(bos):
+      out = out[len(bos):]
+    return out
+
 
 def make_tokenizer(cfg) -> Tokenizer:
   kind = cfg.get("kind", "byte")
   if kind == "byte":
     return ByteTokenizer()
-  raise ValueError(f"tokenizer.kind: unknown tokenizer {kind!r} (known: 'byte')")
+  if kind == "sentencepiece":
+    return SentencePieceTokenizer(cfg.get("path", ""))
+  if kind == "hf":
+    return HFTokenizer(cfg.get("path", ""))
+  raise ValueError(f"tokenizer.kind: unknown tokenizer {kind!r} "
+                   "(known: 'byte', 'sentencepiece', 'hf')")
+
+
+def main():
+  ap = argparse.ArgumentParser(description="Train a SentencePiece model (deterministic).")
+  ap.add_argument("--input", required=True, help="text file, one sentence per line")
+  ap.add_argument("--vocab_size", type=int, required=True)
+  ap.add_argument("--model_prefix", required=True)
+  ap.add_argument("--model_type", default="bpe", choices=["bpe", "unigram", "char", "word"])
+  args = ap.parse_args()
+  print(train_sentencepiece(args.input, args.vocab_size, args.model_prefix,
+                            model_type=args.model_type))
+
+
+if __name__ == "__main__":
+  main()

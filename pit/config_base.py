@@ -26,10 +26,13 @@ def base_config() -> ml_collections.ConfigDict:
       rules=tuple((k, v) for k, v in DEFAULT_RULES)))
   c.distributed = ml_collections.ConfigDict(dict(
       enabled=False, coordinator_address="", num_processes=-1, process_id=-1))
-  c.tokenizer = ml_collections.ConfigDict(dict(kind="byte"))
+  c.tokenizer = ml_collections.ConfigDict(dict(kind="byte", path=""))  # pit.data.tokenizer
   c.data = ml_collections.ConfigDict(dict(
       train_path="", eval_path="", prompt_format="{prompt}", max_len=256,
-      max_response_len=128, buckets=(), on_error="raise", eval_fraction=0.05, seed=0))
+      max_response_len=128, buckets=(), on_error="raise", eval_fraction=0.05, seed=0,
+      # where records come from (pit.data.sources): 'jsonl' | 'tfds' | 'synthetic'
+      source="jsonl", tfds_name="", tfds_config="", data_dir="", manual_dir="",
+      synthetic_train_size=2000, synthetic_eval_size=200))
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=3e-4, warmup_steps=20, decay_steps=1000, end_lr_ratio=0.1,
       grad_clip_norm=1.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1))

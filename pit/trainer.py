@@ -35,6 +35,10 @@ def train(config, workdir: str, mdef: ModelDef, loss_fn: ts.LossFn, data: Iterat
           name: str = "train") -> TrainResult:
   """Trains `mdef` with `loss_fn` on `data` (an iterator with get_state/set_state).
 
+  Optional hooks of `data` (for batches that depend on the current params, e.g. RL
+  rollouts): `prepare(state, step)` is called before every `next(data)`, and
+  `metrics()` (a dict of scalars) is merged into each logged train record.
+
   config.train: steps, batch_size, accum_steps, log_every, eval_every, seed.
   config.checkpoint: every, keep, async_save.
   Resumes from the latest checkpoint in workdir/checkpoints automatically.
@@ -67,8 +71,11 @@ def train(config, workdir: str, mdef: ModelDef, loss_fn: ts.LossFn, data: Iterat
              disable=jax.process_index() != 0 or not config.get("progress", True),
              mininterval=1.0)
   tokens_since, t_since = 0, time.perf_counter()
+  prepare = getattr(data, "prepare", None)
   try:
     for step in range(start, total):
+      if prepare is not None:
+        prepare(state, step)
       batch = next(data)
       tokens_since += int(np.sum(batch["mask"])) if "mask" in batch else 0
       batch = shd.put_batch(batch, mesh, rules)
@@ -76,6 +83,8 @@ def train(config, workdir: str, mdef: ModelDef, loss_fn: ts.LossFn, data: Iterat
       done = step + 1
       if done % int(tcfg.log_every) == 0 or done == total:
         metrics = jax.device_get(metrics)
+        if hasattr(data, "metrics"):
+          metrics.update(data.metrics())
         dt = time.perf_counter() - t_since
         metrics["tokens_per_sec"] = tokens_since * jax.process_count() / max(dt, 1e-9)
         last = writer.write(done, metrics, split="train")

@@ -37,7 +37,8 @@ def train(config, workdir: str, mdef: ModelDef, loss_fn: ts.LossFn, data: Iterat
 
   Optional hooks of `data` (for batches that depend on the current params, e.g. RL
   rollouts): `prepare(state, step)` is called before every `next(data)`, and
-  `metrics()` (a dict of scalars) is merged into each logged train record.
+  `metrics()` (a dict of scalars) is merged into each logged train record;
+  `checkpointable()` -> False skips saving after that step (e.g. mid-rollout).
 
   config.train: steps, batch_size, accum_steps, log_every, eval_every, seed.
   config.checkpoint: every, keep, async_save.
@@ -72,6 +73,7 @@ def train(config, workdir: str, mdef: ModelDef, loss_fn: ts.LossFn, data: Iterat
              mininterval=1.0)
   tokens_since, t_since = 0, time.perf_counter()
   prepare = getattr(data, "prepare", None)
+  checkpointable = getattr(data, "checkpointable", None)
   try:
     for step in range(start, total):
       if prepare is not None:
@@ -93,8 +95,9 @@ def train(config, workdir: str, mdef: ModelDef, loss_fn: ts.LossFn, data: Iterat
         tokens_since, t_since = 0, time.perf_counter()
       if eval_fn is not None and tcfg.get("eval_every", 0) and done % int(tcfg.eval_every) == 0:
         writer.write(done, eval_fn(state, done), split="eval")
-      data_state = data.get_state() if hasattr(data, "get_state") else {}
-      ckpt.save(done, state, data_state, force=(done == total))
+      if checkpointable is None or checkpointable():
+        data_state = data.get_state() if hasattr(data, "get_state") else {}
+        ckpt.save(done, state, data_state, force=(done == total))
       bar.update(1)
   finally:
     bar.close()

@@ -1,0 +1,527 @@
+"""The synthetic "sort" task: a ground-truth oracle for measuring self-improvement.
+
+Prompt: 4-7 distinct two-digit numbers (10..99), e.g. ``"sort: 42 17 19 88\\n"``
+(<= 28 bytes). Gold response: the numbers ascending, ``"17 19 42 88"`` (<= 20
+bytes). Responses of graded quality come from controlled corruption of the gold
+(`degrade`), at most `MAX_RESPONSE_BYTES` long.
+
+Oracle. A response is read as its digit runs (tokens, compared as strings with
+the prompt's items) and the non-digit runs between/around them. Error counts:
+
+  bad_seps   non-digit runs that are not exactly one space (any text before the
+             first or after the last number counts as one bad run each)
+  foreign    tokens that are not prompt items
+  dups       tokens minus distinct tokens
+  missing    prompt items absent
+  disorder   C(n,2) minus the concordant pairs: item pairs a<b, both present,
+             with a's first occurrence before b's (so a missing item also
+             costs its pairs: dropping can never "fix" the order)
+
+Five additive criteria (1 point each, `judge_points`), met only if the response
+contains at least one prompt item (otherwise it is no answer to this prompt and
+meets none): well-formed (bad_seps=0), only given numbers (foreign=0), no
+repeats (dups=0), complete (missing=0), sorted (disorder=0: every item present
+and in ascending order of first occurrence).
+
+  fine  = (present/n) * prod_{e in bad_seps, foreign, dups, disorder} 1/(1+e/n)
+  score = 0.5 * points/5 + 0.5 * fine                          in [0, 1]
+
+Gold scores 1, a response with no prompt item 0, and every error count enters
+strictly decreasingly; `degrade` applies one error at a time and keeps only
+steps that lower the score, so each error of a degraded response, fixed in the
+reverse order, raises the score (PIT's step-by-step improvement is measurable).
+
+Held-out prompts: a prompt's split is a function of its item *set* (crc32 of
+the sorted items, 1 in `EVAL_MODULUS` sets are eval). Training generators
+(`make_prompt`, pairs, IFT, EFT) reject eval sets; `eval_prompts` draws only
+eval sets; so no eval prompt -- in any order -- is ever a training prompt,
+whatever the seeds.
+
+CLI: ``python -m pit.data.synthetic --out_dir DIR [--n_train N --n_eval N
+--seed S --files ift,prompts_eval]`` writes the data files;
+``python -m pit.data.synthetic score --generations FILE`` prints the mean oracle
+score of a generations.jsonl next to the random and echo baselines.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import zlib
+from typing import Sequence
+
+import numpy as np
+
+from pit.data import judge
+from pit.data.pairs import PreferencePair, write_pairs_jsonl
+from pit.data.records import DataError
+
+LO, HI = 10, 99                    # item range (two-digit numbers)
+MIN_ITEMS, MAX_ITEMS = 4, 7
+MAX_RESPONSE_BYTES = 32
+MAX_ERRORS = 8
+EVAL_MODULUS = 8                   # 1/8 of item sets are held out for evaluation
+PREFIX = "sort: "
+CRITERIA = ("form", "only", "unique", "all", "sorted")   # short names (compact EFT)
+CRITERIA_TEXT = (                                         # the rubric, one line per point
+    "the response is only numbers separated by single spaces",
+    "it uses only numbers given in the prompt",
+    "it repeats no number",
+    "it contains every number of the prompt",
+    "it lists every number of the prompt in ascending order",
+)
+ERROR_KINDS = ("drop", "dup", "foreign", "swap", "format")
+_BAD_INNER = (", ", ",", "  ", ";", " - ")
+_BAD_OUTER = (".", " ", ",", "!")
+_PROMPT_RE = re.compile(r"sort: (\d\d(?: \d\d)*)\n?")
+_DIGITS_RE = re.compile(r"[0-9]+")
+# Stream ids keep the generators' random streams apart for one user seed.
+_STREAM = {"pairs": 1, "ift": 2, "eft": 3, "eval": 4, "random": 5}
+
+
+# ----------------------------------------------------------------- prompts
+
+def is_eval_items(items: Sequence[str]) -> bool:
+  key = ",".join(sorted(items, key=int)).encode()
+  return zlib.crc32(key) % EVAL_MODULUS == 0
+
+
+def make_prompt(rng: np.random.Generator, split: str = "train") -> str:
+  """A prompt of 4-7 distinct numbers in random order; `split` 'train' or 'eval'
+  (disjoint item sets, see module doc) or 'any'."""
+  if split not in ("train", "eval", "any"):
+    raise ValueError(f"split must be 'train', 'eval' or 'any', got {split!r}")
+  while True:
+    k = int(rng.integers(MIN_ITEMS, MAX_ITEMS + 1))
+    items = [str(x) for x in rng.choice(np.arange(LO, HI + 1), size=k, replace=False)]
+    if split == "any" or is_eval_items(items) == (split == "eval"):
+      return PREFIX + " ".join(items) + "\n"
+
+
+def parse_prompt(prompt: str) -> list[str]:
+  """The prompt's items (strings, prompt order); ValueError if not a sort prompt."""
+  m = _PROMPT_RE.fullmatch(prompt)
+  if not m:
+    raise ValueError(f"not a synthetic sort prompt: {prompt!r}")
+  items = m.group(1).split(" ")
+  if len(set(items)) != len(items) or not MIN_ITEMS <= len(items) <= MAX_ITEMS:
+    raise ValueError(f"sort prompt needs {MIN_ITEMS}-{MAX_ITEMS} distinct numbers: {prompt!r}")
+  return items
+
+
+def gold_response(prompt: str) -> str:
+  return " ".join(sorted(parse_prompt(prompt), key=int))
+
+
+# ----------------------------------------------------------------- oracle
+
+def error_counts(prompt: str, response: str) -> dict[str, int]:
+  """The oracle's error counts (see module doc) plus n, present, tokens."""
+  items = parse_prompt(prompt)
+  S, n = set(items), len(items)
+  tokens = _DIGITS_RE.findall(response)
+  seps = _DIGITS_RE.split(response)          # len(tokens) + 1 runs, outer ones may be ""
+  if tokens:
+    bad = sum(s != " " for s in seps[1:-1]) + (seps[0] != "") + (seps[-1] != "")
+  else:
+    bad = 1
+  first = {}
+  for i, t in enumerate(tokens):
+    first.setdefault(t, i)
+  order = sorted((int(t), first[t]) for t in first if t in S)   # present items by value
+  pos = [p for _, p in order]
+  concordant = sum(pos[i] < pos[j] for i in range(len(pos)) for j in range(i + 1, len(pos)))
+  present = len(pos)
+  return dict(n=n, tokens=len(tokens), present=present, bad_seps=bad,
+              foreign=sum(t not in S for t in tokens), dups=len(tokens) - len(first),
+              missing=n - present, disorder=n * (n - 1) // 2 - concordant)
+
+
+def _criteria(c: dict) -> tuple[bool, ...]:
+  if c["present"] == 0:
+    return (False,) * 5
+  return (c["bad_seps"] == 0, c["foreign"] == 0, c["dups"] == 0, c["missing"] == 0,
+          c["disorder"] == 0)
+
+
+def judge_criteria(prompt: str, response: str) -> tuple[bool, ...]:
+  """Which of the five additive criteria (`CRITERIA`) the response meets."""
+  return _criteria(error_counts(prompt, response))
+
+
+def judge_points(prompt: str, response: str) -> int:
+  """0..5: the number of additive criteria met."""
+  return int(sum(judge_criteria(prompt, response)))
+
+
+def _score(c: dict) -> float:
+  if c["present"] == 0:
+    return 0.0
+  n = c["n"]
+  fine = c["present"] / n
+  for k in ("bad_seps", "foreign", "dups", "disorder"):
+    fine /= 1.0 + c[k] / n
+  return 0.5 * sum(_criteria(c)) / 5 + 0.5 * fine
+
+
+def oracle_score(prompt: str, response: str) -> float:
+  """Deterministic quality in [0, 1]: gold 1, no prompt item 0 (module doc)."""
+  return _score(error_counts(prompt, response))
+
+
+def oracle_scores(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+  if len(prompts) != len(responses):
+    raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+  return np.asarray([oracle_score(p, r) for p, r in zip(prompts, responses)], np.float32)
+
+
+# ----------------------------------------------------------------- corruption
+
+class _Resp:
+  """A response as tokens and the runs around them (len(seps) == len(toks) + 1)."""
+
+  def __init__(self, toks, seps):
+    self.toks, self.seps = list(toks), list(seps)
+
+  @classmethod
+  def parse(cls, text):
+    return cls(_DIGITS_RE.findall(text), _DIGITS_RE.split(text))
+
+  def render(self) -> str:
+    out = [self.seps[0]]
+    for t, s in zip(self.toks, self.seps[1:]):
+      out += [t, s]
+    return "".join(out)
+
+
+def _insert(r: _Resp, j: int, tok: str):
+  """Insert `tok` before token j (j == len: append) with one single-space run;
+  the leading and trailing runs stay outermost."""
+  m = len(r.toks)
+  r.toks.insert(j, tok)
+  r.seps.insert(j + 1 if j < m else m, " ")
+
+
+def _apply(rng, items: list[str], text: str, kind: str) -> str | None:
+  """One error of `kind` applied to `text`; None when it does not apply."""
+  S = set(items)
+  r = _Resp.parse(text)
+  toks = r.toks
+  once = [i for i, t in enumerate(toks) if t in S and toks.count(t) == 1]
+  if kind == "drop":
+    if len(toks) < 2 or not once:
+      return None
+    i = int(rng.choice(once))
+    if i == len(toks) - 1:
+      del r.seps[i]                       # keep the trailing run
+    elif i == 0:
+      del r.seps[1]                       # keep the leading run
+    else:                                 # keep a single-space run if there is one
+      left, right = r.seps[i], r.seps[i + 1]
+      r.seps[i:i + 2] = [left if left == " " or right != " " else right]
+    del r.toks[i]
+  elif kind == "dup":
+    cand = [i for i, t in enumerate(toks) if t in S]
+    if not cand:
+      return None
+    i = int(rng.choice(cand))
+    j = int(rng.integers(i + 1, len(toks) + 1))   # after the original: first occurrences unchanged
+    _insert(r, j, toks[i])
+  elif kind == "foreign":
+    pool = [x for x in range(LO, HI + 1) if str(x) not in S and str(x) not in toks]
+    new = str(int(rng.choice(pool)))
+    if once and rng.random() < 0.5:
+      r.toks[int(rng.choice(once))] = new
+    else:
+      _insert(r, int(rng.integers(0, len(toks) + 1)), new)
+  elif kind == "swap":
+    firsts = {}
+    for i, t in enumerate(toks):
+      firsts.setdefault(t, i)
+    cand = [i for i in range(len(toks) - 1)
+            if toks[i] in S and toks[i + 1] in S and firsts[toks[i]] == i
+            and firsts[toks[i + 1]] == i + 1 and int(toks[i]) < int(toks[i + 1])]
+    if not cand:
+      return None
+    i = int(rng.choice(cand))
+    r.toks[i], r.toks[i + 1] = r.toks[i + 1], r.toks[i]
+  elif kind == "format":
+    inner = [i for i in range(1, len(r.seps) - 1) if r.seps[i] == " "]
+    outer = [i for i in (0, len(r.seps) - 1) if r.seps[i] == "" and toks]
+    if not inner and not outer:
+      return None
+    if inner and (not outer or rng.random() < 0.75):
+      r.seps[int(rng.choice(inner))] = str(rng.choice(_BAD_INNER))
+    else:
+      r.seps[int(rng.choice(outer))] = str(rng.choice(_BAD_OUTER))
+  else:
+    raise ValueError(f"unknown error kind {kind!r} (known: {ERROR_KINDS})")
+  out = r.render()
+  return out if len(out.encode()) <= MAX_RESPONSE_BYTES else None
+
+
+def degrade_chain(rng: np.random.Generator, prompt: str, n_errors: int) -> list[str]:
+  """[gold, 1 error, ..., n_errors errors]: each step adds one error (kind drawn
+  uniformly from `ERROR_KINDS`; another kind when it does not apply), strictly
+  lowers the oracle score, and keeps at least half of the items present."""
+  if not 0 <= n_errors <= MAX_ERRORS:
+    raise ValueError(f"n_errors must be in 0..{MAX_ERRORS}, got {n_errors}")
+  items = parse_prompt(prompt)
+  chain = [gold_response(prompt)]
+  for _ in range(n_errors):
+    prev = chain[-1]
+    prev_score = oracle_score(prompt, prev)
+    for kind in rng.permutation(ERROR_KINDS):
+      out = None
+      for _ in range(4):                      # a few draws of the same kind
+        cand = _apply(rng, items, prev, str(kind))
+        if cand is None:
+          continue
+        c = error_counts(prompt, cand)
+        if c["missing"] <= len(items) // 2 and _score(c) < prev_score:
+          out = cand
+          break
+      if out is not None:
+        break
+    if out is None:
+      raise ValueError(f"cannot add error {len(chain)} to {prev!r} for {prompt!r}")
+    chain.append(out)
+  return chain
+
+
+def degrade(rng: np.random.Generator, prompt: str, n_errors: int) -> str:
+  """A response with `n_errors` controlled errors (0: the gold response)."""
+  return degrade_chain(rng, prompt, n_errors)[-1]
+
+
+def random_response(rng: np.random.Generator) -> str:
+  """The random baseline's response: 4-7 (uniform) numbers drawn uniformly with
+  replacement from 10..99, single-space separated -- well-formed but ignorant of
+  the prompt."""
+  k = int(rng.integers(MIN_ITEMS, MAX_ITEMS + 1))
+  return " ".join(str(int(x)) for x in rng.integers(LO, HI + 1, size=k))
+
+
+def echo_response(prompt: str) -> str:
+  """The prompt's numbers in prompt order (copies, does not sort)."""
+  return " ".join(parse_prompt(prompt))
+
+
+# ----------------------------------------------------------------- datasets
+
+def _rng(kind: str, seed: int) -> np.random.Generator:
+  return np.random.default_rng([int(seed), _STREAM[kind]])
+
+
+# Preference pair mix: errors of the chosen response, and the extra errors of
+# the rejected one (the quality gap), with their probabilities.
+CHOSEN_ERRORS = ((0, 1, 2, 3), (0.3, 0.3, 0.25, 0.15))
+GAP_ERRORS = ((1, 2, 3, 4), (0.4, 0.3, 0.2, 0.1))
+NESTED_FRACTION = 0.6
+
+
+def preference_pairs(n: int, seed: int, split: str = "train") -> list[PreferencePair]:
+  """n pairs, chosen strictly better by the oracle, margin = score gap.
+
+  Chosen has k in {0,1,2,3} errors (30/30/25/15%), so it is often imperfect;
+  the rejected one k+g, g in {1,2,3,4} (40/30/20/10%). 60% are nested (the
+  rejected response is the chosen one with g more errors, so chosen is a fix
+  of rejected), 40% independent corruptions (relabelled by the oracle if the
+  response with more errors scores higher; redrawn on a tie).
+  """
+  rng = _rng("pairs", seed) if split == "train" else _rng("eval", seed + 7919)
+  out = []
+  while len(out) < n:
+    prompt = make_prompt(rng, split)
+    kw = int(rng.choice(CHOSEN_ERRORS[0], p=CHOSEN_ERRORS[1]))
+    kl = kw + int(rng.choice(GAP_ERRORS[0], p=GAP_ERRORS[1]))
+    nested = bool(rng.random() < NESTED_FRACTION)
+    if nested:
+      chain = degrade_chain(rng, prompt, kl)
+      w, l = chain[kw], chain[kl]
+    else:
+      w, l = degrade(rng, prompt, kw), degrade(rng, prompt, kl)
+    sw, sl = oracle_score(prompt, w), oracle_score(prompt, l)
+    if sw == sl:
+      continue
+    if sw < sl:
+      w, l, sw, sl, kw, kl = l, w, sl, sw, kl, kw
+    out.append(PreferencePair(prompt, w, l, margin=float(sw - sl), meta={
+        "chosen_score": float(sw), "rejected_score": float(sl), "chosen_errors": kw,
+        "rejected_errors": kl, "nested": nested}))
+  return out
+
+
+def ift_examples(n: int, seed: int) -> list[dict]:
+  """Instruction fine-tuning data: {"prompt", "response": gold} on train prompts."""
+  rng = _rng("ift", seed)
+  out = []
+  for _ in range(n):
+    p = make_prompt(rng)
+    out.append({"prompt": p, "response": gold_response(p)})
+  return out
+
+
+def justification(prompt: str, response: str, compact: bool = True) -> str:
+  """The judge's answer: criteria met / not met, then "Score: k"."""
+  c = error_counts(prompt, response)
+  met = _criteria(c)
+  k = sum(met)
+  if c["present"] == 0:
+    why = ("irrelevant" if compact else
+           "The response contains no number from the prompt, so it meets no criterion.")
+  elif compact:
+    why = " ".join(("+" if m else "-") + name for m, name in zip(met, CRITERIA))
+  else:
+    why = " ".join(f"{'Yes' if m else 'No'}: {t}." for m, t in zip(met, CRITERIA_TEXT))
+  return f"{why}\nScore: {k}"
+
+
+def eft_examples(n: int, seed: int, compact: bool = True) -> list[dict]:
+  """Evaluation fine-tuning data: judge prompt over (train prompt, response of
+  0..6 errors uniformly, or 10% random responses) -> justification + "Score: k".
+  Each record also carries "points" (= k) and "oracle" (the oracle score)."""
+  rng = _rng("eft", seed)
+  out = []
+  for _ in range(n):
+    p = make_prompt(rng)
+    if rng.random() < 0.1:
+      r = random_response(rng)
+    else:
+      r = degrade(rng, p, int(rng.integers(0, 7)))
+    out.append({"prompt": judge.render_judge_prompt(p, r, compact=compact),
+                "response": justification(p, r, compact), "points": judge_points(p, r),
+                "oracle": oracle_score(p, r)})
+  return out
+
+
+def eval_prompts(n: int, seed: int) -> list[str]:
+  """n distinct held-out prompts (distinct item sets, never a training set)."""
+  rng = _rng("eval", seed)
+  out, seen = [], set()
+  while len(out) < n:
+    p = make_prompt(rng, "eval")
+    key = frozenset(parse_prompt(p))
+    if key not in seen:
+      seen.add(key)
+      out.append(p)
+  return out
+
+
+def random_baseline_score(n: int, seed: int) -> float:
+  """Mean oracle score of `random_response`s on `eval_prompts(n, seed)`."""
+  rng = _rng("random", seed)
+  prompts = eval_prompts(n, seed)
+  return float(oracle_scores(prompts, [random_response(rng) for _ in prompts]).mean())
+
+
+def echo_baseline_score(prompts: Sequence[str]) -> float:
+  """Mean oracle score of copying the prompt's numbers unsorted."""
+  return float(oracle_scores(prompts, [echo_response(p) for p in prompts]).mean())
+
+
+# ----------------------------------------------------------------- CLI
+
+FILES = ("pairs_train", "pairs_eval", "ift", "eft", "prompts_eval")
+
+
+def write_files(out_dir: str, n_train: int, n_eval: int, seed: int,
+                files: Sequence[str] = FILES) -> dict[str, str]:
+  unknown = sorted(set(files) - set(FILES))
+  if unknown:
+    raise ValueError(f"unknown file(s) {unknown} (known: {FILES})")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {}
+  for name in files:
+    path = paths[name] = os.path.join(out_dir, f"{name}.jsonl")
+    if name == "pairs_train":
+      write_pairs_jsonl(path, preference_pairs(n_train, seed))
+    elif name == "pairs_eval":
+      write_pairs_jsonl(path, preference_pairs(n_eval, seed, split="eval"))
+    else:
+      recs = (ift_examples(n_train, seed) if name == "ift" else
+              eft_examples(n_train, seed) if name == "eft" else
+              [{"prompt": p} for p in eval_prompts(n_eval, seed)])
+      with open(path, "w") as f:
+        for r in recs:
+          f.write(json.dumps(r) + "\n")
+  return paths
+
+
+def read_generations(path: str) -> tuple[list[str], list[str]]:
+  """(prompts, responses) of a generations.jsonl; the response may be empty."""
+  prompts, responses = [], []
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      if not raw.strip():
+        continue
+      where = f"{path}:{lineno}"
+      try:
+        rec = json.loads(raw.decode("utf-8"))
+      except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{where}: malformed JSON ({e})") from None
+      if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected a JSON object")
+      for k in ("prompt", "response"):
+        if not isinstance(rec.get(k), str):
+          raise DataError(f"{where}: field '{k}' is missing or not a string")
+      try:
+        parse_prompt(rec["prompt"])
+      except ValueError as e:
+        raise DataError(f"{where}: field 'prompt': {e}") from None
+      prompts.append(rec["prompt"])
+      responses.append(rec["response"])
+  if not prompts:
+    raise DataError(f"{path}: no generations")
+  return prompts, responses
+
+
+def score_summary(prompts: Sequence[str], responses: Sequence[str], seed: int = 0) -> dict:
+  s = oracle_scores(prompts, responses)
+  pts = [judge_points(p, r) for p, r in zip(prompts, responses)]
+  return {"n": len(s), "oracle_mean": float(s.mean()), "oracle_std": float(s.std()),
+          "exact_match": float(np.mean([r == gold_response(p) for p, r in zip(prompts, responses)])),
+          "judge_points_mean": float(np.mean(pts)),
+          "random_baseline": random_baseline_score(len(s), seed),
+          "echo_baseline": echo_baseline_score(prompts)}
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] == "score":
+    ap = argparse.ArgumentParser(prog="python -m pit.data.synthetic score",
+                                 description="Mean oracle score of a generations.jsonl.")
+    ap.add_argument("--generations", required=True)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    a = ap.parse_args(argv[1:])
+    try:
+      summary = score_summary(*read_generations(a.generations), seed=a.seed)
+    except (OSError, DataError) as e:
+      sys.stderr.write(f"error: {e}\n")
+      return 2
+    print(f"oracle score {summary['oracle_mean']:.4f} (n={summary['n']}, exact match "
+          f"{summary['exact_match']:.3f}, judge points {summary['judge_points_mean']:.2f}/5) | "
+          f"random baseline {summary['random_baseline']:.4f} | "
+          f"echo baseline {summary['echo_baseline']:.4f}")
+    print(json.dumps(summary))
+    return 0
+  ap = argparse.ArgumentParser(prog="python -m pit.data.synthetic",
+                               description="Write the synthetic sort task's data files.")
+  ap.add_argument("--out_dir", required=True)
+  ap.add_argument("--n_train", type=int, default=10000)
+  ap.add_argument("--n_eval", type=int, default=500)
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--files", default=",".join(FILES), help=f"comma list of {FILES}")
+  a = ap.parse_args(argv)
+  paths = write_files(a.out_dir, a.n_train, a.n_eval, a.seed,
+                      [f for f in a.files.split(",") if f])
+  for name, path in paths.items():
+    print(f"{name}: {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import jax
 import numpy as np
 
 from pit import sharding as shd
-from pit.data import batching, records
+from pit.data import batching, sources
 from pit.data.tokenizer import Tokenizer, make_tokenizer
 from pit.model import ModelConfig
 from pit.params import ModelDef, model_def
@@ -40,19 +39,29 @@ def buckets(config) -> tuple[int, ...]:
   return tuple(config.data.buckets) or batching.default_buckets(int(config.data.max_len))
 
 
-def load_sft_examples(path: str, config, tokenizer, stats=None) -> list[batching.Example]:
-  """JSONL with {"prompt","response"} (loss on response) or {"text"} (loss on all)."""
-  if not path:
-    raise ValueError("data.train_path: no training file given")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"data file not found: {path}")
-  fields = _detect_fields(path)
-  report = records.SkipReport()
-  stats = stats or batching.TruncationStats()
+def load_sft_examples(path: str, config, tokenizer, stats=None, *, split: str = "train",
+                      report=None) -> list[batching.Example]:
+  """SFT records from `sources.load_sft_records` (config.data.source), tokenised:
+  {"prompt","response"} (loss on response) or {"text"} (loss on all).
+
+  For data.source='jsonl' `path` is the file (train_path or eval_path). Skips and
+  truncations are counted in `report` (a `sources.DataReport`) and logged here."""
+  report = report if report is not None else sources.DataReport()
+  if stats is not None:
+    report.truncation = stats
+  stats = report.truncation
+  if sources.source_name(config.data) == "jsonl":
+    if not path:
+      raise ValueError("data.train_path: no training file given")
+    recs = sources.load_sft_records(config.data, split, report=report, path=path)
+    what = path
+  else:
+    recs = sources.load_sft_records(config.data, split, report=report)
+    what = f"data.source={config.data.source} split={split}"
   examples = []
   max_len, max_resp = int(config.data.max_len), int(config.data.max_response_len)
-  for rec in records.read_jsonl(path, fields, on_error=config.data.on_error, report=report):
-    if fields == ("text",):
+  for rec in recs:
+    if "text" in rec:
       prompt_ids, response_ids = [], tokenizer.encode(rec["text"])
       resp_cap = max_len - 1
     else:
@@ -61,18 +70,9 @@ def load_sft_examples(path: str, config, tokenizer, stats=None) -> list[batching
     examples.append(batching.make_example(
         prompt_ids, response_ids, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
         max_len=max_len, max_response_len=resp_cap, stats=stats))
-  logging.info("%s: %d examples; truncations %s; %s", path, len(examples), stats.as_dict(),
-               report.summary())
+  logging.info("%s: %d examples", what, len(examples))
+  report.log(what)
   return examples
-
-
-def _detect_fields(path) -> tuple[str, ...]:
-  """Format of the file from its first record: pairs or plain text."""
-  for rec in records.read_jsonl(path, (), on_error="skip"):
-    if "text" in rec and "prompt" not in rec:
-      return ("text",)
-    return ("prompt", "response")
-  raise records.DataError(f"{path}: no records")
 
 
 def split_eval(examples, fraction: float, seed: int):

@@ -10,7 +10,7 @@ import numpy as np
 
 from pit import losses
 from pit import sharding as shd
-from pit.data import batching
+from pit.data import batching, sources
 from pit.pipelines import common
 from pit.trainer import train
 
@@ -49,9 +49,14 @@ def make_eval_fn(rt, examples, config):
 
 def run(config, workdir: str):
   rt = common.setup(config)
-  examples = common.load_sft_examples(config.data.train_path, config, rt.tokenizer)
+  reports = {"train": sources.DataReport()}
+  examples = common.load_sft_examples(config.data.train_path, config, rt.tokenizer,
+                                      report=reports["train"])
   if config.data.eval_path:
-    train_ex, eval_ex = examples, common.load_sft_examples(config.data.eval_path, config, rt.tokenizer)
+    reports["eval"] = sources.DataReport()
+    eval_ex = common.load_sft_examples(config.data.eval_path, config, rt.tokenizer, split="eval",
+                                       report=reports["eval"])
+    train_ex = examples
   else:
     train_ex, eval_ex = common.split_eval(examples, float(config.data.eval_fraction), int(config.data.seed))
   data = batching.BatchIterator(
@@ -62,7 +67,8 @@ def run(config, workdir: str):
   result = train(config, workdir, rt.mdef, losses.sft_loss, data, mesh=rt.mesh, rules=rt.rules,
                  eval_fn=eval_fn, name="sft")
   summary = {"steps_run": result.steps_run, "resumed_from": result.resumed_from,
-             "final_train": result.last_metrics}
+             "final_train": result.last_metrics,
+             "data": {k: r.as_dict() for k, r in reports.items()}}
   if eval_fn is not None:
     summary["final_eval"] = eval_fn(result.state, int(config.train.steps))
   if jax.process_index() == 0:

@@ -34,7 +34,12 @@ class SkipReport:
 
 
 def _open(path):
-  return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+  """gzip by name or by magic bytes (downloaded files may lose their .gz name)."""
+  if str(path).endswith(".gz"):
+    return gzip.open(path, "rb")
+  with open(path, "rb") as f:
+    gz = f.read(2) == b"\x1f\x8b"
+  return gzip.open(path, "rb") if gz else open(path, "rb")
 
 
 def read_jsonl(path: str, fields: tuple[str, ...], *, on_error: str = "raise",

@@ -1,0 +1,189 @@
+"""Shared parts of the TFDS builders: where the source files come from
+(manual_dir, official download, or a clear error), field checks that name
+file/line/field, row readers for JSONL and parquet, and string features that
+work without TensorFlow.
+
+TFDS 4.9.10 without TensorFlow: `GeneratorBasedBuilder` with
+`file_format='array_record'` builds and `tfds.data_source` reads back.
+`tfds.features.Text`, numpy scalars (`np.int32`, `np.float32`, `np.float64`,
+`np.bool_`) and `tfds.features.Sequence` of those (also of dicts) work; strings
+read back as UTF-8 `bytes` (decode with `decode_record`). A split with zero
+examples cannot be written ("No examples were yielded"), so builders only
+declare splits that have data.
+"""
+from __future__ import annotations
+
+import glob
+import inspect
+import logging
+import os
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from tensorflow_datasets.core import utils as tfds_utils
+
+from pit.data import records
+from pit.data.records import DataError
+
+
+class SourceMissingError(FileNotFoundError):
+  """Neither manual files nor a permitted download: names what is missing."""
+
+
+def text():
+  return tfds.features.Text()
+
+
+class PitBuilder(tfds.core.GeneratorBasedBuilder):
+  """Base: `manual_dir` (local copies of the official files) or, with
+  `allow_download=True`, the official URLs through `dl_manager`."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First PIT release."}
+
+  @tfds_utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS's own lookup goes through `importlib_resources`, which is not
+    # installed (and not needed): the builder's source file is enough.
+    return epath.Path(inspect.getfile(cls))
+
+  def __init__(self, *, manual_dir: str | None = None, allow_download: bool = False, **kwargs):
+    self._pit_manual_dir = manual_dir
+    self._pit_allow_download = allow_download
+    self._pit_stats: dict[str, Any] = {}
+    super().__init__(**kwargs)
+
+  def make_info(self, **kwargs) -> tfds.core.DatasetInfo:
+    """DatasetInfo that keeps source order (no shuffling by key hash) and a
+    metadata dict for the builder's counts."""
+    return tfds.core.DatasetInfo(builder=self, disable_shuffling=True,
+                                 metadata=tfds.core.MetadataDict(), **kwargs)
+
+  # Subclasses: file names in a manual_dir (for messages) and the lookup.
+  def expected_manual_files(self) -> list[str]:
+    raise NotImplementedError
+
+  def official_urls(self) -> dict[str, list[str]]:
+    raise NotImplementedError
+
+  def find_manual_files(self, manual_dir: str) -> dict[str, list[str]]:
+    raise NotImplementedError
+
+  @property
+  def _pit_id(self) -> str:
+    cfg = self.builder_config.name if self.builder_config else None
+    return f"{self.name}/{cfg}" if cfg else self.name
+
+  def resolve_sources(self, dl_manager) -> dict[str, list[str]]:
+    """group -> local file paths, from manual_dir or the official download."""
+    if self._pit_manual_dir:
+      mdir = os.fspath(self._pit_manual_dir)
+      if not os.path.isdir(mdir):
+        raise SourceMissingError(f"{self._pit_id}: manual_dir {mdir} does not exist")
+      found = {k: v for k, v in self.find_manual_files(mdir).items() if v}
+      if not found:
+        raise SourceMissingError(
+            f"{self._pit_id}: no source files in manual_dir {mdir}; expected "
+            f"{', '.join(self.expected_manual_files())}")
+      return found
+    if self._pit_allow_download:
+      urls = self.official_urls()
+      return {k: [os.fspath(p) for p in dl_manager.download(v)] for k, v in urls.items()}
+    urls = [u for v in self.official_urls().values() for u in v]
+    raise SourceMissingError(
+        f"{self._pit_id}: no source data: pass manual_dir holding "
+        f"{', '.join(self.expected_manual_files())}, or download=True to fetch "
+        f"{urls[0]}{f' (+{len(urls) - 1} more)' if len(urls) > 1 else ''}")
+
+  def set_stats(self, key: str, value: Any):
+    """Counts kept in the dataset's metadata.json (`builder.info.metadata['stats']`)."""
+    self._pit_stats[key] = value
+    self.info.metadata["stats"] = dict(self._pit_stats)
+
+
+def first_existing(mdir: str, names: list[str]) -> list[str]:
+  for n in names:
+    hits = sorted(glob.glob(os.path.join(mdir, n)))
+    if hits:
+      return hits
+  return []
+
+
+# ----------------------------------------------------------------- rows + fields
+
+def read_rows(path: str) -> Iterator[tuple[str, int, dict]]:
+  """(where, line or row number, record) for every row of a JSONL(.gz) or parquet file; `where` is
+  "file:line" (JSONL) or "file: row N" (parquet, 1-based)."""
+  with open(path, "rb") as fh:
+    is_parquet = fh.read(4) == b"PAR1"
+  if is_parquet:
+    try:
+      import pyarrow.parquet as pq
+    except ImportError:
+      raise DataError(f"{path}: reading parquet needs pyarrow (not installed); "
+                      "export the split to JSONL instead") from None
+    table = pq.read_table(path)
+    for i, rec in enumerate(table.to_pylist(), start=1):
+      yield f"{path}: row {i}", i, rec
+  else:
+    for lineno, rec in records.read_jsonl_numbered(path, ()):
+      yield f"{path}:{lineno}", lineno, rec
+
+
+_MISSING = object()
+
+
+def field(obj: Any, key: str | int, typ, where: str, name: str, *, optional: bool = False,
+          nonempty: bool = False):
+  """obj[key] checked to be of `typ` (None allowed when optional); errors name
+  where (file:line) and the dotted field path."""
+  if isinstance(key, int):
+    val = obj[key] if isinstance(obj, list) and -len(obj) <= key < len(obj) else _MISSING
+  else:
+    val = obj.get(key, _MISSING) if isinstance(obj, dict) else _MISSING
+  if val is _MISSING or (val is None and not optional):
+    raise DataError(f"{where}: field '{name}' is missing")
+  if val is None:
+    return None
+  ok = isinstance(val, typ) and not (typ in (int, float, (int, float)) and isinstance(val, bool))
+  if not ok:
+    tn = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+    raise DataError(f"{where}: field '{name}' must be {tn}, got {type(val).__name__}")
+  if nonempty and isinstance(val, (str, list)) and not (val.strip() if isinstance(val, str) else val):
+    raise DataError(f"{where}: field '{name}' is empty")
+  return val
+
+
+# ----------------------------------------------------------------- read back
+
+def decode_record(x):
+  """data_source record -> plain Python: bytes -> str, numpy -> Python,
+  Sequence-of-dict (dict of lists) -> list of dicts."""
+  if isinstance(x, dict):
+    out = {k: decode_record(v) for k, v in x.items()}
+    return out
+  if isinstance(x, (bytes, np.bytes_)):
+    return bytes(x).decode("utf-8")
+  if isinstance(x, np.ndarray):
+    if x.dtype == object or x.dtype.kind in "SO":
+      return [decode_record(v) for v in x.tolist()]
+    return x.tolist()
+  if isinstance(x, np.generic):
+    return x.item()
+  if isinstance(x, list):
+    return [decode_record(v) for v in x]
+  return x
+
+
+def unzip(seq: dict) -> list[dict]:
+  """TFDS Sequence({...}) reads back as a dict of equal-length lists."""
+  keys = list(seq)
+  n = len(seq[keys[0]]) if keys else 0
+  return [{k: seq[k][i] for k in keys} for i in range(n)]
+
+
+def log_counts(what: str, counts: dict):
+  logging.info("%s: %s", what, counts)

@@ -150,3 +150,38 @@ def test_cli_bad_line_is_one_line_error(tmp_path):
   assert r.returncode != 0 and "Traceback" not in r.stderr
   errors = [l for l in r.stderr.splitlines() if l.startswith("pit: error:")]
   assert errors == [f"pit: error: {path}:2: field 'response' is missing"], r.stderr[-2000:]
+
+
+def test_synthetic_source():
+  from pit.data import synthetic
+  c = _data_cfg(source="synthetic", synthetic_train_size=6, synthetic_eval_size=4, seed=3)
+  sft = sources.load_sft_records(c.data)
+  assert sft == synthetic.ift_examples(6, 3)
+  ev = sources.load_sft_records(c.data, "eval")
+  assert [r["prompt"] for r in ev] == synthetic.eval_prompts(4, 3) == sources.load_prompts(c.data)
+  assert all(r["response"] == synthetic.gold_response(r["prompt"]) for r in ev)
+  ps = sources.load_pairs(c.data)
+  assert ps == synthetic.preference_pairs(6, 3) and len(sources.load_pairs(c.data, "eval")) == 4
+  assert not {p.prompt for p in sources.load_pairs(c.data, "eval")} & {p.prompt for p in ps}
+
+
+def _hh_line(q, good, bad):
+  pre = f"\n\nHuman: {q}\n\nAssistant:"
+  return json.dumps({"chosen": pre + " " + good, "rejected": pre + " " + bad}).encode() + b"\n"
+
+
+def test_tfds_source_builds_from_manual_dir(tmp_path):
+  import gzip
+  manual = tmp_path / "manual" / "harmless-base"
+  manual.mkdir(parents=True)
+  (manual / "test.jsonl.gz").write_bytes(gzip.compress(b"".join(
+      _hh_line(f"question {i}?", f"good answer {i}", f"bad answer {i}") for i in range(5))))
+  c = _data_cfg(source="tfds", tfds_name="hh_rlhf", tfds_config="harmless-base",
+                data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "manual"))
+  ps = sorted(sources.load_pairs(c.data, "eval"), key=lambda p: p.prompt)
+  assert [(p.prompt, p.chosen, p.rejected) for p in ps] == [
+      (f"\n\nHuman: question {i}?\n\nAssistant:", f" good answer {i}", f" bad answer {i}")
+      for i in range(5)]
+  assert sorted(sources.load_prompts(c.data)) == [p.prompt for p in ps]
+  sft = sorted(sources.load_sft_records(c.data, "test"), key=lambda r: r["prompt"])
+  assert [(r["prompt"], r["response"]) for r in sft] == [(p.prompt, p.chosen) for p in ps]

@@ -5,11 +5,13 @@
                {"prompt","chosen","rejected"[,"margin"]}; prompts {"prompt"}.
   'tfds'       the TFDS builders in `pit.data.builders` (data.tfds_name,
                data.tfds_config, data.data_dir, data.manual_dir). Split names
-               pass through to TFDS ("train", "test", "train[:10%]"); "eval"
-               means "test".
-  'synthetic'  the oracle task of `pit.data.synthetic` (data.synthetic_train_size
-               / data.synthetic_eval_size records; seed data.seed for train and
-               data.seed + 1 for eval, so the two draws differ).
+               pass through to TFDS ("train", "test"); "eval" means "test".
+               data_dir defaults to $TFDS_DATA_DIR or ~/tensorflow_datasets;
+               the dataset is built from manual_dir on first use.
+  'synthetic'  the oracle task of `pit.data.synthetic`, seed data.seed:
+               data.synthetic_train_size records for "train" (ift_examples,
+               preference_pairs), data.synthetic_eval_size for eval-like splits
+               (held-out eval_prompts with gold responses, eval pairs).
 
 Bad records (malformed JSON, missing/empty/non-string field, non-UTF-8 bytes)
 raise `records.DataError` naming file, line and field; with
@@ -85,17 +87,29 @@ def _tfds_kwargs(data_cfg, split: str) -> dict:
   name = data_cfg.get("tfds_name", "")
   if not name:
     raise ValueError("data.tfds_name: no TFDS dataset given (data.source='tfds')")
+  data_dir = (data_cfg.get("data_dir", "") or os.environ.get("TFDS_DATA_DIR")
+              or os.path.join("~", "tensorflow_datasets"))
   return dict(name=name, config=data_cfg.get("tfds_config", "") or None,
               split="test" if split == "eval" else split,
-              data_dir=data_cfg.get("data_dir", "") or None,
-              manual_dir=data_cfg.get("manual_dir", "") or None)
+              data_dir=os.path.expanduser(data_dir),
+              manual_dir=data_cfg.get("manual_dir", "") or None,
+              download=bool(data_cfg.get("download", False)))
 
 
-def _synthetic_n_seed(data_cfg, split: str) -> tuple[int, int]:
-  seed = int(data_cfg.get("seed", 0))
+def _synthetic_n(data_cfg, split: str) -> int:
   if _is_eval(split):
-    return int(data_cfg.get("synthetic_eval_size", 200)), seed + 1
-  return int(data_cfg.get("synthetic_train_size", 2000)), seed
+    return int(data_cfg.get("synthetic_eval_size", 200))
+  return int(data_cfg.get("synthetic_train_size", 2000))
+
+
+def _synthetic_sft(data_cfg, split: str) -> list[dict]:
+  """Train: `ift_examples`; eval: the gold responses to the held-out `eval_prompts`."""
+  from pit.data import synthetic
+  n, seed = _synthetic_n(data_cfg, split), int(data_cfg.get("seed", 0))
+  if _is_eval(split):
+    return [{"prompt": p, "response": synthetic.gold_response(p)}
+            for p in synthetic.eval_prompts(n, seed)]
+  return synthetic.ift_examples(n, seed)
 
 
 def _check(rec: Any, fields: tuple[str, ...], where: str, on_error: str,
@@ -157,9 +171,7 @@ def load_sft_records(data_cfg, split: str = "train", *, report: DataReport | Non
       from pit.data import builders
       raw, where = builders.load_sft(kw.pop("name"), **kw), f"tfds:{data_cfg.tfds_name}/{split}"
     else:
-      from pit.data import synthetic
-      n, seed = _synthetic_n_seed(data_cfg, split)
-      raw, where = synthetic.ift_examples(n, seed), f"synthetic/{split}"
+      raw, where = _synthetic_sft(data_cfg, split), f"synthetic/{split}"
     out = []
     for i, rec in enumerate(raw):
       fields = _sft_fields(rec)
@@ -186,8 +198,9 @@ def load_pairs(data_cfg, split: str = "train", *,
       raw, where = builders.load_pairs(kw.pop("name"), **kw), f"tfds:{data_cfg.tfds_name}/{split}"
     else:
       from pit.data import synthetic
-      n, seed = _synthetic_n_seed(data_cfg, split)
-      raw, where = synthetic.preference_pairs(n, seed), f"synthetic/{split}"
+      raw = synthetic.preference_pairs(_synthetic_n(data_cfg, split), int(data_cfg.get("seed", 0)),
+                                       split="eval" if _is_eval(split) else "train")
+      where = f"synthetic/{split}"
     out = []
     for i, p in enumerate(raw):
       rec = p.to_json() if isinstance(p, PreferencePair) else p
@@ -203,7 +216,8 @@ def load_pairs(data_cfg, split: str = "train", *,
 
 def load_prompts(data_cfg, split: str = "eval", *, report: DataReport | None = None) -> list[str]:
   """Prompts to sample from: the "prompt" field of each record, in order
-  (tfds: the prompts of the dataset's pairs; synthetic: `eval_prompts`)."""
+  (tfds: the prompts of the dataset's pairs; synthetic: `eval_prompts` for
+  eval-like splits, the IFT prompts for "train")."""
   report = report if report is not None else DataReport()
   src, on_error = source_name(data_cfg), _on_error(data_cfg)
   if src == "jsonl":
@@ -214,10 +228,8 @@ def load_prompts(data_cfg, split: str = "eval", *, report: DataReport | None = N
     out, where = [p.prompt for p in load_pairs(data_cfg, split, report=report)], \
         f"tfds:{data_cfg.tfds_name}/{split}"
   else:
-    from pit.data import synthetic
-    n, seed = _synthetic_n_seed(data_cfg, split)
     where, out = f"synthetic/{split}", []
-    for i, p in enumerate(synthetic.eval_prompts(n, seed)):
+    for i, p in enumerate(r["prompt"] for r in _synthetic_sft(data_cfg, split)):
       if _check({"prompt": p}, ("prompt",), f"{where}:{i}", on_error, report.skips):
         out.append(p)
   if not out:

@@ -1,8 +1,29 @@
 """Tokenised examples -> fixed-shape batches in a few length buckets.
 
-Shuffling is a deterministic function of (seed, epoch); the iterator's whole
-state is {epoch, index}, saved in every checkpoint and restored exactly.
-Multi-host: every process builds the same global order and takes its slice.
+Truncation policy (`make_example`): an example is `[bos] prompt response [eos]`
+with the loss on response + eos. A response longer than
+`data.max_response_len` tokens (eos included) is cut at that length, its eos
+kept; then a prompt that does not fit in the remaining `data.max_len` keeps its
+*end* (the most recent turns, which the response answers) after the bos. Text
+records are a response with an empty prompt, cut at `max_len - 1`. Every cut
+is counted in a `TruncationStats`; the loaders (`pit.pipelines.common`,
+`pit.data.sources.DataReport`) log the counts when loading ends and the
+pipelines write them into their summary json. Nothing is cut silently.
+
+Padding: a batch is right-padded to the smallest bucket (`data.buckets`, by
+default powers of two from 32 up to max_len: `default_buckets`) that holds its
+longest example, so jit sees only a few static shapes.
+
+Order: shuffling is a deterministic function of (seed, epoch); the iterator's
+whole state is {epoch, index, seed}, saved with every checkpoint
+(`pit.checkpoint.Checkpointer`) and restored exactly, so a resumed run sees the
+same batches as an uninterrupted one, across epoch boundaries too.
+
+Multi-host: every process holds the same examples, builds the same global
+order and the same global batch (the bucket is chosen from the whole global
+batch, so all processes agree on the shape) and keeps rows
+[process_index * B/P, (process_index + 1) * B/P): the per-process slices,
+concatenated in process order, are exactly the single-process batch.
 """
 from __future__ import annotations
 
@@ -36,6 +57,9 @@ def make_example(prompt_ids: Sequence[int], response_ids: Sequence[int], *, bos_
   Truncation policy: the response is cut to `max_response_len` tokens (eos
   kept); then the prompt keeps its *end* so the whole fits in `max_len`.
   """
+  if max_response_len >= max_len:
+    raise ValueError(f"data.max_response_len={max_response_len} must be smaller than "
+                     f"data.max_len={max_len} (room is needed for bos and the prompt)")
   response = list(response_ids) + [eos_id]
   if len(response) > max_response_len:
     response = response[:max_response_len - 1] + [eos_id]

@@ -1,0 +1,125 @@
+"""Batching: truncation policy and counts, bucketed padding, seeded order, Orbax resume of the
+iterator (incl. across an epoch boundary) and per-host slices of the global batch."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pit.checkpoint import Checkpointer
+from pit.data import batching
+from pit.data.tokenizer import ByteTokenizer
+
+TOK = ByteTokenizer()
+
+
+def _examples(n=21, seed=0, stats=None):
+  rng = np.random.default_rng(seed)
+  word = lambda k: "".join(chr(97 + c) for c in rng.integers(0, 26, k))
+  return [batching.make_example(TOK.encode(word(rng.integers(1, 40))),
+                                TOK.encode(word(rng.integers(1, 60))), bos_id=TOK.bos_id,
+                                eos_id=TOK.eos_id, max_len=64, max_response_len=40, stats=stats)
+          for _ in range(n)]
+
+
+def _it(examples, **kw):
+  return batching.BatchIterator(examples, **{**dict(batch_size=4, buckets=(16, 32, 64),
+                                                    pad_id=TOK.pad_id, seed=5), **kw})
+
+
+def _same(a, b):
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_truncation_counts_and_bounds():
+  stats = batching.TruncationStats()
+  ex = _examples(200, stats=stats)
+  # independent count of the policy: response+eos > 40 is cut; then bos+prompt must fit the rest
+  rng = np.random.default_rng(0)
+  want_r = want_p = 0
+  for _ in range(200):
+    p = int(rng.integers(1, 40))
+    rng.integers(0, 26, p)
+    r = int(rng.integers(1, 60))
+    rng.integers(0, 26, r)
+    r_len = min(r + 1, 40)
+    want_r += r + 1 > 40
+    want_p += 1 + p > 64 - r_len
+  assert (stats.responses_cut, stats.prompts_cut) == (want_r, want_p) and want_r > 0
+  assert max(len(e.tokens) for e in ex) <= 64
+  assert all(e.tokens[0] == TOK.bos_id and e.tokens[-1] == TOK.eos_id for e in ex)
+  with pytest.raises(ValueError, match="max_response_len=64 must be smaller than data.max_len=64"):
+    batching.make_example([1], [2], bos_id=0, eos_id=1, max_len=64, max_response_len=64)
+
+
+def test_padding_to_buckets_and_seeded_order():
+  assert batching.default_buckets(256) == (32, 64, 128, 256)
+  ex = _examples()
+  it = _it(ex)
+  for _ in range(12):
+    b = next(it)
+    L = b["inputs"].shape[1]
+    longest = int(b["mask"].sum(1).max())
+    assert L in (16, 32, 64) and longest <= L and (L == 16 or longest > L // 2)
+    assert np.all(b["inputs"][~b["mask"]] == TOK.pad_id) and np.all(b["loss_mask"][~b["mask"]] == 0)
+  a, b, c = _it(ex), _it(ex), _it(ex, seed=6)
+  first = [next(a)["inputs"] for _ in range(5)]
+  for x in first:
+    np.testing.assert_array_equal(x, next(b)["inputs"])
+  assert any(x.shape != y.shape or np.any(x != y) for x, y in
+             zip(first, [next(c)["inputs"] for _ in range(5)]))
+
+
+def test_epoch_is_a_permutation():
+  ex = _examples(20)
+  it = _it(ex, buckets=(64,))
+  seen = np.concatenate([next(it)["inputs"] for _ in range(it.batches_per_epoch)])
+  want = batching.collate(ex, 64, TOK.pad_id)["inputs"]
+  assert sorted(map(bytes, seen.astype(np.int32))) == sorted(map(bytes, want.astype(np.int32)))
+
+
+@pytest.mark.parametrize("consumed", [3, 5])  # 5 batches/epoch: 5 = resume at an epoch boundary
+def test_orbax_round_trip_of_iterator_state(tmp_path, consumed):
+  ex = _examples()
+  it = _it(ex)
+  assert it.batches_per_epoch == 5
+  for _ in range(consumed):
+    next(it)
+  state = {"w": jnp.arange(4.0)}
+  ck = Checkpointer(str(tmp_path / "ck"), save_every=1, keep=1, async_save=False)
+  ck.save(consumed, state, it.get_state(), force=True)
+  ck.close()
+  expected = [next(it) for _ in range(7)]  # runs into the next epoch
+
+  ck = Checkpointer(str(tmp_path / "ck"), save_every=1, keep=1, async_save=False)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                          state)
+  restored, data_state, step = ck.restore(abstract)
+  ck.close()
+  assert step == consumed and data_state == {"epoch": consumed // 5, "index": consumed % 5,
+                                             "seed": 5}
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  fresh = _it(_examples())
+  fresh.set_state(data_state)
+  for e in expected:
+    _same(next(fresh), e)
+  with pytest.raises(ValueError, match="data seed changed"):
+    _it(ex, seed=9).set_state(data_state)
+
+
+def test_two_process_slices_concatenate_to_the_global_batch():
+  ex = _examples(23)
+  glob = _it(ex, batch_size=8)
+  procs = [_it(ex, batch_size=8, process_index=i, process_count=2) for i in range(2)]
+  for _ in range(7):  # crosses the epoch boundary (2 batches/epoch)
+    g = next(glob)
+    parts = [next(p) for p in procs]
+    assert all(p["inputs"].shape == (4, g["inputs"].shape[1]) for p in parts)
+    _same({k: np.concatenate([p[k] for p in parts]) for k in g}, g)
+  # resuming one process from the other's state keeps them in step
+  p1 = _it(ex, batch_size=8, process_index=1, process_count=2)
+  p1.set_state(procs[0].get_state())
+  _same(next(p1), next(procs[1]))
+  with pytest.raises(ValueError, match="not divisible by 3 processes"):
+    _it(ex, batch_size=8, process_count=3)

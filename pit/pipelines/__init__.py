@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pit.pipelines import generate, sft
+from pit.pipelines import generate, ppo, sft
 
 PIPELINES: dict[str, Callable] = {
     "sft": sft.run,
     "generate": generate.run,
+    "ppo": ppo.run,
 }

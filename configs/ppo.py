@@ -1,0 +1,54 @@
+"""PPO with a learned reward model or the synthetic oracle (`pipeline=ppo`).
+
+Presets: `tiny` (CPU, minutes; the synthetic task with its oracle as reward;
+start from an SFT run: `--config.ppo.init_checkpoint_dir=<sft workdir>`),
+`small`. `train.batch_size` is the PPO minibatch; one rollout of
+`ppo.rollout_batch_size` samples gives `ppo.epochs * rollout / minibatch`
+updates, and `train.steps` / `checkpoint.every` must be multiples of that.
+"""
+import ml_collections
+
+from pit.config_base import base_config
+
+
+def ppo_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      init_checkpoint_dir="",      # SFT workdir or its checkpoints/ (params only)
+      scorer="oracle",             # oracle | reward_model
+      reward_model_dir="",         # workdir with config_*.json (model.head='scalar') + checkpoints/
+      reward_format="{prompt}{response}",  # {prompt} {response} [{reference}]
+      reward_max_len=0,            # 0 -> the reward model's max_seq_len
+      rollout_batch_size=64, max_new_tokens=32, temperature=1.0,
+      max_prompt_len=64, prompt_buckets=(),
+      epochs=2, gamma=1.0, lam=0.95, clip_ratio=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0,
+      whiten_advantages=True,
+      kl_estimator="k1",           # k1 (log-ratio) | k3 ((r-1) - log r)
+      kl_coef=0.1, adaptive_kl=True, target_kl=2.0, kl_horizon=10000.0,
+      value_init="policy"))        # policy (SFT trunk + fresh head) | random
+
+
+def get_config(preset: str = "tiny"):
+  c = base_config()
+  c.pipeline = "ppo"
+  c.ppo = ppo_defaults()
+  c.data.source = "synthetic"
+  if preset == "tiny":
+    c.model.update(vocab_size=384, d_model=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                   d_ff=384, max_seq_len=128)
+    c.ppo.update(rollout_batch_size=64, max_new_tokens=32, max_prompt_len=64, prompt_buckets=(32, 64))
+    c.train.update(steps=80, batch_size=32, log_every=4)
+    c.optim.update(learning_rate=1e-5, warmup_steps=0, decay_steps=80, end_lr_ratio=1.0,
+                   weight_decay=0.0)
+    c.checkpoint.update(every=20, keep=2)
+  elif preset == "small":
+    c.model.update(vocab_size=384, d_model=512, num_layers=6, num_heads=8, num_kv_heads=8,
+                   d_ff=1408, max_seq_len=512)
+    c.ppo.update(rollout_batch_size=128, max_new_tokens=128, max_prompt_len=256,
+                 prompt_buckets=(64, 128, 256))
+    c.train.update(steps=400, batch_size=32, log_every=8)
+    c.optim.update(learning_rate=1e-6, warmup_steps=0, decay_steps=400, end_lr_ratio=1.0,
+                   weight_decay=0.0)
+    c.checkpoint.update(every=40, keep=2)
+  else:
+    raise ValueError(f"unknown preset {preset!r} (tiny, small)")
+  return c

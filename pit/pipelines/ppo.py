@@ -1,0 +1,107 @@
+"""`pipeline=ppo`: PPO from an SFT checkpoint against a scalar scorer.
+
+Policy and reference start from `ppo.init_checkpoint_dir` (params only); the
+value model is a scalar-head Transformer of the same shape whose trunk starts
+from the same checkpoint (`ppo.value_init='policy'`) or at random ('random').
+Scorer: `ppo.scorer='oracle'` (the synthetic task's oracle) or 'reward_model'
+(`ppo.reward_model_dir`, input text from `ppo.reward_format`). Training is the
+one loop (`pit.trainer.train`) with `Rollouts` as its batch source; checkpoints
+fall on rollout boundaries, so a killed run resumes to identical parameters.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+
+from pit import ppo
+from pit.params import init_params, model_def
+from pit.pipelines import common
+from pit.pipelines.generate import restore_params_for_sampling
+from pit.rl import scorers
+from pit.rl.rollouts import Rollouts
+from pit.sampler import Sampler
+from pit.trainer import train
+
+
+def load_prompts(config, split: str = "train") -> list[str]:
+  try:
+    from pit.data.sources import load_prompts as _load
+  except ImportError:  # pragma: no cover - before pit.data.sources existed
+    from pit.data import records
+    return [r["prompt"] for r in records.read_jsonl(config.data.train_path, ("prompt",))]
+  return _load(config.data, split)
+
+
+def make_scorer(config, rt):
+  pcfg = config.ppo
+  if pcfg.scorer == "oracle":
+    return scorers.OracleScorer()
+  if pcfg.scorer == "reward_model":
+    mdef, params = scorers.load_reward_model(pcfg.reward_model_dir, rt.mesh, rt.rules)
+    fmt = scorers.template_format(pcfg.reward_format, config.data.prompt_format)
+    return scorers.RewardModelScorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules, format_fn=fmt,
+                                     max_len=int(pcfg.reward_max_len or mdef.cfg.max_seq_len),
+                                     batch_size=int(pcfg.rollout_batch_size))
+  raise ValueError(f"ppo.scorer: {pcfg.scorer!r} not in ('oracle', 'reward_model')")
+
+
+def _check(config, updates_per_rollout: int):
+  pcfg = config.ppo
+  if not pcfg.init_checkpoint_dir:
+    raise ValueError("ppo.init_checkpoint_dir: give the SFT checkpoint directory to start from")
+  k = updates_per_rollout
+  if int(config.train.steps) % k:
+    raise ValueError(f"train.steps={config.train.steps} must be a multiple of the updates per "
+                     f"rollout ({k} = ppo.epochs * ppo.rollout_batch_size / train.batch_size)")
+  if int(config.checkpoint.every) % k:
+    raise ValueError(f"checkpoint.every={config.checkpoint.every} must be a multiple of the "
+                     f"updates per rollout ({k}): PPO checkpoints fall on rollout boundaries")
+  if pcfg.value_init not in ("policy", "random"):
+    raise ValueError(f"ppo.value_init: {pcfg.value_init!r} not in ('policy', 'random')")
+
+
+def run(config, workdir: str):
+  rt = common.setup(config)
+  pcfg = config.ppo
+  if rt.mdef.cfg.head != "lm":
+    raise ValueError("ppo: model.head must be 'lm' (the policy); the value model is derived")
+  acdef = ppo.ActorCriticDef(rt.mdef, model_def(rt.mdef.cfg.replace(head="scalar")))
+  init_dir = pcfg.init_checkpoint_dir
+  if init_dir and os.path.isdir(os.path.join(init_dir, "checkpoints")):
+    init_dir = os.path.join(init_dir, "checkpoints")
+  seed = int(config.train.seed)
+  sampler = Sampler(rt.mdef, rt.mesh, rt.rules, pad_id=rt.tokenizer.pad_id,
+                    eos_id=rt.tokenizer.eos_id, prompt_buckets=tuple(pcfg.prompt_buckets) or None)
+  data = Rollouts(acdef, None, mesh=rt.mesh, rules=rt.rules, tokenizer=rt.tokenizer,
+                  sampler=sampler, scorer=make_scorer(config, rt), prompts=load_prompts(config),
+                  pcfg=pcfg, minibatch_size=int(config.train.batch_size),
+                  prompt_format=config.data.prompt_format, seed=seed,
+                  process_index=jax.process_index(), process_count=jax.process_count())
+  _check(config, data.updates_per_rollout)
+  data.ref_params, init_step = restore_params_for_sampling(rt, init_dir)
+  logging.info("ppo: policy/reference from %s step %d; %d updates per rollout", init_dir,
+               init_step, data.updates_per_rollout)
+
+  def init_fn():
+    policy, _ = restore_params_for_sampling(rt, init_dir)
+    value = init_params(acdef.value, rt.mesh, rt.rules, seed + 1)
+    if pcfg.value_init == "policy":  # trunk from the SFT policy, fresh scalar head
+      trunk, _ = restore_params_for_sampling(rt, init_dir)
+      value = {k: (trunk[k] if k in trunk else v) for k, v in value.items()}
+    return {"policy": policy, "value": value}
+
+  loss_fn = ppo.make_ppo_loss(clip_ratio=float(pcfg.clip_ratio), value_clip=float(pcfg.value_clip),
+                              vf_coef=float(pcfg.vf_coef), ent_coef=float(pcfg.ent_coef))
+  result = train(config, workdir, acdef, loss_fn, data, mesh=rt.mesh, rules=rt.rules,
+                 init_params_fn=init_fn, name="ppo")
+  summary = {"steps_run": result.steps_run, "resumed_from": result.resumed_from,
+             "rollouts": data.rollout, "final_kl_coef": data.kl.value,
+             "final_train": result.last_metrics}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "ppo_summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  logging.info("ppo done: %s", summary)
+  return summary

@@ -1,0 +1,1 @@
+"""Reinforcement learning from a scalar reward: scorers and PPO rollouts."""

@@ -131,6 +131,10 @@ def load_pairs(name: str, *, config: str | None = None, split: str, data_dir: st
   """Preference pairs of one split. hh_rlhf drops pairs flagged prompt_mismatch /
   identical_responses (logged); summarize_from_feedback's chosen is the
   `choice` summary; ultrafeedback's margin is score_chosen - score_rejected."""
+  is_synth = (_synthetic is not None and name in BUILDERS
+              and BUILDERS[name].__module__ == _synthetic.__name__)
+  if name not in ("hh_rlhf", "summarize_from_feedback", "ultrafeedback_binarized") and not is_synth:
+    raise KeyError(f"load_pairs: {name!r} has no preference pairs (use load_sft for oasst1)")
   kw = dict(config=config, split=split, data_dir=data_dir, manual_dir=manual_dir, download=download)
   recs = records(name, **kw)
   out: list[PreferencePair] = []
@@ -170,11 +174,8 @@ def load_pairs(name: str, *, config: str | None = None, split: str, data_dir: st
     if mismatch:
       logging.warning("ultrafeedback_binarized %s: dropped %d of %d pairs whose chosen/rejected "
                       "contexts differ", split, mismatch, len(recs))
-  elif _synthetic is not None and hasattr(_synthetic, "to_pair") and name in BUILDERS and \
-      BUILDERS[name].__module__ == _synthetic.__name__:
-    out = [_synthetic.to_pair(r) for r in recs]
   else:
-    raise KeyError(f"load_pairs: {name!r} has no preference pairs (use load_sft for oasst1)")
+    out = [_synthetic.to_pair(r) for r in recs]
   return out
 
 
@@ -182,6 +183,8 @@ def load_sft(name: str, *, config: str | None = None, split: str, data_dir: str,
              manual_dir: str | None = None, download: bool = False) -> list[dict]:
   """{"prompt", "response", "turns"} examples: oasst1 (config 'ift'), hh_rlhf
   chosen, ultrafeedback_binarized chosen."""
+  if name not in ("oasst1", "hh_rlhf", "ultrafeedback_binarized"):
+    raise KeyError(f"load_sft: {name!r} has no SFT view (oasst1, hh_rlhf, ultrafeedback_binarized)")
   kw = dict(split=split, data_dir=data_dir, manual_dir=manual_dir, download=download)
   if name == "oasst1":
     if (config or "ift") != "ift":
@@ -192,11 +195,9 @@ def load_sft(name: str, *, config: str | None = None, split: str, data_dir: str,
   if name == "hh_rlhf":
     return [{"prompt": r["prompt"], "response": r["chosen"], "turns": _turns(r["turns"])}
             for r in records(name, config=config, **kw)]
-  if name == "ultrafeedback_binarized":
-    out = []
-    for r in records(name, config=config, **kw):
-      turns = _turns(r["context"])
-      out.append({"prompt": tokenizer_lib.render_plain_chat(turns),
-                  "response": _space(r["chosen"]), "turns": turns})
-    return out
-  raise KeyError(f"load_sft: {name!r} has no SFT view (oasst1, hh_rlhf, ultrafeedback_binarized)")
+  out = []
+  for r in records(name, config=config, **kw):  # ultrafeedback_binarized
+    turns = _turns(r["context"])
+    out.append({"prompt": tokenizer_lib.render_plain_chat(turns),
+                "response": _space(r["chosen"]), "turns": turns})
+  return out

@@ -138,16 +138,16 @@ _MISSING = object()
 
 def field(obj: Any, key: str | int, typ, where: str, name: str, *, optional: bool = False,
           nonempty: bool = False):
-  """obj[key] checked to be of `typ` (None allowed when optional); errors name
+  """obj[key] checked to be of `typ` (absent/None -> None when optional); errors name
   where (file:line) and the dotted field path."""
   if isinstance(key, int):
     val = obj[key] if isinstance(obj, list) and -len(obj) <= key < len(obj) else _MISSING
   else:
     val = obj.get(key, _MISSING) if isinstance(obj, dict) else _MISSING
-  if val is _MISSING or (val is None and not optional):
+  if val is _MISSING or val is None:
+    if optional:
+      return None
     raise DataError(f"{where}: field '{name}' is missing")
-  if val is None:
-    return None
   ok = isinstance(val, typ) and not (typ in (int, float, (int, float)) and isinstance(val, bool))
   if not ok:
     tn = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)

@@ -163,6 +163,25 @@ def test_synthetic_source():
   ps = sources.load_pairs(c.data)
   assert ps == synthetic.preference_pairs(6, 3) and len(sources.load_pairs(c.data, "eval")) == 4
   assert not {p.prompt for p in sources.load_pairs(c.data, "eval")} & {p.prompt for p in ps}
+  ex = common.load_sft_examples(c.data.train_path, c, ByteTokenizer())  # path unused off jsonl
+  assert len(ex) == 6 and bytes(ex[0].tokens[1:-1].tolist()) == (  # bos prompt response eos
+      (sft[0]["prompt"] + sft[0]["response"]).encode())
+
+
+def test_skips_in_generated_records_are_counted_and_warned(monkeypatch, caplog):
+  from pit.data import synthetic
+  monkeypatch.setattr(synthetic, "ift_examples", lambda n, seed: [
+      {"prompt": "a", "response": "b"}, {"prompt": "a", "response": " "}, {"prompt": 3}])
+  c = _data_cfg(source="synthetic")
+  with pytest.raises(records.DataError, match=r"synthetic/train:1: field 'response' is empty"):
+    sources.load_sft_records(c.data)
+  c.data.on_error = "skip"
+  report = sources.DataReport()
+  with caplog.at_level(logging.WARNING):
+    assert sources.load_sft_records(c.data, report=report) == [{"prompt": "a", "response": "b"}]
+  assert report.as_dict()["skipped_by_reason"] == {"field 'response' is empty": 1,
+                                                   "field 'prompt' must be a string": 1}
+  assert any("skipped 2 record" in r.getMessage() for r in caplog.records)
 
 
 def _hh_line(q, good, bad):

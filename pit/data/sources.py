@@ -136,6 +136,11 @@ def _check(rec: Any, fields: tuple[str, ...], where: str, on_error: str,
   return False
 
 
+def _log_loaded(where: str, n: int, what: str, report: DataReport):
+  level = logging.WARNING if report.skips.total else logging.INFO
+  logging.log(level, "%s: %d %s (%s)", where, n, what, report.skips.summary())
+
+
 def _sft_fields(rec) -> tuple[str, ...]:
   return TEXT_FIELDS if isinstance(rec, dict) and "text" in rec and "prompt" not in rec \
       else SFT_FIELDS
@@ -179,7 +184,7 @@ def load_sft_records(data_cfg, split: str = "train", *, report: DataReport | Non
         out.append(dict(rec))
   if not out:
     raise records.DataError(f"{where}: no usable SFT records ({report.skips.summary()})")
-  logging.info("%s: %d SFT records (%s)", where, len(out), report.skips.summary())
+  _log_loaded(where, len(out), "SFT records", report)
   return out
 
 
@@ -210,7 +215,7 @@ def load_pairs(data_cfg, split: str = "train", *,
             {k: v for k, v in rec.items() if k not in pairs.PAIR_FIELDS + ("margin",)}))
   if not out:
     raise records.DataError(f"{where}: no usable preference pairs ({report.skips.summary()})")
-  logging.info("%s: %d preference pairs (%s)", where, len(out), report.skips.summary())
+  _log_loaded(where, len(out), "preference pairs", report)
   return out
 
 
@@ -234,4 +239,5 @@ def load_prompts(data_cfg, split: str = "eval", *, report: DataReport | None = N
         out.append(p)
   if not out:
     raise records.DataError(f"{where}: no usable prompts ({report.skips.summary()})")
+  _log_loaded(where, len(out), "prompts", report)
   return out

@@ -277,3 +277,131 @@ def test_winrate_table_and_plots(tmp_path):
   assert text.startswith("# PIT run") and "![reward gap](reward_gap.png)" in text
   png = open(tmp_path / "rep" / "reward_gap.png", "rb").read()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+# ------------------------------------------------------------------ LLM judge (HF parity)
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from pit.data import judge as judge_prompts  # noqa: E402
+from pit.eval import llm_judge  # noqa: E402
+
+QUESTIONS = ["How do I boil an egg ?", "Name a red fruit .", "What is two plus two ?",
+             "Say hello politely .", "Give one colour .", "Why is the sky blue ?"]
+GOOD = ["Put the egg in boiling water for nine minutes .", "An apple is red .", "Two plus two is four .",
+        "Hello , nice to meet you .", "Blue .", "Air scatters blue light more ."]
+BAD = ["I do not know .", "Water .", "Five .", "Go away .", "Maybe .", "Because it is ."]
+SPECIALS = ["<unk>", "<pad>", "<s>", "</s>"]
+
+
+def build_judge_dir(path, bigram=False):
+  """Tiny Llama + WordLevel tokenizer saved as a HF directory (safetensors + tokenizer.json)."""
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  corpus = " ".join([llm_judge.PAIRWISE_TEMPLATE, judge_prompts.JUDGE_PROMPT_COMPACT, "Human: Assistant: A B",
+                     "Score: 0 1 2 3 4 5"] + QUESTIONS + GOOD + BAD)
+  words = sorted(set(corpus.split()))
+  vocab = {w: i for i, w in enumerate(SPECIALS + words)}
+  tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>",
+                                              bos_token="<s>", eos_token="</s>")
+  fast.save_pretrained(path)
+  config = transformers.LlamaConfig(
+      vocab_size=len(vocab), hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+      intermediate_size=64, num_hidden_layers=2, max_position_embeddings=128, rms_norm_eps=1e-5,
+      tie_word_embeddings=False, bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"],
+      pad_token_id=vocab["<pad>"], attn_implementation="eager")
+  torch.manual_seed(0)
+  model = transformers.LlamaForCausalLM(config).float().eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.1 * torch.randn_like(p))
+    if bigram:  # blocks add nothing; next token = f(current token): "Assistant:" -> "Score:" -> "4" -> eos
+      for layer in model.model.layers:
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+      model.model.norm.weight.fill_(1.0)
+      emb, head = model.model.embed_tokens.weight, model.lm_head.weight
+      emb[:, :3] = 0.0
+      head[:, :3] = 0.0
+      for k, (cur, nxt) in enumerate([("Assistant:", "Score:"), ("Score:", "4"), ("4", "</s>")]):
+        emb[vocab[cur]] = 0.0
+        emb[vocab[cur], k] = 1.0
+        head[vocab[nxt], k] = 20.0
+  model.save_pretrained(path, safe_serialization=True)
+  return model, fast
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("judge")
+  model, fast = build_judge_dir(path)
+  return str(path), model, fast
+
+
+def plain_chat(text):  # the plain HH template, written out independently of pit.data.tokenizer
+  return "\n\nHuman: " + text + "\n\nAssistant:"
+
+
+def hf_choice_logprobs(model, fast, question, first, second):
+  text = plain_chat(llm_judge.PAIRWISE_TEMPLATE.format(instruction=question, first=first, second=second))
+  base = [fast.bos_token_id] + fast.encode(text, add_special_tokens=False)
+  out = []
+  for c in (" A", " B"):
+    ids = [fast.bos_token_id] + fast.encode(text + c, add_special_tokens=False)
+    assert ids[:-1] == base  # one-token choices here
+    with torch.no_grad():
+      logits = model(input_ids=torch.tensor([ids])).logits[0, -2].double()
+    out.append(float(torch.log_softmax(logits, -1)[ids[-1]]))
+  return np.array(out)
+
+
+def test_pairwise_llm_judge_matches_hf_logits_both_orders(judge_dir):
+  path, model, fast = judge_dir
+  judge = llm_judge.LMJudge.from_hf(path, batch_size=8)
+  lp = judge.choice_logprobs(QUESTIONS, GOOD, BAD)
+  ref_ab = np.stack([hf_choice_logprobs(model, fast, *x) for x in zip(QUESTIONS, GOOD, BAD)])
+  ref_ba = np.stack([hf_choice_logprobs(model, fast, *x) for x in zip(QUESTIONS, BAD, GOOD)])
+  np.testing.assert_allclose(lp, ref_ab, atol=1e-4, rtol=0)
+  diff_ab, diff_ba = ref_ab[:, 0] - ref_ab[:, 1], ref_ba[:, 0] - ref_ba[:, 1]
+  assert np.all(np.abs(np.concatenate([diff_ab, diff_ba])) > 1e-3)  # verdicts are not float noise
+  assert np.std(ref_ab) > 0.05  # contexts change the answer distribution
+  np.testing.assert_array_equal(judge.pairwise(QUESTIONS, GOOD, BAD), np.sign(diff_ab))
+  np.testing.assert_allclose(judge.prob_first(QUESTIONS, GOOD, BAD), 1 / (1 + np.exp(-diff_ab)), atol=1e-4)
+  # (A random model mostly has a position bias; the protocol turns that into ties.)
+  res = winrate.win_rate(QUESTIONS, GOOD, BAD, judge, name_a="good", name_b="bad")
+  outcome = np.where((np.sign(diff_ab) == -np.sign(diff_ba)), np.sign(diff_ab), 0)
+  assert (res.wins, res.losses, res.ties) == (int(np.sum(outcome > 0)), int(np.sum(outcome < 0)),
+                                              int(np.sum(outcome == 0)))
+  assert [r["b_first"] for r in res.records] == list(np.sign(diff_ba).astype(int))
+  judge.tie_margin = 1e3
+  assert not np.any(judge.pairwise(QUESTIONS, GOOD, BAD))
+
+
+def test_pointwise_llm_judge_generates_greedily_like_hf(judge_dir, tmp_path):
+  path, model, fast = judge_dir
+  judge = llm_judge.LMJudge.from_hf(path, batch_size=8, max_new_tokens=5, compact=True)
+  texts = judge.judge_texts(QUESTIONS[:3], GOOD[:3])
+  for q, r, got in zip(QUESTIONS, GOOD, texts):
+    prompt = plain_chat(judge_prompts.render_judge_prompt(q, r, compact=True))
+    ids = [fast.bos_token_id] + fast.encode(prompt, add_special_tokens=False)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False, num_beams=1,
+                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+    new = out[0, len(ids):].tolist()
+    new = new[:new.index(fast.eos_token_id)] if fast.eos_token_id in new else new
+    assert got == fast.decode(new, skip_special_tokens=True)
+  assert all(t.strip() for t in texts)
+  # A "bigram" model that always answers "Score: 4": the parsed score reaches the Scorer.
+  build_judge_dir(tmp_path / "bigram", bigram=True)
+  judge = llm_judge.LMJudge.from_hf(str(tmp_path / "bigram"), batch_size=8, max_new_tokens=6,
+                                    compact=True)
+  assert judge.judge_texts(QUESTIONS[:2], BAD[:2]) == ["Score: 4", "Score: 4"]
+  np.testing.assert_array_equal(judge.pointwise(QUESTIONS[:2], BAD[:2]), [4.0, 4.0])
+  res = winrate.win_rate(QUESTIONS[:2], GOOD[:2], BAD[:2], winrate.ScorerJudge(judge.pointwise))
+  assert res.ties == 2  # equal scores tie in both orders
+
+
+def test_llm_judge_rejects_choices_that_merge_with_the_prompt(judge_dir):
+  judge = llm_judge.LMJudge.from_hf(judge_dir[0], batch_size=8, choices=("A", "B"))
+  with pytest.raises(ValueError, match="does not tokenize as a continuation"):
+    judge.choice_logprobs(QUESTIONS[:1], GOOD[:1], BAD[:1])

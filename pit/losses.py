@@ -199,11 +199,11 @@ def dpo_loss(model, batch, rng, extra, *, kind: str = "sigmoid", beta: float = 0
   """
   del rng
   live = "ref_logps" not in batch
+  if live and (not extra or "ref_params" not in extra):
+    raise ValueError("dpo_loss: the batch has no 'ref_logps' and extra has no 'ref_params'")
   pi_B2, logits_NLV = pair_logprobs(model, batch, with_logits=True)
   metrics = {}
   if live:
-    if not extra or "ref_params" not in extra:
-      raise ValueError("dpo_loss: the batch has no 'ref_logps' and extra has no 'ref_params'")
     ref_model = nnx.merge(nnx.graphdef(model), extra["ref_params"])
     ref_B2, ref_logits_NLV = pair_logprobs(ref_model, batch, with_logits=True)
     ref_B2 = jax.lax.stop_gradient(ref_B2)

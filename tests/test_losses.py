@@ -134,15 +134,25 @@ def _np_seq_logprob(logits_row, targets_row, loss_mask_row):
   return total
 
 
+@functools.lru_cache(maxsize=None)
+def _forward(graphdef):
+  """Jitted unmasked forward (causal: logits at t < n do not see the padding after n)."""
+  from flax import nnx
+  return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)[0])
+
+
 def _model_logits(model, b):
-  """Logits of every row, each row run alone and unpadded (no batching, no masks)."""
+  """Logits of every row, run with no attention mask and no positions (the row's
+  real tokens come first, so causal attention makes its padding irrelevant)."""
+  from flax import nnx
+  graphdef, state = nnx.split(model)
+  rows = b["inputs"].reshape(-1, b["inputs"].shape[-1])
+  logits = np.asarray(_forward(graphdef)(state, rows), np.float64)
   out = {}
-  B = b["inputs"].shape[0]
-  for i in range(B):
+  for i in range(b["inputs"].shape[0]):
     for j in range(2):
       n = int(b["mask"][i, j].sum())
-      logits, _ = model(b["inputs"][i, j, None, :n])
-      out[i, j] = np.asarray(logits[0], np.float64)
+      out[i, j] = logits[2 * i + j, :n]
   return out
 
 
@@ -192,7 +202,7 @@ def test_dpo_losses_match_float64_reference(kind, eps):
     ex.ref_logps = (float(r[0]), float(r[1]))
   b = _batch(exs, weights)
   fn = losses.make_dpo_loss(_Cfg(dict(loss=kind, beta=beta, label_smoothing=eps)))
-  loss, weight, metrics = fn(model, b, None, None)
+  loss, weight, metrics = jax.jit(fn)(model, b, None, None)
   pol = _np_seq_logprobs(model, b)
   ref32 = b["ref_logps"].astype(np.float64)
   per = [_np_dpo(kind, pol[i, 0], pol[i, 1], ref32[i, 0], ref32[i, 1], beta, eps) for i in range(6)]
@@ -233,7 +243,7 @@ def test_dpo_live_reference_matches_reference_and_precomputed():
   # the same loss from precomputed reference log-probs
   for ex, r in zip(exs, ref):
     ex.ref_logps = (float(r[0]), float(r[1]))
-  loss2, _, _ = fn(model, _batch(exs, [1, 1, 1, 0]), None, None)
+  loss2, _, _ = jax.jit(fn)(model, _batch(exs, [1, 1, 1, 0]), None, None)
   np.testing.assert_allclose(float(loss2), float(loss), rtol=1e-5)
 
 
@@ -256,13 +266,19 @@ def test_reward_loss_matches_float64_reference(margin_scale, center):
   weights = [1, 0, 1, 1, 1, 0]
   b = _batch(exs, weights)
   fn = losses.make_reward_loss(_Cfg(dict(margin_scale=margin_scale, center_coef=center)))
-  loss, weight, metrics = fn(model, b, None, None)
-  # reference: each whole row [bos prompt response eos] scored alone at its last token
+  loss, weight, metrics = jax.jit(fn)(model, b, None, None)
+  # reference: each whole row [bos prompt response eos], right-padded to 48 with
+  # no mask (causal), read at the index of its own last token
+  from flax import nnx
+  graphdef, state = nnx.split(model)
+  rows = np.full((12, 48), 0, np.int32)
+  for k, e in enumerate(e for ex in exs for e in (ex.chosen, ex.rejected)):
+    rows[k, :len(e.tokens)] = e.tokens
+  values = np.asarray(_forward(graphdef)(state, rows), np.float64)
   r = np.zeros((6, 2))
   for i, ex in enumerate(exs):
     for j, e in enumerate((ex.chosen, ex.rejected)):
-      values, _ = model(e.tokens[None].astype(np.int32))
-      r[i, j] = float(np.asarray(values, np.float64)[0, -1])
+      r[i, j] = values[2 * i + j, len(e.tokens) - 1]
   m32 = b["margin"].astype(np.float64)
   per = [-_log_sigmoid(r[i, 0] - r[i, 1] - margin_scale * m32[i]) + center * (r[i, 0] + r[i, 1]) ** 2
          for i in range(6)]
@@ -294,7 +310,7 @@ def _train(kind, mesh_shape, n_steps=3):
     fn = losses.make_dpo_loss(_Cfg(dict(loss="sigmoid", beta=0.3, label_smoothing=0.1)))
     extra = {"ref_params": init_params(mdef, m, rules, 1)}
     extra_sh = {"ref_params": mdef.shardings(m, rules)}
-  step = ts.make_train_step(mdef, fn, opt, m, rules, shardings, accum_steps=2,
+  step = ts.make_train_step(mdef, fn, opt, m, rules, shardings, accum_steps=1,
                             extra_shardings=extra_sh, donate=False)
   batch = shd.put_batch(_batch(exs, [1] * 7 + [0]), m, rules)
   out = []

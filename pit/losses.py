@@ -12,6 +12,8 @@ Formulas (s = summed log-prob of the response tokens incl. eos, w/l = chosen/
 rejected, pi/ref = policy/reference, h = (s_pi_w - s_ref_w) - (s_pi_l - s_ref_l)):
   reward (Bradley-Terry):  -log sigmoid(r_w - r_l - m * margin_scale)
                            + center_coef * (r_w + r_l)^2      (reward centring)
+  gap reward (PIT r_gap, [B, 4, L] batches of pit.data.gap_batching): see
+                           `gap_reward_losses`
   dpo sigmoid:  -(1-eps) log sigmoid(beta h) - eps log sigmoid(-beta h)
                 (eps = label_smoothing; eps > 0 is conservative DPO, cDPO)
   dpo ipo:      (h - 1/(2 beta))^2                 (Azar et al. 2023, summed log-probs)
@@ -147,6 +149,83 @@ def make_reward_loss(cfg):
   """cfg: the config's `reward` section (margin_scale, center_coef)."""
   return functools.partial(reward_loss, margin_scale=float(cfg.margin_scale),
                            center_coef=float(cfg.center_coef))
+
+
+# -------------------------------------------------------- PIT gap reward model
+
+def gap_reward_losses(r_wl_B, r_ww_B, r_ll_B, r_lw_B, *, tie_coef: float = 0.0,
+                      center_coef: float = 0.0):
+  """Per-pair loss of PIT's gap reward model r_gap(x, y, y_ref) (Wang et al. 2023).
+
+  PIT trains r_gap so that  r(x,y_w,y_l) >= r(x,y_w,y_w) ~ r(x,y_l,y_l) >= r(x,y_l,y_w):
+  "y_w improves on y_l" scores highest, "y_l improves on y_w" lowest, and a
+  response compared with itself (no gap) sits in between. Each '>=' becomes a
+  Bradley-Terry (pairwise logistic) term, both self-comparisons on each side:
+
+    loss = -[log s(r_wl - r_ww) + log s(r_wl - r_ll) + log s(r_ww - r_lw) + log s(r_ll - r_lw)]
+           + tie_coef * (r_ww - r_ll)^2 + center_coef * (r_ww^2 + r_ll^2) / 2
+
+  (s = sigmoid). The squared term ties the two no-gap scores ('~'), so "no
+  improvement" means one value whatever the response; the optional centring
+  term pins that value near 0, making r_gap > 0 read as "better than the
+  reference" (the logistic terms alone leave a shift of all four free).
+  """
+  ls = jax.nn.log_sigmoid
+  order_B = -(ls(r_wl_B - r_ww_B) + ls(r_wl_B - r_ll_B) + ls(r_ww_B - r_lw_B)
+              + ls(r_ll_B - r_lw_B))
+  return order_B + tie_coef * (r_ww_B - r_ll_B) ** 2 + center_coef * (r_ww_B ** 2 + r_ll_B ** 2) / 2
+
+
+def gap_rewards(model, batch):
+  """r_gap of the four rows of each pair, [B, 4] in pit.data.gap_batching.GAP_ROWS
+  order (wl, ww, ll, lw), read at each row's final (eos) token."""
+  B, K = batch["inputs"].shape[:2]
+  tokens_NL, mask_NL = full_sequences(flatten_pairs(batch["inputs"]),
+                                      flatten_pairs(batch["targets"]),
+                                      flatten_pairs(batch["mask"]))
+  return score_sequences(model, tokens_NL, mask_NL).reshape(B, K)
+
+
+def gap_reward_metrics(r_B4, w_B):
+  """Ordering accuracy (mean of the 4 strict inequalities), gap accuracy
+  P(r_wl > r_lw), all-orderings accuracy, mean |r_ww - r_ll|, reward mean/std."""
+  wl, ww, ll, lw = (r_B4[:, k] for k in range(4))
+  holds_B4 = jnp.stack([wl > ww, wl > ll, ww > lw, ll > lw], axis=1).astype(jnp.float32)
+  mean = _wmean(r_B4.mean(axis=1), w_B)
+  var = _wmean(((r_B4 - mean) ** 2).mean(axis=1), w_B)
+  return {"ordering_accuracy": _wmean(holds_B4.mean(axis=1), w_B),
+          "gap_accuracy": _wmean((wl > lw).astype(jnp.float32), w_B),
+          "all_orderings_accuracy": _wmean(holds_B4.min(axis=1), w_B),
+          "self_gap": _wmean(jnp.abs(ww - ll), w_B), "gap_margin": _wmean(wl - lw, w_B),
+          "reward_mean": mean, "reward_std": jnp.sqrt(var),
+          "reward_wl": _wmean(wl, w_B), "reward_ww": _wmean(ww, w_B),
+          "reward_ll": _wmean(ll, w_B), "reward_lw": _wmean(lw, w_B)}
+
+
+def gap_reward_loss(model, batch, rng, extra, *, tie_coef: float = 0.0, center_coef: float = 0.0):
+  """`gap_reward_losses` on a pit.data.gap_batching batch ([B, 4, L] rows wl,
+  ww, ll, lw), averaged over pairs weighted by `weight`; weight = number of pairs.
+  The 4B rows run in one forward pass on a [4B, L] view."""
+  del rng, extra
+  r_B4 = gap_rewards(model, batch)
+  if r_B4.shape[1] != 4:
+    raise ValueError(f"gap_reward_loss: expected 4 rows per pair, got {r_B4.shape[1]}")
+  w_B = pair_weights(batch)
+  per_B = gap_reward_losses(r_B4[:, 0], r_B4[:, 1], r_B4[:, 2], r_B4[:, 3],
+                            tie_coef=tie_coef, center_coef=center_coef)
+  metrics = gap_reward_metrics(r_B4, w_B)
+  metrics["order_loss"] = _wmean(gap_reward_losses(r_B4[:, 0], r_B4[:, 1], r_B4[:, 2],
+                                                   r_B4[:, 3]), w_B)
+  return _wmean(per_B, w_B), jnp.sum(w_B), metrics
+
+
+def make_gap_reward_loss(cfg):
+  """cfg: the config's `gap_reward` section (tie_coef, center_coef)."""
+  tie, center = float(cfg.tie_coef), float(cfg.center_coef)
+  if tie < 0 or center < 0:
+    raise ValueError(f"gap_reward.tie_coef ({tie}) and gap_reward.center_coef ({center}) "
+                     "must be >= 0")
+  return functools.partial(gap_reward_loss, tie_coef=tie, center_coef=center)
 
 
 # ------------------------------------------------------------------- DPO family

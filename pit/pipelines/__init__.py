@@ -3,10 +3,16 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pit.pipelines import generate, ppo, sft
+from pit.pipelines import gap_reward, generate, ppo, sft
+from pit.pipelines import dpo, reward
+from pit.pipelines import improve
 
 PIPELINES: dict[str, Callable] = {
     "sft": sft.run,
     "generate": generate.run,
     "ppo": ppo.run,
+    "gap_reward": gap_reward.run,
+    "reward": reward.run,
+    "dpo": dpo.run,
+    "improve": improve.run,
 }

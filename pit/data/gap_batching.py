@@ -1,0 +1,116 @@
+"""Preference pairs -> fixed-shape batches for PIT's gap reward model r_gap(x, y, y_ref).
+
+Each pair (x, y_w, y_l) becomes the four inputs of the ordering
+r(x, y_w, y_l) >= r(x, y_w, y_w) ~ r(x, y_l, y_l) >= r(x, y_l, y_w), in this
+order along axis 1 (`GAP_ROWS`):
+
+  0 'wl'  gap_input(x, y_w, ref=y_l)      2 'll'  gap_input(x, y_l, ref=y_l)
+  1 'ww'  gap_input(x, y_w, ref=y_w)      3 'lw'  gap_input(x, y_l, ref=y_w)
+
+The prompt part of a row is `pit_format.policy_prompt(prompt_format(x), ref,
+template)`, its response part the scored response, made into
+[bos prompt response eos] by `batching.make_example` (the SFT / pair truncation
+policy: the response is cut to max_response_len, then the prompt, which holds
+the reference, keeps its end). Rows are collated by `batching.collate` in the
+next-token format of `pair_batching.collate_pairs`, as [B, 4, L] with a
+per-pair `weight` (0 for eval padding) and `margin`; the bucket holds the whole
+token row so the model reads r_gap at the final eos (`pit.losses.full_sequences`).
+Batches come from `batching.BatchIterator` (`gap_iterator`), so they resume
+exactly like SFT and pair data.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from pit import pit_format
+from pit.data import batching
+from pit.data.pairs import PreferencePair
+
+GAP_ROWS = ("wl", "ww", "ll", "lw")
+
+
+def gap_texts(pair: PreferencePair, template: str = "plain",
+              prompt_format: str = "{prompt}") -> list[tuple[str, str]]:
+  """The four (prompt part, response) texts of a pair, in `GAP_ROWS` order."""
+  x, w, l = prompt_format.format(prompt=pair.prompt), pair.chosen, pair.rejected
+  return [(pit_format.policy_prompt(x, ref, template), y)
+          for y, ref in ((w, l), (w, w), (l, l), (l, w))]
+
+
+@dataclasses.dataclass
+class GapExample:
+  rows: tuple[batching.Example, ...]   # 4 examples in GAP_ROWS order
+  margin: float = 0.0
+
+
+def make_gap_example(pair: PreferencePair, tokenizer, *, template: str, prompt_format: str,
+                     max_len: int, max_response_len: int,
+                     stats: batching.TruncationStats | None = None) -> GapExample:
+  kw = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, max_len=max_len,
+            max_response_len=max_response_len, stats=stats)
+  rows = tuple(batching.make_example(tokenizer.encode(p), tokenizer.encode(y), **kw)
+               for p, y in gap_texts(pair, template, prompt_format))
+  return GapExample(rows, float(pair.margin))
+
+
+def tokenize_gap_pairs(pairs: Sequence[PreferencePair], tokenizer, data_cfg, template: str,
+                       stats: batching.TruncationStats | None = None) -> list[GapExample]:
+  """data_cfg: the config's `data` section (prompt_format, max_len, max_response_len)."""
+  pit_format.template(template)  # fail early on a bad template
+  return [make_gap_example(p, tokenizer, template=template,
+                           prompt_format=str(data_cfg.prompt_format),
+                           max_len=int(data_cfg.max_len),
+                           max_response_len=int(data_cfg.max_response_len), stats=stats)
+          for p in pairs]
+
+
+def gap_length(ex: GapExample) -> int:
+  """Positions a pair needs: its longest whole token row."""
+  return max(len(e.tokens) for e in ex.rows)
+
+
+def collate_gap(items: Sequence[GapExample], length: int, pad_id: int,
+                weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+  """[B, 4, L] next-token arrays (rows in GAP_ROWS order) + margin [B], weight [B]."""
+  if any(gap_length(g) > length for g in items):
+    raise ValueError(f"gap example longer than the batch length {length}")
+  flat = batching.collate([e for g in items for e in g.rows], length, pad_id)
+  out = {k: v.reshape((len(items), len(GAP_ROWS)) + v.shape[1:]) for k, v in flat.items()}
+  out["margin"] = np.asarray([g.margin for g in items], np.float32)
+  out["weight"] = (np.ones(len(items), np.float32) if weights is None
+                   else np.asarray(weights, np.float32))
+  return out
+
+
+def gap_iterator(examples: Sequence[GapExample], *, batch_size: int, buckets: Sequence[int],
+                 pad_id: int, seed: int, shuffle: bool = True, process_index: int = 0,
+                 process_count: int = 1) -> batching.BatchIterator:
+  """Infinite, resumable iterator of gap batches (state {epoch, index, seed})."""
+  return batching.BatchIterator(examples, batch_size=batch_size, buckets=buckets, pad_id=pad_id,
+                                seed=seed, shuffle=shuffle, process_index=process_index,
+                                process_count=process_count, collate_fn=collate_gap,
+                                length_fn=gap_length)
+
+
+def fixed_gap_batches(examples: Sequence[GapExample], *, batch_size: int, buckets: Sequence[int],
+                      pad_id: int) -> list[tuple[dict[str, np.ndarray], list[int]]]:
+  """Every pair exactly once, in fixed-shape batches for evaluation.
+
+  Grouped by bucket; a short last batch of a bucket repeats its last pair with
+  weight 0. Returns [(batch, indices of the real pairs in `examples`)].
+  """
+  by_bucket: dict[int, list[int]] = {}
+  for i, ex in enumerate(examples):
+    by_bucket.setdefault(batching.bucket_length(gap_length(ex), buckets), []).append(i)
+  out = []
+  for length in sorted(by_bucket):
+    idx = by_bucket[length]
+    for s in range(0, len(idx), batch_size):
+      chunk = idx[s:s + batch_size]
+      pad = batch_size - len(chunk)
+      items = [examples[i] for i in chunk] + [examples[chunk[-1]]] * pad
+      out.append((collate_gap(items, length, pad_id, [1.0] * len(chunk) + [0.0] * pad), chunk))
+  return out

@@ -1,0 +1,241 @@
+"""pit.improve (PIT iterative improvement, Self-Refine) and pipeline=improve."""
+import json
+import os
+import re
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from pit import improve
+from pit.data import judge, synthetic
+from pit.pit_format import policy_prompt
+from pit.rl.scorers import OracleScorer
+
+PLAIN_RE = re.compile(r"(sort: [^\n]*\n)ref: ([^\n]*)\n", re.S)
+
+
+def _prompts(n=12, seed=0):
+  rng = np.random.default_rng(seed)
+  return [synthetic.make_prompt(rng) for _ in range(n)]
+
+
+def _bubble_step(prompt, response):
+  """One improvement step on the sort task: normalise separators, else add a missing
+  item, else drop a foreign or repeated token, else swap the first out-of-order
+  adjacent pair; a clean sorted answer gets a foreign token for prompts with an odd
+  item count (worse) and is returned unchanged otherwise (no gain)."""
+  items = synthetic.parse_prompt(prompt)
+  toks = re.findall(r"[0-9]+", response)
+  if response != " ".join(toks):
+    return " ".join(toks)
+  missing = [x for x in items if x not in toks]
+  if missing:
+    return " ".join(toks + missing[:1])
+  for i, t in enumerate(toks):
+    if t not in items or t in toks[:i]:
+      return " ".join(toks[:i] + toks[i + 1:])
+  for i in range(len(toks) - 1):
+    if int(toks[i]) > int(toks[i + 1]):
+      toks[i], toks[i + 1] = toks[i + 1], toks[i]
+      return " ".join(toks)
+  return response + " 5" if len(items) % 2 else response
+
+
+class PlainEditor:
+  """A deterministic M_PIT for the 'plain' template that records its calls."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, texts, call):
+    self.calls.append((call, len(texts)))
+    out = []
+    for t in texts:
+      m = PLAIN_RE.fullmatch(t)
+      assert m, t
+      out.append(_bubble_step(m.group(1), m.group(2)))
+    return out
+
+
+class GapOracle:
+  """r_gap(x, y, y_ref) = oracle(x, y) - oracle(x, y_ref) + 0.3 (an uncalibrated zero)."""
+
+  def __init__(self):
+    self.oracle, self.calls = OracleScorer(), 0
+
+  def __call__(self, prompts, responses, references):
+    self.calls += 1
+    return (self.oracle(prompts, responses) - self.oracle(prompts, references)).astype(
+        np.float64) + 0.3
+
+
+def _reference_improve(prompts, initial, max_iters, gap, min_gain):
+  """Row-by-row PIT loop."""
+  n = len(prompts)
+  per_iter = [list(initial)] + [[None] * n for _ in range(max_iters)]
+  gains = np.full((max_iters, n), np.nan)
+  stopped, accepted = np.full(n, max_iters), np.zeros(n, int)
+  for i, (x, y) in enumerate(zip(prompts, initial)):
+    stop = None
+    for t in range(max_iters):
+      if stop is None:
+        m = PLAIN_RE.fullmatch(policy_prompt(x, y, "plain"))
+        y_new = _bubble_step(m.group(1), m.group(2))
+        if gap is not None:
+          g = float(gap([x], [y_new], [y])[0] - gap([x], [y], [y])[0])
+          gains[t, i] = g
+          if g <= min_gain:
+            stop = t + 1
+        if stop is None:
+          y, accepted[i] = y_new, accepted[i] + 1
+      per_iter[t + 1][i] = y
+    stopped[i] = stop if stop is not None else max_iters
+  return per_iter, gains, stopped, accepted
+
+
+def _initial(prompts, seed=1):
+  rng = np.random.default_rng(seed)
+  return [synthetic.degrade(rng, p, int(rng.integers(0, 4))) for p in prompts]
+
+
+@pytest.mark.parametrize("min_gain", [0.0, 0.05, -10.0])
+def test_batched_loop_equals_row_by_row_reference(min_gain):
+  prompts = _prompts(16)
+  initial = _initial(prompts)
+  editor, gap = PlainEditor(), GapOracle()
+  res = improve.iterative_improve(editor, prompts, initial, template="plain", max_iters=5,
+                                  gap_scorer=gap, min_gain=min_gain)
+  ref, gains, stopped, accepted = _reference_improve(prompts, initial, 5, GapOracle(), min_gain)
+  assert res.responses == ref
+  np.testing.assert_allclose(res.gains, gains, rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(res.stopped_at, stopped)
+  np.testing.assert_array_equal(res.accepted, accepted)
+  active = [int(np.sum(~np.isnan(g))) for g in gains]
+  assert res.active == active
+  # one generate call and one scorer call per iteration with rows left, on exactly those rows
+  assert editor.calls == [(t, a) for t, a in enumerate(active) if a]
+  assert gap.calls == len(editor.calls)
+  for i in range(len(prompts)):   # final answer = the last accepted candidate
+    assert res.final[i] == ref[accepted[i]][i]
+  if min_gain == -10.0:
+    assert (res.stopped_at == 5).all() and (res.accepted == 5).all()
+  else:
+    assert (res.stopped_at < 5).any()
+
+
+def test_stopping_rule_keeps_previous_answer_and_stops_at_zero_gain():
+  p = "sort: 30 10 20 40\n"                # even item count: a sorted answer is returned unchanged
+  res = improve.iterative_improve(PlainEditor(), [p, p], ["10 20 40 30", "10 20 30 40"],
+                                  template="plain", max_iters=4, gap_scorer=GapOracle())
+  # row 0: one swap (gain > 0), then the unchanged candidate has gain exactly 0 -> stop
+  assert res.responses == [["10 20 40 30", "10 20 30 40"], ["10 20 30 40", "10 20 30 40"],
+                           ["10 20 30 40"] * 2, ["10 20 30 40"] * 2, ["10 20 30 40"] * 2]
+  assert res.stopped_at.tolist() == [2, 1] and res.accepted.tolist() == [1, 0]
+  assert res.gains[1, 0] == 0.0 and res.gains[0, 1] == 0.0 and res.gains[0, 0] > 0
+  assert res.active == [2, 1, 0, 0]
+  q = "sort: 30 10 20 50 40\n"             # odd: the candidate is worse and must be rejected
+  res = improve.iterative_improve(PlainEditor(), [q], ["10 20 30 40 50"], template="plain",
+                                  max_iters=3, gap_scorer=GapOracle())
+  assert res.candidates[0] == ["10 20 30 40 50 5"] and res.final == ["10 20 30 40 50"]
+  assert res.gains[0, 0] < 0 and res.stopped_at.tolist() == [1]
+
+
+def test_without_scorer_runs_max_iters_and_zero_iters_is_identity():
+  prompts = _prompts(5)
+  initial = _initial(prompts)
+  editor = PlainEditor()
+  res = improve.iterative_improve(editor, prompts, initial, template="plain", max_iters=3)
+  ref, _, _, _ = _reference_improve(prompts, initial, 3, None, 0.0)
+  assert res.responses == ref and len(editor.calls) == 3 and res.active == [5, 5, 5]
+  assert np.isnan(res.gains).all() and (res.stopped_at == 3).all()
+  res = improve.iterative_improve(editor, prompts, initial, template="plain", max_iters=0)
+  assert res.responses == [initial] and res.final == initial
+  with pytest.raises(ValueError, match="2 prompts but 1"):
+    improve.iterative_improve(editor, prompts[:2], initial[:1], max_iters=1)
+
+
+JUDGE_RE = re.compile(r"Judge, additive 0-5\.\nUser: ([^\n]*)\n<response>(.*)</response>\n", re.S)
+REFINE_RE = re.compile(r"(sort: [^\n]*\n)answer: ([^\n]*)\nfeedback: .*\nrevised: ", re.S)
+
+
+class JudgeAndRefine:
+  """One 'base model' for Self-Refine on the sort task: the oracle judge's compact
+  justification for feedback prompts, one bubble step for refine prompts."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, texts, call):
+    self.calls.append((call, len(texts)))
+    out = []
+    for t in texts:
+      if (m := JUDGE_RE.fullmatch(t)):
+        p = m.group(1) + "\n"
+        out.append(synthetic.justification(p, m.group(2)))
+      else:
+        m = REFINE_RE.fullmatch(t)
+        assert m, t
+        out.append(_bubble_step(m.group(1), m.group(2)))
+    return out
+
+
+def test_self_refine_judge_feedback_history_and_stop():
+  prompts = _prompts(10, seed=3)
+  initial = _initial(prompts, seed=4)
+  model = JudgeAndRefine()
+  T = 4
+  res = improve.self_refine(model, prompts, initial, feedback_template="judge_compact",
+                            refine_template=improve.REFINE_TEMPLATES["plain"], max_iters=T,
+                            stop_phrase="")
+  for i, (p, y) in enumerate(zip(prompts, initial)):   # row-by-row reference
+    stop = None
+    for t in range(T):
+      if stop is None:
+        fb = synthetic.justification(p, y)
+        assert res.feedback[t][i] == fb
+        assert res.scores[t, i] == judge.parse_judge_score(fb) == synthetic.judge_points(p, y)
+        if synthetic.judge_points(p, y) == 5:
+          stop = t
+        else:
+          y = _bubble_step(p, y)
+      else:
+        assert res.feedback[t][i] is None and np.isnan(res.scores[t, i])
+      assert res.responses[t + 1][i] == y
+    assert res.stopped_at[i] == (stop if stop is not None else T)
+  assert any(s < T for s in res.stopped_at) and res.responses[0] == initial
+  # two calls (feedback, refine) per round, refine only for the rows that did not stop
+  assert [c for c, _ in model.calls] == sorted(c for c, _ in model.calls)
+  fb_sizes = [n for c, n in model.calls if c % 2 == 0]
+  assert fb_sizes == [a for a in res.active if a]
+
+
+def test_self_refine_stop_phrase_custom_templates():
+  prompts = ["sort: 20 10 30 40\n", "sort: 10 30 20 40\n"]
+
+  def model(texts, call):
+    out = []
+    for t in texts:
+      if t.startswith("FB|"):
+        _, p, y = t.split("|")
+        out.append("Looks good: No Changes Needed." if y == synthetic.gold_response(p)
+                   else "swap the items")
+      else:
+        assert t.startswith("RF|") and t.endswith("|swap the items"), t
+        p, y = t.split("|")[1:3]
+        out.append(_bubble_step(p, y))
+    return out
+
+  res = improve.self_refine(model, prompts, ["20 10 30 40", "10 30 20 40"],
+                            feedback_template="FB|{prompt}|{response}",
+                            refine_template="RF|{prompt}|{response}|{feedback}", max_iters=3,
+                            stop_phrase="no changes needed")
+  assert res.stopped_at.tolist() == [1, 1]
+  assert res.final == ["10 20 30 40"] * 2
+  assert res.feedback[0] == ["swap the items", "swap the items"]
+  assert res.feedback[1] == ["Looks good: No Changes Needed."] * 2
+  assert res.feedback[2] == [None, None] and res.active == [2, 2, 0]
+  with pytest.raises(ValueError, match="lacks the field {feedback}"):
+    improve.self_refine(model, prompts, ["a", "b"], feedback_template="judge",
+                        refine_template="{prompt}{response}", max_iters=1)

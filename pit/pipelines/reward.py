@@ -1,0 +1,135 @@
+"""`pipeline=reward`: a scalar-head reward model trained with the Bradley-Terry
+pairwise loss (`pit.losses.reward_loss`: optional per-pair margin, optional
+reward centring) on preference pairs from `pit.data.sources.load_pairs`.
+
+The score of (prompt, response) is the value at the eos of
+[bos prompt_format(prompt) response eos]. The model starts at random or, with
+`reward.init_checkpoint` (an SFT workdir or its checkpoints/ directory), from
+an LM checkpoint's trunk (embeddings, blocks, final norm) with a fresh head.
+Held-out pairwise accuracy is evaluated every `train.eval_every` steps and at
+the end; WORKDIR/reward_summary.json has the final figures.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+
+from pit import losses
+from pit import sharding as shd
+from pit.checkpoint import Checkpointer
+from pit.data import pair_batching, sources
+from pit.params import init_params
+from pit.pipelines import common
+from pit.trainer import train
+
+
+def resolve_checkpoint_dir(path: str, field: str) -> str:
+  """A workdir (holding checkpoints/) or a checkpoints directory itself."""
+  if not path:
+    raise ValueError(f"{field}: no checkpoint directory given")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{field}: not a directory: {path}")
+  sub = os.path.join(path, "checkpoints")
+  return sub if os.path.isdir(sub) else path
+
+
+def load_pair_splits(config, tokenizer):
+  """(train PairExamples, eval PairExamples, DataReport). Without an eval split
+  (jsonl with no data.eval_path) a data.eval_fraction of train is held out."""
+  report = sources.DataReport()
+  train_pairs = sources.load_pairs(config.data, "train", report=report)
+  if sources.source_name(config.data) == "jsonl" and not config.data.get("eval_path", ""):
+    train_pairs, eval_pairs = common.split_eval(train_pairs, float(config.data.eval_fraction),
+                                                int(config.data.seed))
+  else:
+    eval_pairs = sources.load_pairs(config.data, "eval", report=report)
+  tok = lambda ps: pair_batching.tokenize_pairs(ps, tokenizer, config.data, report.truncation)
+  train_ex, eval_ex = tok(train_pairs), tok(eval_pairs)
+  report.log("preference pairs")
+  return train_ex, eval_ex, report
+
+
+def pair_iterator(rt, examples, config):
+  return pair_batching.pair_iterator(
+      examples, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
+      pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed),
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def make_pair_eval_fn(rt, examples, config, loss_fn, extra=None, prefix=""):
+  """Every held-out pair once, in fixed-shape batches (weight 0 on padding);
+  returns the pair-weighted mean of the loss and of each metric."""
+  if not examples:
+    return None
+  batches = [b for b, _ in pair_batching.fixed_batches(
+      examples, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
+      pad_id=rt.tokenizer.pad_id)]
+
+  @jax.jit
+  def run(params, batch, extra):
+    with shd.axis_rules(rt.mesh, rt.rules):
+      loss, w, metrics = loss_fn(rt.mdef.merge(params), batch, None, extra)
+    return w, {"loss": loss, **metrics}
+
+  def eval_fn(state, step):
+    del step
+    tot, wsum = {}, 0.0
+    for b in batches:
+      w, m = jax.device_get(run(state.params, shd.put_global(b, rt.mesh, rt.rules), extra))
+      wsum += float(w)
+      for k, v in m.items():
+        tot[k] = tot.get(k, 0.0) + float(v) * float(w)
+    out = {prefix + k: v / max(wsum, 1e-12) for k, v in tot.items()}
+    out[prefix + "pairs"] = wsum
+    return out
+  return eval_fn
+
+
+def trunk_from_lm_checkpoint(rt, checkpoint_dir: str, seed: int):
+  """Scalar-model params: a fresh head (`score`, `score_bias`) on the trunk of
+  an LM checkpoint of the same shape."""
+  shardings = rt.mdef.shardings(rt.mesh, rt.rules)
+  head = ("score", "score_bias")
+  target = {k: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            rt.mdef.abstract_params[k], shardings[k])
+            for k in rt.mdef.abstract_params if k not in head}
+  ckpt = Checkpointer(checkpoint_dir, save_every=1, keep=1, async_save=False)
+  trunk, step = ckpt.restore_params(target)
+  ckpt.close()
+  params = dict(init_params(rt.mdef, rt.mesh, rt.rules, seed))
+  params.update(trunk)
+  logging.info("reward model trunk from %s step %d", checkpoint_dir, step)
+  return params
+
+
+def write_summary(workdir: str, name: str, summary: dict):
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f"{name}_summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=float)
+  logging.info("%s done: %s", name, summary)
+
+
+def run(config, workdir: str):
+  if config.model.head != "scalar":
+    raise ValueError("pipeline=reward needs model.head='scalar'")
+  rt = common.setup(config)
+  train_ex, eval_ex, report = load_pair_splits(config, rt.tokenizer)
+  loss_fn = losses.make_reward_loss(config.reward)
+  eval_fn = make_pair_eval_fn(rt, eval_ex, config, loss_fn)
+  init_fn = None
+  if config.reward.init_checkpoint:
+    ckpt_dir = resolve_checkpoint_dir(config.reward.init_checkpoint, "reward.init_checkpoint")
+    init_fn = lambda: trunk_from_lm_checkpoint(rt, ckpt_dir, int(config.train.seed))
+  result = train(config, workdir, rt.mdef, loss_fn, pair_iterator(rt, train_ex, config),
+                 mesh=rt.mesh, rules=rt.rules, eval_fn=eval_fn, init_params_fn=init_fn,
+                 name="reward")
+  summary = {"steps_run": result.steps_run, "resumed_from": result.resumed_from,
+             "train_pairs": len(train_ex), "eval_pairs": len(eval_ex),
+             "data": report.as_dict(), "final_train": result.last_metrics}
+  if eval_fn is not None:
+    summary["final_eval"] = eval_fn(result.state, int(config.train.steps))
+  write_summary(workdir, "reward", summary)
+  return summary

@@ -22,16 +22,14 @@ def _write_jsonl(path, rows, gz=False):
 # ------------------------------------------------------------------ hh_rlhf
 
 def test_hh_rlhf_real_file_reproduces_every_pair(shared_dir, tmp_path):
-  src = os.path.join(shared_dir, "data", "hh-rlhf", "harmless-base-test-part1.jsonl.gz")
-  manual = tmp_path / "manual" / "harmless-base"
-  manual.mkdir(parents=True)
-  os.symlink(src, manual / "test.jsonl.gz")
-  b = B.build("hh_rlhf", config="harmless-base", data_dir=tmp_path / "d",
-              manual_dir=tmp_path / "manual")
+  # The shared folder itself is the manual_dir: the flat name <config>-<split>*.jsonl.gz.
+  manual = os.path.join(shared_dir, "data", "hh-rlhf")
+  src = os.path.join(manual, "harmless-base-test-part1.jsonl.gz")
+  b = B.build("hh_rlhf", config="harmless-base", data_dir=tmp_path / "d", manual_dir=manual)
   assert list(b.info.splits) == ["test"]  # no train file given
   stats = b.info.metadata["stats"]["test"]
   assert stats == {"pairs": 1800, "prompt_mismatch": 2, "identical_responses": 0,
-                   "source": "test.jsonl.gz"}
+                   "source": "harmless-base-test-part1.jsonl.gz"}
   recs = B.records("hh_rlhf", config="harmless-base", split="test", data_dir=tmp_path / "d")
   with gzip.open(src, "rt") as f:
     orig = [json.loads(line) for line in f]

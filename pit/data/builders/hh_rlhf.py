@@ -13,7 +13,9 @@ per split are logged and stored in `builder.info.metadata['stats']`;
 `pit.data.builders.load_pairs` drops flagged pairs (and logs the count).
 
 manual_dir layout (as in the GitHub repo): `<config>/train.jsonl.gz` and
-`<config>/test.jsonl.gz` (or uncompressed `.jsonl`). Only splits whose file is
+`<config>/test.jsonl.gz` (or uncompressed `.jsonl`), or flat files
+`<config>-<split>*.jsonl[.gz]` (e.g. `harmless-base-test-part1.jsonl.gz`; several
+parts of a split are read in name order). Only splits whose file is
 present are built.
 """
 from __future__ import annotations
@@ -35,6 +37,13 @@ SPLITS = ("train", "test")
 ASSISTANT = "\n\nAssistant:"
 _TURN_RE = re.compile(r"\n\n(Human|Assistant):")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def _numbered(paths):
+  """(path, line, record) over the files of one split in order (e.g. part1, part2)."""
+  for path in paths:
+    for lineno, rec in records.read_jsonl_numbered(path, ("chosen", "rejected")):
+      yield path, lineno, rec
 
 
 def split_last_turn(text: str, where: str, name: str) -> tuple[str, str]:
@@ -89,7 +98,9 @@ class HhRlhf(_base.PitBuilder):
 
   def find_manual_files(self, mdir):
     c = self.builder_config.name
-    return {s: _base.first_existing(mdir, [f"{c}/{s}.jsonl.gz", f"{c}/{s}.jsonl"]) for s in SPLITS}
+    return {s: _base.first_existing(mdir, [f"{c}/{s}.jsonl.gz", f"{c}/{s}.jsonl",
+                                           f"{c}-{s}*.jsonl.gz", f"{c}-{s}*.jsonl"])
+            for s in SPLITS}
 
   def _split_generators(self, dl_manager):
     files = self.resolve_sources(dl_manager)
@@ -97,25 +108,25 @@ class HhRlhf(_base.PitBuilder):
     if missing:
       logging.warning("%s: no source file for split(s) %s; building only %s",
                       self._pit_id, missing, sorted(files))
-    return {s: self._generate_examples(s, files[s][0]) for s in SPLITS if s in files}
+    return {s: self._generate_examples(s, files[s]) for s in SPLITS if s in files}
 
-  def _generate_examples(self, split, path):
+  def _generate_examples(self, split, paths):
     n = mismatch = identical = 0
-    for lineno, rec in records.read_jsonl_numbered(path, ("chosen", "rejected")):
+    for path, lineno, rec in _numbered(paths):
       where = f"{path}:{lineno}"
       p_c, r_c = split_last_turn(rec["chosen"], where, "chosen")
       p_r, r_r = split_last_turn(rec["rejected"], where, "rejected")
       turns = parse_turns(p_c)
       mm, same = p_c != p_r, (p_c == p_r and r_c == r_r)
       n, mismatch, identical = n + 1, mismatch + mm, identical + same
-      yield lineno, {
+      yield f"{os.path.basename(path)}:{lineno:09d}", {
           "prompt": p_c, "chosen": r_c, "rejected": r_r, "rejected_prompt": p_r,
           "turns": [{"role": r, "text": t} for r, t in turns],
           "prompt_mismatch": mm, "identical_responses": same, "line": lineno,
       }
     if n == 0:
-      raise DataError(f"{path}: no records")
+      raise DataError(f"{', '.join(paths)}: no records")
     counts = {"pairs": n, "prompt_mismatch": mismatch, "identical_responses": identical,
-              "source": os.path.basename(path)}
+              "source": ", ".join(os.path.basename(p) for p in paths)}
     logging.info("%s %s: %s", self._pit_id, split, counts)
     self.set_stats(split, counts)

@@ -21,13 +21,10 @@ class UsageError(Exception):
 
 
 def run(config, workdir: str):
-  from pit.pipelines import PIPELINES  # jax imported only after flags parsed
+  from pit.pipelines import PIPELINES, common  # jax imported only after flags parsed
   if config.pipeline not in PIPELINES:
     raise UsageError(f"unknown pipeline {config.pipeline!r}; choose one of {sorted(PIPELINES)}")
-  os.makedirs(workdir, exist_ok=True)
-  if not os.environ.get("PIT_NO_CONFIG_DUMP"):
-    with open(os.path.join(workdir, f"config_{config.pipeline}.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  common.save_config(config, workdir)
   return PIPELINES[config.pipeline](config, workdir)
 
 

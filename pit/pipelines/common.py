@@ -35,6 +35,17 @@ def setup(config, **model_overrides) -> Runtime:
   return Runtime(mesh, rules, tokenizer, model_def(mcfg))
 
 
+def save_config(config, workdir: str) -> str:
+  """Writes WORKDIR/config_<pipeline>.json: how the run was configured, and where
+  loaders of a workdir (reward models, policies) read the model's shape from."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, f"config_{config.pipeline}.json")
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return path
+
+
 def buckets(config) -> tuple[int, ...]:
   return tuple(config.data.buckets) or batching.default_buckets(int(config.data.max_len))
 

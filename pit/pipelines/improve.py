@@ -56,8 +56,9 @@ def _model_def(path: str, rt):
   return rt.mdef
 
 
-def load_generate_fn(rt, icfg, path: str, field: str, seed_offset: int = 0):
-  """`pit.improve.make_generate_fn` over the latest checkpoint under `path`."""
+def load_generate_fn(rt, icfg, path: str, field: str, seed_offset: int = 0, samplers=None):
+  """`pit.improve.make_generate_fn` over the latest checkpoint under `path`; `samplers`
+  (a dict) shares one compiled sampler between checkpoints of the same model shape."""
   if not path:
     raise ValueError(f"improve.{field}: no checkpoint directory given")
   if not os.path.isdir(path):
@@ -65,8 +66,12 @@ def load_generate_fn(rt, icfg, path: str, field: str, seed_offset: int = 0):
   mrt = dataclasses.replace(rt, mdef=_model_def(path, rt))
   params, step = restore_params_for_sampling(mrt, _checkpoints(path))
   tok = rt.tokenizer
-  sampler = Sampler(mrt.mdef, rt.mesh, rt.rules, pad_id=tok.pad_id, eos_id=tok.eos_id,
-                    prompt_buckets=tuple(icfg.prompt_buckets) or None)
+  samplers = {} if samplers is None else samplers
+  if mrt.mdef.cfg not in samplers:
+    samplers[mrt.mdef.cfg] = Sampler(mrt.mdef, rt.mesh, rt.rules, pad_id=tok.pad_id,
+                                     eos_id=tok.eos_id,
+                                     prompt_buckets=tuple(icfg.prompt_buckets) or None)
+  sampler = samplers[mrt.mdef.cfg]
   logging.info("improve.%s: %s at step %d", field, path, step)
   return improve.make_generate_fn(
       sampler, params, tok, max_new_tokens=int(icfg.max_new_tokens),
@@ -75,7 +80,7 @@ def load_generate_fn(rt, icfg, path: str, field: str, seed_offset: int = 0):
       max_prompt_len=int(icfg.max_prompt_len))
 
 
-def load_inputs(config, rt) -> tuple[list[str], list[str]]:
+def load_inputs(config, rt, samplers=None) -> tuple[list[str], list[str]]:
   """(prompts, initial responses) from improve.input_path or improve.initial_checkpoint_dir."""
   icfg = config.improve
   path = icfg.input_path
@@ -100,7 +105,7 @@ def load_inputs(config, rt) -> tuple[list[str], list[str]]:
     raise ValueError(f"improve: no prompts in {path or icfg.initial_checkpoint_dir}")
   if responses is None:
     gen = load_generate_fn(rt, icfg, icfg.initial_checkpoint_dir, "initial_checkpoint_dir",
-                           seed_offset=-1)
+                           seed_offset=-1, samplers=samplers)
     responses = gen([config.data.prompt_format.format(prompt=p) for p in prompts], 0)
   return prompts, responses
 
@@ -143,16 +148,18 @@ def run(config, workdir: str):
   if icfg.method not in METHODS:
     raise ValueError(f"improve.method: {icfg.method!r} not in {METHODS}")
   T = int(icfg.max_iters)
-  prompts, initial = load_inputs(config, rt)
+  samplers = {}
+  prompts, initial = load_inputs(config, rt, samplers)
   xs = [config.data.prompt_format.format(prompt=p) for p in prompts]   # x as the models read it
   if icfg.method == "pit":
-    gen = load_generate_fn(rt, icfg, icfg.pit_checkpoint_dir, "pit_checkpoint_dir")
+    gen = load_generate_fn(rt, icfg, icfg.pit_checkpoint_dir, "pit_checkpoint_dir",
+                           samplers=samplers)
     res = improve.iterative_improve(gen, xs, initial, template=icfg.template, max_iters=T,
                                     gap_scorer=_gap_scorer(config, rt),
                                     min_gain=float(icfg.min_gain))
   else:
     field = "base_checkpoint_dir" if icfg.base_checkpoint_dir else "initial_checkpoint_dir"
-    gen = load_generate_fn(rt, icfg, icfg[field], field)
+    gen = load_generate_fn(rt, icfg, icfg[field], field, samplers=samplers)
     fb, rf, stop = _refine_templates(icfg)
     res = improve.self_refine(gen, xs, initial, feedback_template=fb, refine_template=rf,
                               max_iters=T, stop_phrase=stop, stop_score=float(icfg.stop_score))

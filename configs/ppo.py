@@ -22,6 +22,7 @@ def ppo_defaults() -> ml_collections.ConfigDict:
       max_prompt_len=64, prompt_buckets=(),
       epochs=2, gamma=1.0, lam=0.95, clip_ratio=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0,
       whiten_advantages=True,
+      score_norm="initial",        # initial: scores scaled to mean 0, std 1 on the first rollout | none
       kl_estimator="k1",           # k1 (log-ratio) | k3 ((r-1) - log r)
       kl_coef=0.1, adaptive_kl=True, target_kl=2.0, kl_horizon=10000.0,
       value_init="policy"))        # policy (SFT trunk + fresh head) | random

@@ -15,6 +15,7 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 
 from pit import ppo
 from pit.params import init_params, model_def
@@ -88,9 +89,10 @@ def run(config, workdir: str):
   def init_fn():
     policy, _ = restore_params_for_sampling(rt, init_dir)
     value = init_params(acdef.value, rt.mesh, rt.rules, seed + 1)
-    if pcfg.value_init == "policy":  # trunk from the SFT policy, fresh scalar head
-      trunk, _ = restore_params_for_sampling(rt, init_dir)
-      value = {k: (trunk[k] if k in trunk else v) for k, v in value.items()}
+    if pcfg.value_init == "policy":  # trunk from the SFT policy, zero scalar head: V = 0 at
+      trunk, _ = restore_params_for_sampling(rt, init_dir)  # first, advantages start as returns
+      value = {k: (trunk[k] if k in trunk else jax.tree.map(jnp.zeros_like, v))
+               for k, v in value.items()}
     return {"policy": policy, "value": value}
 
   loss_fn = ppo.make_ppo_loss(clip_ratio=float(pcfg.clip_ratio), value_clip=float(pcfg.value_clip),

@@ -42,6 +42,10 @@ class Rollouts:
     self.gamma, self.lam = float(pcfg.gamma), float(pcfg.lam)
     self.estimator, self.whiten = str(pcfg.kl_estimator), bool(pcfg.whiten_advantages)
     self.max_prompt_len = int(pcfg.max_prompt_len)
+    self.score_norm = str(pcfg.get("score_norm", "none"))
+    if self.score_norm not in ("none", "initial"):
+      raise ValueError(f"ppo.score_norm: {self.score_norm!r} not in ('none', 'initial')")
+    self.score_stats: tuple[float, float] | None = None  # (mean, std) of the first rollout
     self.prompt_buckets = tuple(pcfg.prompt_buckets) or default_buckets(self.max_prompt_len, 16)
     if self.estimator not in ppo.KL_ESTIMATORS:
       raise ValueError(f"ppo.kl_estimator: {self.estimator!r} not in {ppo.KL_ESTIMATORS}")
@@ -65,7 +69,8 @@ class Rollouts:
   # -- state -----------------------------------------------------------------
   def get_state(self) -> dict:
     return {"rollout": self.rollout, "kl_coef": self.kl.value, "seed": self.seed,
-            "pending_minibatches": len(self._queue)}
+            "pending_minibatches": len(self._queue),
+            "score_stats": list(self.score_stats) if self.score_stats else None}
 
   def set_state(self, state: dict):
     if int(state.get("seed", self.seed)) != self.seed:
@@ -75,6 +80,8 @@ class Rollouts:
                        "from rollout boundaries (checkpoint.every must be a multiple of the "
                        "updates per rollout)")
     self.rollout, self.kl.value = int(state["rollout"]), float(state["kl_coef"])
+    stats = state.get("score_stats")
+    self.score_stats = (float(stats[0]), float(stats[1])) if stats else None
     self._queue, self._buffer = [], {}
 
   def checkpointable(self) -> bool:
@@ -159,9 +166,16 @@ class Rollouts:
         params, self.ref_params, shd.put_global(batch, self.mesh, self.rules))
     responses = [self.tok.decode(t[:n]) for t, n in zip(out.tokens, out.lengths)]
     scores = np.asarray(self.scorer(prompts, responses, refs), np.float32)
+    if self.score_norm == "initial" and self.score_stats is None:
+      # Ziegler et al. 2019: scale the reward to mean 0, std 1 under the initial policy.
+      self.score_stats = (float(scores.mean()), float(scores.std()) + 1e-6)
+    if self.score_stats is not None:
+      norm_scores = (scores - self.score_stats[0]) / self.score_stats[1]
+    else:
+      norm_scores = scores
     rmask_f = rmask.astype(np.float32)
     kl_coef = self.kl.value
-    adv, returns, stats = self._advantages(logp, ref_logp, values, jnp.asarray(scores),
+    adv, returns, stats = self._advantages(logp, ref_logp, values, jnp.asarray(norm_scores),
                                            jnp.asarray(rmask_f), jnp.float32(kl_coef))
     logp, values, adv, returns, stats = jax.device_get((logp, values, adv, returns, stats))
     gap = float(np.max(np.abs(np.asarray(logp) - out.logprobs) * rmask_f))
@@ -175,6 +189,7 @@ class Rollouts:
     kl = float(stats["kl"])
     self._metrics = {
         "score": float(scores.mean()), "score_std": float(scores.std()),
+        "score_normalized": float(norm_scores.mean()),
         "reward": float(stats["reward"]), "kl": kl, "kl_k3": float(stats["kl_k3"]),
         "kl_penalty": float(stats["kl_penalty"]), "kl_coef": kl_coef,
         "response_length": float(out.lengths.mean()),

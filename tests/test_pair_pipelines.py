@@ -1,0 +1,97 @@
+"""`pipeline=reward` and `pipeline=dpo` end to end: SIGKILL mid-run resumes to the
+same final parameters as an uninterrupted run; config errors are one line."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+SMALL = ["--config.progress=False", "--config.model.d_model=32", "--config.model.d_ff=64",
+         "--config.model.num_layers=1", "--config.train.batch_size=8",
+         "--config.data.synthetic_train_size=64", "--config.data.synthetic_eval_size=16",
+         "--config.train.eval_every=0", "--config.train.log_every=2"]
+ARGS = {"reward": ["--config=configs/reward.py:tiny", "--config.reward.margin_scale=0.5",
+                   "--config.reward.center_coef=0.01"],
+        "dpo": ["--config=configs/dpo.py:tiny", "--config.dpo.oracle_eval_prompts=0",
+                "--config.dpo.label_smoothing=0.1"]}
+
+
+def _env(devices):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def _cmd(pipeline, workdir, *extra):
+  return [sys.executable, "-m", "pit.main", *ARGS[pipeline], *SMALL, f"--workdir={workdir}", *extra]
+
+
+def _run(pipeline, workdir, *extra, devices=2):
+  return subprocess.run(_cmd(pipeline, workdir, *extra), cwd=REPO, env=_env(devices),
+                        capture_output=True, text=True, timeout=600)
+
+
+def _final_params(workdir, pipeline):
+  from pit import sharding as shd
+  from pit.checkpoint import Checkpointer
+  from pit.model import ModelConfig
+  from pit.params import model_def
+  cfg = json.load(open(os.path.join(workdir, f"config_{pipeline}.json")))
+  mdef = model_def(ModelConfig.from_config(cfg["model"]))
+  mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        mdef.abstract_params, mdef.shardings(mesh, shd.DEFAULT_RULES))
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=1)
+  params, step = ckpt.restore_params(target)
+  ckpt.close()
+  return jax.device_get(params), step
+
+
+@pytest.mark.parametrize("pipeline", ["reward", "dpo"])
+def test_sigkill_midway_resumes_to_identical_params(tmp_path, pipeline):
+  args = ["--config.train.steps=12", "--config.checkpoint.every=4", "--config.mesh.shape=(1,2,1)"]
+  ref, killed = tmp_path / "ref", tmp_path / "killed"
+  r = _run(pipeline, ref, *args)
+  assert r.returncode == 0, r.stderr[-3000:]
+  proc = subprocess.Popen(_cmd(pipeline, killed, *args), cwd=REPO, env=_env(2),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (killed / "checkpoints" / "4").exists():
+    assert proc.poll() is None, "run finished before it could be killed"
+    assert time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
+  assert not (killed / "checkpoints" / "12").exists()
+  r = _run(pipeline, killed, *args)
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = json.load(open(killed / f"{pipeline}_summary.json"))
+  assert summary["resumed_from"] is not None and 4 <= summary["resumed_from"] < 12
+  assert summary["final_eval"]["pairs"] == 16
+  p_ref, s_ref = _final_params(ref, pipeline)
+  p_res, s_res = _final_params(killed, pipeline)
+  assert s_ref == s_res == 12
+  jax.tree.map(np.testing.assert_array_equal, p_ref, p_res)
+  steps = [l["step"] for l in map(json.loads, open(killed / "metrics.jsonl")) if l["split"] == "train"]
+  assert steps == sorted(set(steps)) and steps[-1] == 12
+
+
+@pytest.mark.parametrize("pipeline,args,needle", [
+    ("dpo", ["--config.dpo.loss=nope"], "unknown DPO loss 'nope'"),
+    ("dpo", ["--config.dpo.reference=sometimes"], "dpo.reference"),
+    ("dpo", ["--config.dpo.init_checkpoint=/no/such/dir"], "/no/such/dir"),
+    ("reward", ["--config.model.head=lm"], "model.head='scalar'"),
+])
+def test_config_errors_are_one_line(tmp_path, pipeline, args, needle):
+  r = _run(pipeline, tmp_path / "w", *args, devices=1)
+  assert r.returncode != 0 and "Traceback" not in r.stderr
+  errors = [l for l in r.stderr.splitlines() if l.startswith("pit: error:")]
+  assert len(errors) == 1 and needle in errors[0], r.stderr[-2000:]

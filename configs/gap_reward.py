@@ -31,8 +31,8 @@ def get_config(preset: str = "tiny"):
                   max_len=128, max_response_len=40, buckets=(96, 128))
     c.model.update(vocab_size=384, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
                    d_ff=256, max_seq_len=128, head="scalar")
-    c.train.update(steps=600, batch_size=32, log_every=50, eval_every=200)
-    c.optim.update(learning_rate=2e-3, warmup_steps=50, decay_steps=600)
+    c.train.update(steps=1000, batch_size=16, log_every=50, eval_every=200)
+    c.optim.update(learning_rate=2e-3, warmup_steps=50, decay_steps=1000, weight_decay=0.0)
     c.checkpoint.update(every=200, keep=2)
   elif preset == "hh":
     c.gap_reward.template = "chat"

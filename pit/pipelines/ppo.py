@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from pit import ppo
+from pit.checkpoint import Checkpointer
 from pit.params import init_params, model_def
 from pit.pipelines import common
 from pit.pipelines.generate import restore_params_for_sampling
@@ -64,6 +65,16 @@ def _check(config, updates_per_rollout: int):
     raise ValueError(f"ppo.value_init: {pcfg.value_init!r} not in ('policy', 'random')")
 
 
+def export_policy(params, step: int, workdir: str):
+  """Writes the policy alone to WORKDIR/policy/checkpoints (params only), so `generate`
+  (`generate.checkpoint_dir`) and later stages (`ppo.init_checkpoint_dir`) load it."""
+  ckpt = Checkpointer(os.path.join(workdir, "policy", "checkpoints"), save_every=1, keep=1,
+                      async_save=False)
+  if ckpt.latest_step() != step:
+    ckpt.save(step, {"params": params}, {"source": "ppo"}, force=True)
+  ckpt.close()
+
+
 def run(config, workdir: str):
   rt = common.setup(config)
   pcfg = config.ppo
@@ -99,6 +110,7 @@ def run(config, workdir: str):
                               vf_coef=float(pcfg.vf_coef), ent_coef=float(pcfg.ent_coef))
   result = train(config, workdir, acdef, loss_fn, data, mesh=rt.mesh, rules=rt.rules,
                  init_params_fn=init_fn, name="ppo")
+  export_policy(result.state.params["policy"], int(config.train.steps), workdir)
   summary = {"steps_run": result.steps_run, "resumed_from": result.resumed_from,
              "rollouts": data.rollout, "final_kl_coef": data.kl.value,
              "final_train": result.last_metrics}

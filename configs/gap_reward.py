@@ -3,8 +3,10 @@
 Presets: `tiny` (default): the synthetic sort task's preference pairs
 (data.source='synthetic', held-out eval pairs on held-out prompts), byte
 tokenizer, template 'plain', a d_model 64 2-layer scalar-head model; a few
-minutes on 2 CPU cores. `hh`: HH-RLHF pairs from a jsonl file
-(`--config.data.train_path=...`), template 'chat'.
+minutes on 2 CPU cores. `hh`: HH-RLHF pairs via the TFDS builder
+(data.source='tfds', data.manual_dir / data.data_dir as for configs/reward.py),
+template 'chat'; the model size is the base default, set --config.model.* for
+a real run (accelerator).
 
 Run: python -m pit.main --config=configs/gap_reward.py:tiny --workdir=/tmp/gap_rm
 -> WORKDIR/gap_reward_summary.json (final_eval: ordering_accuracy, gap_accuracy,
@@ -36,8 +38,9 @@ def get_config(preset: str = "tiny"):
     c.checkpoint.update(every=200, keep=2)
   elif preset == "hh":
     c.gap_reward.template = "chat"
-    c.data.update(source="jsonl", max_len=512, max_response_len=192, eval_fraction=0.05)
-    c.model.update(head="scalar", max_seq_len=512)
+    c.data.update(source="tfds", tfds_name="hh_rlhf", max_len=1024, max_response_len=256,
+                  buckets=(256, 512, 1024))
+    c.model.update(head="scalar", max_seq_len=1024)
     c.train.update(steps=1000, batch_size=16, log_every=20, eval_every=250)
     c.checkpoint.update(every=250, keep=2)
   else:

@@ -173,9 +173,12 @@ def test_ppo_step_on_2x4_mesh_equals_one_device():
   params = {"policy": init_params(acdef.policy, m, shd.DEFAULT_RULES, 0),
             "value": init_params(acdef.value, m, shd.DEFAULT_RULES, 1)}
   b = _ppo_batch(seed=0)
-  model = acdef.merge(params)
-  logits, _ = model.policy(b["tokens"], b["positions"], b["mask"])
-  values, _ = model.value(b["tokens"], b["positions"], b["mask"])
+  @jax.jit
+  def forward(params, b):
+    model = acdef.merge(params)
+    return (model.policy(b["tokens"], b["positions"], b["mask"])[0],
+            model.value(b["tokens"], b["positions"], b["mask"])[0])
+  logits, values = forward(params, {k: b[k] for k in ("tokens", "positions", "mask")})
   N = b["response_mask"].shape[1]
   lg = np.asarray(logits, np.float64)[:, -N - 1:-1]
   lp_all = lg - lg.max(-1, keepdims=True)

@@ -36,11 +36,12 @@ def get_config(preset: str = "tiny"):
   if preset == "tiny":
     c.model.update(vocab_size=384, d_model=128, num_layers=2, num_heads=4, num_kv_heads=2,
                    d_ff=384, max_seq_len=128)
-    c.ppo.update(rollout_batch_size=64, max_new_tokens=32, max_prompt_len=64, prompt_buckets=(32, 64))
-    c.train.update(steps=80, batch_size=32, log_every=4)
-    c.optim.update(learning_rate=1e-5, warmup_steps=0, decay_steps=80, end_lr_ratio=1.0,
+    c.ppo.update(rollout_batch_size=128, max_new_tokens=32, max_prompt_len=64,
+                 prompt_buckets=(32, 64), kl_horizon=512.0)
+    c.train.update(steps=120, batch_size=64, log_every=4)
+    c.optim.update(learning_rate=1e-4, warmup_steps=0, decay_steps=120, end_lr_ratio=1.0,
                    weight_decay=0.0)
-    c.checkpoint.update(every=20, keep=2)
+    c.checkpoint.update(every=40, keep=2)
   elif preset == "small":
     c.model.update(vocab_size=384, d_model=512, num_layers=6, num_heads=8, num_kv_heads=8,
                    d_ff=1408, max_seq_len=512)

@@ -8,20 +8,7 @@ margin and the oracle score of greedy / sampled responses before and after),
 reference). Iterative DPO: point `dpo.init_checkpoint` and
 `dpo.reference_checkpoint` at the previous iteration's workdir.
 """
-import ml_collections
-
-from pit.config_base import base_config
-
-
-def dpo_defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      loss="sigmoid",            # sigmoid (cDPO with label_smoothing > 0) | ipo | hinge | robust
-      beta=0.1,
-      label_smoothing=0.0,       # sigmoid: cDPO eps; robust: label-flip rate; in [0, 0.5)
-      init_checkpoint="",        # SFT workdir or checkpoints dir (params only); '' -> random
-      reference_checkpoint="",   # '' -> the init model
-      reference="precompute",    # precompute (log-probs once at start) | live (frozen model)
-      oracle_eval_prompts=0))    # > 0: oracle score of responses to that many held-out prompts
+from pit.config_base import base_config, dpo_defaults
 
 
 def get_config(preset: str = "tiny"):

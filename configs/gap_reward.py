@@ -12,16 +12,8 @@ Run: python -m pit.main --config=configs/gap_reward.py:tiny --workdir=/tmp/gap_r
 -> WORKDIR/gap_reward_summary.json (final_eval: ordering_accuracy, gap_accuracy,
 all_orderings_accuracy, self_gap).
 """
-import ml_collections
 
-from pit.config_base import base_config
-
-
-def gap_reward_defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      template="plain",   # pit.pit_format template: plain | chat | a literal template
-      tie_coef=0.1,       # weight of (r_ww - r_ll)^2
-      center_coef=0.01))  # weight of (r_ww^2 + r_ll^2) / 2
+from pit.config_base import base_config, gap_reward_defaults
 
 
 def get_config(preset: str = "tiny"):

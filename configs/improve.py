@@ -10,33 +10,8 @@ Give the PIT model with --config.improve.pit_checkpoint_dir=<workdir>, the answe
 with improve.input_path or improve.initial_checkpoint_dir (a policy workdir), and
 optionally a gap reward model (improve.gap_rm_dir) for the stopping rule.
 """
-import ml_collections
 
-from pit.config_base import base_config
-
-
-def improve_defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      method="pit",                # pit | self_refine
-      input_path="",               # JSONL {"prompt","response"} or AlpacaEval .json[.gz]
-      initial_checkpoint_dir="",   # else: generate initial answers from this policy workdir
-      split="eval",                # prompts for initial_checkpoint_dir (pit.data.sources.load_prompts)
-      max_prompts=0,               # 0: all
-      pit_checkpoint_dir="",       # M_PIT workdir (or its checkpoints/)
-      gap_rm_dir="",               # optional gap reward model workdir (model.head='scalar')
-      gap_max_len=0,               # 0: the gap model's max_seq_len
-      min_gain=0.0,                # stop when r_gap(x,y_{t+1},y_t) - r_gap(x,y_t,y_t) <= min_gain
-      template="plain",            # pit_format template: plain | chat | literal
-      max_iters=3,
-      base_checkpoint_dir="",      # self_refine model; default initial_checkpoint_dir
-      feedback_template="",        # '' -> default for the template; 'judge' | 'judge_compact' | text
-      refine_template="",          # '' -> default; text with {prompt} {response} {feedback}
-      stop_phrase="auto",          # 'auto' -> default for the template; '' disables
-      stop_score=5.0,              # judge feedback templates: stop at score >= stop_score
-      max_new_tokens=64, temperature=0.0, top_k=0, top_p=1.0, seed=0, batch_size=32,
-      max_prompt_len=0,            # 0: no truncation; else keep bos + the prompt's last tokens
-      prompt_buckets=(),
-      generator=""))               # AlpacaEval generator name; '' -> "<method>_iter<max_iters>"
+from pit.config_base import base_config, improve_defaults
 
 
 def get_config(preset: str = "synthetic"):

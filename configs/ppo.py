@@ -6,26 +6,8 @@ start from an SFT run: `--config.ppo.init_checkpoint_dir=<sft workdir>`),
 `ppo.rollout_batch_size` samples gives `ppo.epochs * rollout / minibatch`
 updates, and `train.steps` / `checkpoint.every` must be multiples of that.
 """
-import ml_collections
 
-from pit.config_base import base_config
-
-
-def ppo_defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      init_checkpoint_dir="",      # SFT workdir or its checkpoints/ (params only)
-      scorer="oracle",             # oracle | reward_model
-      reward_model_dir="",         # workdir with config_*.json (model.head='scalar') + checkpoints/
-      reward_format="{prompt}{response}",  # {prompt} {response} [{reference}]
-      reward_max_len=0,            # 0 -> the reward model's max_seq_len
-      rollout_batch_size=64, max_new_tokens=32, temperature=1.0,
-      max_prompt_len=64, prompt_buckets=(),
-      epochs=2, gamma=1.0, lam=0.95, clip_ratio=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0,
-      whiten_advantages=True,
-      score_norm="initial",        # initial: scores scaled to mean 0, std 1 on the first rollout | none
-      kl_estimator="k1",           # k1 (log-ratio) | k3 ((r-1) - log r)
-      kl_coef=0.1, adaptive_kl=True, target_kl=2.0, kl_horizon=10000.0,
-      value_init="policy"))        # policy (SFT trunk + fresh head) | random
+from pit.config_base import base_config, ppo_defaults
 
 
 def get_config(preset: str = "tiny"):

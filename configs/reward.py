@@ -8,16 +8,7 @@ same shape with `--config.reward.init_checkpoint=<sft workdir>`).
 Loss options: `reward.margin_scale` (subtract scale * pair margin inside the
 sigmoid), `reward.center_coef` (auxiliary coef * (r_w + r_l)^2).
 """
-import ml_collections
-
-from pit.config_base import base_config
-
-
-def reward_defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      margin_scale=0.0,       # loss -log sigmoid(r_w - r_l - margin_scale * margin)
-      center_coef=0.0,        # + center_coef * (r_w + r_l)^2
-      init_checkpoint=""))    # LM workdir / checkpoints dir to take the trunk from
+from pit.config_base import base_config, reward_defaults
 
 
 def get_config(preset: str = "tiny"):

@@ -1,24 +1,28 @@
 """The synthetic sort task (`pit.data.synthetic`): a ground-truth oracle scores
 every response, so self-improvement methods are measured, not just run.
 
-Presets: `sft` (default): the `sft` pipeline on the task's IFT data
-(`data/synthetic/ift.jsonl`, 10k prompt -> sorted-list examples; regenerate
-with `python -m pit.data.synthetic --out_dir data/synthetic --files ift,prompts_eval`),
-a d_model 128, 2-layer byte-level model, a few minutes on 2 CPU cores.
-
-Measure: `--config.pipeline=generate` samples the held-out prompts
-(`data/synthetic/prompts_eval.jsonl`) into WORKDIR/generations.jsonl; then
-`python -m pit.data.synthetic score --generations WORKDIR/generations.jsonl`.
+Presets:
+  pit (default): PIT end to end (`pipeline=pit`) on the task's preference pairs:
+    M_P, M_PIT, an ordinary RM, the gap RM, two RL rounds (references from the data,
+    then from M_P), iterative inference, Self-Refine, oracle/RM-judged win rates and
+    WORKDIR/report.md. d_model 128, 2-layer byte-level models; about 40 minutes on 2
+    CPU cores. `pit_smoke`: the same stages with a few steps each (CI).
+  sft: the `sft` pipeline on the task's IFT data (`data/synthetic/ift.jsonl`; regenerate
+    with `python -m pit.data.synthetic --out_dir data/synthetic --files ift,prompts_eval`).
+    Measure: `--config.pipeline=generate` samples the held-out prompts
+    (`data/synthetic/prompts_eval.jsonl`) into WORKDIR/generations.jsonl; then
+    `python -m pit.data.synthetic score --generations WORKDIR/generations.jsonl`.
 """
 import os
 
-from pit.config_base import base_config
+from pit.config_base import (base_config, gap_reward_defaults, improve_defaults, pit_defaults,
+                             ppo_defaults, reward_defaults, stage_overrides)
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(_REPO, "data", "synthetic")
 
 
-def get_config(preset: str = "sft"):
+def get_config(preset: str = "pit"):
   c = base_config()
   c.data.train_path = os.path.join(DATA_DIR, "ift.jsonl")
   c.data.max_len = 64            # bos + prompt (<= 28 bytes) + response (<= 32) + eos
@@ -34,6 +38,56 @@ def get_config(preset: str = "sft"):
     c.train.update(steps=1500, batch_size=32, log_every=50, eval_every=500)
     c.optim.update(learning_rate=3e-3, warmup_steps=50, decay_steps=1500)
     c.checkpoint.update(every=500, keep=2)
+  elif preset in ("pit", "pit_smoke"):
+    pit_config(c, smoke=preset == "pit_smoke")
   else:
-    raise ValueError(f"unknown preset {preset!r} (sft)")
+    raise ValueError(f"unknown preset {preset!r} (pit, pit_smoke, sft)")
   return c
+
+
+def pit_config(c, smoke: bool):
+  c.pipeline = "pit"
+  c.data.update(source="synthetic", train_path="", synthetic_train_size=8000,
+                synthetic_eval_size=400)
+  c.reward, c.gap_reward = reward_defaults(), gap_reward_defaults()
+  c.ppo, c.improve = ppo_defaults(), improve_defaults()
+  c.pit = pit_defaults()
+  c.pit.update(dataset_name="Synthetic (sort)", template="plain", max_eval_prompts=200)
+  c.checkpoint.keep = 1
+  # M_PIT reads bos + prompt (<= 28) + "ref: " + reference (<= 32) + "\n" + response + eos.
+  pit_data = dict(max_len=112, max_response_len=33, buckets=(80, 112))
+  c.improve.update(template="plain", max_iters=3, max_new_tokens=33, batch_size=64,
+                   temperature=0.0, prompt_buckets=(32, 80, 160), max_prompt_len=160)
+  c.ppo.update(scorer="gap_reward_model", policy_template="plain", rollout_batch_size=128,
+               max_new_tokens=33, max_prompt_len=80, prompt_buckets=(80,), epochs=2,
+               kl_coef=0.05, adaptive_kl=True, target_kl=2.0, kl_horizon=512.0)
+  scalar = dict(head="scalar")
+  if smoke:  # every stage runs, a few steps each: the wiring, not the numbers
+    c.data.update(synthetic_train_size=64, synthetic_eval_size=32)
+    c.model.update(d_model=32, num_heads=2, num_kv_heads=1, d_ff=64)
+    c.pit.max_eval_prompts = 8
+    c.improve.update(max_iters=2, max_new_tokens=8, batch_size=8)
+    c.ppo.update(rollout_batch_size=8, max_new_tokens=8)
+    c.pit.policy_sft = stage_overrides(steps=4, batch_size=8, learning_rate=1e-3, log_every=2)
+    c.pit.pit_sft = stage_overrides(steps=4, batch_size=8, learning_rate=1e-3, log_every=2,
+                                    data=pit_data)
+    c.pit.reward = stage_overrides(steps=4, batch_size=8, learning_rate=1e-3, log_every=2,
+                                   model=scalar)
+    c.pit.gap_reward = stage_overrides(steps=4, batch_size=8, learning_rate=1e-3, log_every=2,
+                                       model=scalar, data=pit_data)
+    c.pit.rl = stage_overrides(steps=2, batch_size=8, learning_rate=1e-4, log_every=1,
+                               end_lr_ratio=1.0, weight_decay=0.0)
+    return
+  c.pit.policy_sft = stage_overrides(steps=1500, batch_size=32, learning_rate=3e-3, warmup_steps=50,
+                                     eval_every=500, checkpoint_every=500, log_every=50)
+  c.pit.pit_sft = stage_overrides(steps=1500, batch_size=32, learning_rate=3e-3, warmup_steps=50,
+                                  eval_every=500, checkpoint_every=500, log_every=50, data=pit_data)
+  c.pit.reward = stage_overrides(steps=400, batch_size=32, learning_rate=1e-3, warmup_steps=20,
+                                 eval_every=200, checkpoint_every=200, weight_decay=0.0,
+                                 log_every=20, model=scalar)
+  c.pit.gap_reward = stage_overrides(steps=800, batch_size=16, learning_rate=2e-3, warmup_steps=50,
+                                     eval_every=400, checkpoint_every=400, weight_decay=0.0,
+                                     log_every=50, model=scalar, data=pit_data)
+  # 128 rollouts / 64 per minibatch x 2 epochs = 4 updates per rollout; 30 rollouts a round.
+  c.pit.rl = stage_overrides(steps=120, batch_size=64, learning_rate=1e-4, checkpoint_every=40,
+                             end_lr_ratio=1.0, weight_decay=0.0, log_every=4)

@@ -41,6 +41,12 @@ class Checkpointer:
     step = self._step(step)
     args = ocp.args.Composite(state=_restore_args({"params": abstract_params}, partial=True))
     restored = self.manager.restore(step, args=args)["state"]
+    missing = [jax.tree_util.keystr(path) for path, leaf in
+               jax.tree_util.tree_flatten_with_path(restored["params"])[0]
+               if isinstance(leaf, jax.ShapeDtypeStruct)]
+    if missing:  # partial restore leaves what the checkpoint lacks as abstract leaves
+      raise ValueError(f"checkpoint {self.directory} step {step} has no params{missing[0]} "
+                       f"(and {len(missing) - 1} more): it was saved for another model")
     return restored["params"], step
 
   def _step(self, step):

@@ -43,3 +43,104 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_dir="", prompts=(), prompts_path="", max_new_tokens=64, temperature=0.0,
       top_k=0, top_p=1.0, seed=0, batch_size=32, output="generations.jsonl"))
   return c
+
+
+def ppo_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      init_checkpoint_dir="",      # SFT workdir or its checkpoints/ (params only)
+      scorer="oracle",             # oracle | reward_model | gap_reward_model (needs references)
+      reward_model_dir="",         # workdir with config_*.json (model.head='scalar') + checkpoints/
+      reward_format="{prompt}{response}",  # {prompt} {response} [{reference}]
+      reward_max_len=0,            # 0 -> the reward model's max_seq_len
+      rollout_batch_size=64, max_new_tokens=32, temperature=1.0,
+      max_prompt_len=64, prompt_buckets=(),
+      epochs=2, gamma=1.0, lam=0.95, clip_ratio=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0,
+      whiten_advantages=True,
+      score_norm="initial",        # initial: scores scaled to mean 0, std 1 on the first rollout | none
+      kl_estimator="k1",           # k1 (log-ratio) | k3 ((r-1) - log r)
+      kl_coef=0.1, adaptive_kl=True, target_kl=2.0, kl_horizon=10000.0,
+      reference_checkpoint_dir="",  # KL reference; '' -> the init policy
+      policy_template="",           # pit_format template: PIT's M_PIT(y | x, y_ref) as the policy
+      value_init="policy"))        # policy (SFT trunk + fresh head) | random
+
+
+def gap_reward_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      template="plain",   # pit.pit_format template: plain | chat | a literal template
+      tie_coef=0.1,       # weight of (r_ww - r_ll)^2
+      center_coef=0.01))  # weight of (r_ww^2 + r_ll^2) / 2
+
+
+def improve_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      method="pit",                # pit | self_refine
+      input_path="",               # JSONL {"prompt","response"} or AlpacaEval .json[.gz]
+      initial_checkpoint_dir="",   # else: generate initial answers from this policy workdir
+      split="eval",                # prompts for initial_checkpoint_dir (pit.data.sources.load_prompts)
+      max_prompts=0,               # 0: all
+      pit_checkpoint_dir="",       # M_PIT workdir (or its checkpoints/)
+      gap_rm_dir="",               # optional gap reward model workdir (model.head='scalar')
+      gap_max_len=0,               # 0: the gap model's max_seq_len
+      min_gain=0.0,                # stop when r_gap(x,y_{t+1},y_t) - r_gap(x,y_t,y_t) <= min_gain
+      template="plain",            # pit_format template: plain | chat | literal
+      max_iters=3,
+      base_checkpoint_dir="",      # self_refine model; default initial_checkpoint_dir
+      feedback_template="",        # '' -> default for the template; 'judge' | 'judge_compact' | text
+      refine_template="",          # '' -> default; text with {prompt} {response} {feedback}
+      stop_phrase="auto",          # 'auto' -> default for the template; '' disables
+      stop_score=5.0,              # judge feedback templates: stop at score >= stop_score
+      max_new_tokens=64, temperature=0.0, top_k=0, top_p=1.0, seed=0, batch_size=32,
+      max_prompt_len=0,            # 0: no truncation; else keep bos + the prompt's last tokens
+      prompt_buckets=(),
+      generator=""))               # AlpacaEval generator name; '' -> "<method>_iter<max_iters>"
+
+
+def reward_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      margin_scale=0.0,       # loss -log sigmoid(r_w - r_l - margin_scale * margin)
+      center_coef=0.0,        # + center_coef * (r_w + r_l)^2
+      init_checkpoint=""))    # LM workdir / checkpoints dir to take the trunk from
+
+
+def dpo_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      loss="sigmoid",            # sigmoid (cDPO with label_smoothing > 0) | ipo | hinge | robust
+      beta=0.1,
+      label_smoothing=0.0,       # sigmoid: cDPO eps; robust: label-flip rate; in [0, 0.5)
+      init_checkpoint="",        # SFT workdir or checkpoints dir (params only); '' -> random
+      reference_checkpoint="",   # '' -> the init model
+      reference="precompute",    # precompute (log-probs once at start) | live (frozen model)
+      oracle_eval_prompts=0))    # > 0: oracle score of responses to that many held-out prompts
+
+
+def stage_overrides(*, steps: int, batch_size: int, learning_rate: float, warmup_steps: int = 0,
+                    eval_every: int = 0, checkpoint_every: int = 0, weight_decay: float = 0.1,
+                    end_lr_ratio: float = 0.1, log_every: int = 10, **sections) -> ml_collections.ConfigDict:
+  """A `pit.<stage>` override section: train/optim/checkpoint settings plus any other
+  root sections given as dicts (e.g. model=dict(head='scalar'), data=dict(max_len=128))."""
+  c = ml_collections.ConfigDict()
+  c.train = ml_collections.ConfigDict(dict(steps=steps, batch_size=batch_size, eval_every=eval_every,
+                                            log_every=log_every))
+  c.optim = ml_collections.ConfigDict(dict(learning_rate=learning_rate, warmup_steps=warmup_steps,
+                                           decay_steps=max(steps, 1), weight_decay=weight_decay,
+                                           end_lr_ratio=end_lr_ratio))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=checkpoint_every or steps))
+  for name, values in sections.items():
+    c[name] = ml_collections.ConfigDict(values)
+  return c
+
+
+def pit_defaults() -> ml_collections.ConfigDict:
+  """`pipeline=pit` (pit/pipelines/pit.py). The stage sections (`policy_sft`, `pit_sft`,
+  `reward`, `gap_reward`, `rl`, `inference`) are merged over the root config for that
+  stage; presets fill them with `stage_overrides`."""
+  return ml_collections.ConfigDict(dict(
+      dataset_name="",              # shown in the report
+      template="plain",             # pit_format template of M_PIT and r_gap: plain | chat | literal
+      train_split="train",          # data split of the training pairs
+      eval_split="eval",            # held-out pairs; '' -> data.eval_fraction of the training pairs
+      max_eval_prompts=200,         # held-out prompts evaluated (0: all)
+      rl_rounds=("data", "policy"),  # y_ref per RL round: data ({y_l, y_w}) | policy (M_P's samples)
+      reference_temperature=1.0,    # sampling temperature of M_P's references for 'policy' rounds
+      llm_judge_dir="",             # HF directory of an LLM judge for the evaluation ('' -> none)
+  ))

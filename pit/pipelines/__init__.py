@@ -6,6 +6,7 @@ from typing import Callable
 from pit.pipelines import gap_reward, generate, ppo, sft
 from pit.pipelines import dpo, reward
 from pit.pipelines import improve
+from pit.pipelines import pit
 
 PIPELINES: dict[str, Callable] = {
     "sft": sft.run,
@@ -15,4 +16,5 @@ PIPELINES: dict[str, Callable] = {
     "reward": reward.run,
     "dpo": dpo.run,
     "improve": improve.run,
+    "pit": pit.run,
 }

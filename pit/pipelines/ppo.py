@@ -1,10 +1,16 @@
 """`pipeline=ppo`: PPO from an SFT checkpoint against a scalar scorer.
 
-Policy and reference start from `ppo.init_checkpoint_dir` (params only); the
-value model is a scalar-head Transformer of the same shape whose trunk starts
-from the same checkpoint (`ppo.value_init='policy'`) or at random ('random').
-Scorer: `ppo.scorer='oracle'` (the synthetic task's oracle) or 'reward_model'
-(`ppo.reward_model_dir`, input text from `ppo.reward_format`). Training is the
+The policy starts from `ppo.init_checkpoint_dir` (params only), the frozen KL
+reference from `ppo.reference_checkpoint_dir` (default: the same); the value
+model is a scalar-head Transformer of the same shape whose trunk starts from the
+init checkpoint (`ppo.value_init='policy'`) or at random ('random').
+Scorer: `ppo.scorer='oracle'` (the synthetic task's oracle), 'reward_model'
+(`ppo.reward_model_dir`, input text from `ppo.reward_format`) or
+'gap_reward_model' (PIT's r_gap(x, y, y_ref)). With `ppo.policy_template` (a
+`pit_format` template) the policy is PIT's reference-conditioned M_PIT: prompts
+come with references (`data.train_path` JSONL of {"prompt", "reference"}) and
+its input is `policy_prompt(x, y_ref)`. `train_ppo` is the same loop for callers
+that bring their own prompts, references and scorer (the `pit` pipeline). Training is the
 one loop (`pit.trainer.train`) with `Rollouts` as its batch source; checkpoints
 fall on rollout boundaries, so a killed run resumes to identical parameters.
 """
@@ -17,8 +23,9 @@ import os
 import jax
 import jax.numpy as jnp
 
-from pit import ppo
+from pit import pit_format, ppo
 from pit.checkpoint import Checkpointer
+from pit.data import records
 from pit.params import init_params, model_def
 from pit.pipelines import common
 from pit.pipelines.generate import restore_params_for_sampling
@@ -41,13 +48,31 @@ def make_scorer(config, rt):
   pcfg = config.ppo
   if pcfg.scorer == "oracle":
     return scorers.OracleScorer()
+  if pcfg.scorer == "gap_reward_model":  # PIT's r_gap(x, y, y_ref): needs references
+    from pit.rl.gap_scorer import gap_reward_scorer
+    mdef, params = scorers.load_reward_model(pcfg.reward_model_dir, rt.mesh, rt.rules)
+    return gap_reward_scorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules,
+                             template=pcfg.policy_template or "plain",
+                             prompt_format=config.data.prompt_format,
+                             max_len=int(pcfg.reward_max_len or mdef.cfg.max_seq_len),
+                             batch_size=int(pcfg.rollout_batch_size))
   if pcfg.scorer == "reward_model":
     mdef, params = scorers.load_reward_model(pcfg.reward_model_dir, rt.mesh, rt.rules)
     fmt = scorers.template_format(pcfg.reward_format, config.data.prompt_format)
     return scorers.RewardModelScorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules, format_fn=fmt,
                                      max_len=int(pcfg.reward_max_len or mdef.cfg.max_seq_len),
                                      batch_size=int(pcfg.rollout_batch_size))
-  raise ValueError(f"ppo.scorer: {pcfg.scorer!r} not in ('oracle', 'reward_model')")
+  raise ValueError(f"ppo.scorer: {pcfg.scorer!r} not in ('oracle', 'reward_model', "
+                   "'gap_reward_model')")
+
+
+def _checkpoints(path: str) -> str:
+  """A workdir's policy: WORKDIR/policy/checkpoints (a PPO run's export), else
+  WORKDIR/checkpoints, else `path` itself (a checkpoints directory)."""
+  for sub in (("policy", "checkpoints"), ("checkpoints",)):
+    if path and os.path.isdir(os.path.join(path, *sub)):
+      return os.path.join(path, *sub)
+  return path
 
 
 def _check(config, updates_per_rollout: int):
@@ -75,27 +100,54 @@ def export_policy(params, step: int, workdir: str):
   ckpt.close()
 
 
+def load_prompts_and_references(config):
+  """Prompts (and, with `ppo.policy_template`, the reference response of each) for RL."""
+  pcfg = config.ppo
+  if not pcfg.policy_template:
+    return load_prompts(config), None
+  pit_format.template(pcfg.policy_template)
+  path = config.data.train_path
+  if not path:
+    raise ValueError("ppo.policy_template needs data.train_path: JSONL of {\"prompt\", \"reference\"}")
+  rows = list(records.read_jsonl(path, ("prompt", "reference"), on_error=config.data.on_error))
+  return [r["prompt"] for r in rows], [r["reference"] for r in rows]
+
+
 def run(config, workdir: str):
   rt = common.setup(config)
+  prompts, references = load_prompts_and_references(config)
+  tmpl = config.ppo.policy_template
+  text_fn = None
+  if tmpl:
+    fmt = config.data.prompt_format
+    text_fn = lambda x, ref: pit_format.policy_prompt(fmt.format(prompt=x), ref, tmpl)
+  return train_ppo(config, workdir, rt, prompts=prompts, references=references,
+                   scorer=make_scorer(config, rt), policy_text_fn=text_fn)
+
+
+def train_ppo(config, workdir: str, rt, *, prompts, references=None, scorer, policy_text_fn=None):
+  """PPO of the policy in `ppo.init_checkpoint_dir` against `scorer`, with the KL to
+  `ppo.reference_checkpoint_dir` (default: the init policy). `policy_text_fn(prompt,
+  reference)` renders the policy's input (default: data.prompt_format of the prompt);
+  the scorer sees (prompt, response, reference)."""
   pcfg = config.ppo
   if rt.mdef.cfg.head != "lm":
     raise ValueError("ppo: model.head must be 'lm' (the policy); the value model is derived")
   acdef = ppo.ActorCriticDef(rt.mdef, model_def(rt.mdef.cfg.replace(head="scalar")))
-  init_dir = pcfg.init_checkpoint_dir
-  if init_dir and os.path.isdir(os.path.join(init_dir, "checkpoints")):
-    init_dir = os.path.join(init_dir, "checkpoints")
+  init_dir = _checkpoints(pcfg.init_checkpoint_dir)
+  ref_dir = _checkpoints(pcfg.reference_checkpoint_dir) if pcfg.reference_checkpoint_dir else init_dir
   seed = int(config.train.seed)
   sampler = Sampler(rt.mdef, rt.mesh, rt.rules, pad_id=rt.tokenizer.pad_id,
                     eos_id=rt.tokenizer.eos_id, prompt_buckets=tuple(pcfg.prompt_buckets) or None)
   data = Rollouts(acdef, None, mesh=rt.mesh, rules=rt.rules, tokenizer=rt.tokenizer,
-                  sampler=sampler, scorer=make_scorer(config, rt), prompts=load_prompts(config),
+                  sampler=sampler, scorer=scorer, prompts=prompts, references=references,
                   pcfg=pcfg, minibatch_size=int(config.train.batch_size),
-                  prompt_format=config.data.prompt_format, seed=seed,
-                  process_index=jax.process_index(), process_count=jax.process_count())
+                  prompt_format=config.data.prompt_format, policy_text_fn=policy_text_fn,
+                  seed=seed, process_index=jax.process_index(), process_count=jax.process_count())
   _check(config, data.updates_per_rollout)
-  data.ref_params, init_step = restore_params_for_sampling(rt, init_dir)
-  logging.info("ppo: policy/reference from %s step %d; %d updates per rollout", init_dir,
-               init_step, data.updates_per_rollout)
+  data.ref_params, ref_step = restore_params_for_sampling(rt, ref_dir)
+  logging.info("ppo: policy from %s, KL reference %s step %d; %d updates per rollout", init_dir,
+               ref_dir, ref_step, data.updates_per_rollout)
 
   def init_fn():
     policy, _ = restore_params_for_sampling(rt, init_dir)

@@ -28,14 +28,17 @@ from pit.data.batching import bucket_length, default_buckets
 class Rollouts:
   def __init__(self, acdef: ppo.ActorCriticDef, ref_params, *, mesh, rules, tokenizer, sampler,
                scorer, prompts: Sequence[str], references: Sequence[str] | None = None, pcfg,
-               minibatch_size: int, prompt_format: str = "{prompt}", seed: int = 0,
-               process_index: int = 0, process_count: int = 1):
+               minibatch_size: int, prompt_format: str = "{prompt}", policy_text_fn=None,
+               seed: int = 0, process_index: int = 0, process_count: int = 1):
     if not prompts:
       raise ValueError("ppo: no prompts")
     self.acdef, self.ref_params, self.mesh, self.rules = acdef, ref_params, mesh, tuple(rules)
     self.tok, self.sampler, self.scorer = tokenizer, sampler, scorer
     self.prompts, self.references = list(prompts), (list(references) if references else None)
-    self.prompt_format, self.seed = prompt_format, int(seed)
+    # The policy's input text for (prompt, reference): by default the prompt alone; PIT's
+    # reference-conditioned policy reads pit_format.policy_prompt(prompt, reference).
+    self.policy_text = policy_text_fn or (lambda x, ref: prompt_format.format(prompt=x))
+    self.seed = int(seed)
     self.rollout_size, self.minibatch = int(pcfg.rollout_batch_size), int(minibatch_size)
     self.epochs, self.max_new = int(pcfg.epochs), int(pcfg.max_new_tokens)
     self.temperature = float(pcfg.temperature)
@@ -116,8 +119,8 @@ class Rollouts:
       out.append(int(order[s % n]))
     return out
 
-  def _encode_prompt(self, text: str) -> list[int]:
-    ids = [self.tok.bos_id] + self.tok.encode(self.prompt_format.format(prompt=text))
+  def _encode_prompt(self, prompt: str, reference: str | None) -> list[int]:
+    ids = [self.tok.bos_id] + self.tok.encode(self.policy_text(prompt, reference))
     if len(ids) > self.max_prompt_len:  # keep the end (where the response starts)
       ids = [self.tok.bos_id] + ids[len(ids) - self.max_prompt_len + 1:]
     return ids
@@ -147,7 +150,7 @@ class Rollouts:
     idx = self._prompt_indices(r)
     prompts = [self.prompts[i] for i in idx]
     refs = [self.references[i] for i in idx] if self.references else None
-    ids = [self._encode_prompt(p) for p in prompts]
+    ids = [self._encode_prompt(p, refs[i] if refs else None) for i, p in enumerate(prompts)]
     key_seed = int(np.random.default_rng([self.seed, r, 7]).integers(2 ** 31))
     out = self.sampler.generate(params["policy"], ids, max_new_tokens=self.max_new,
                                 temperature=self.temperature, seed=key_seed)

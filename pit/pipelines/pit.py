@@ -1,0 +1,445 @@
+"""`pipeline=pit`: PIT end to end (Wang et al., 2023), the project's main job.
+
+Every stage runs in WORKDIR/<stage>/ through the shared pipelines, is skipped
+once done (`pit.stages`) and resumes from its own checkpoints when interrupted:
+
+  data        preference pairs (any `data.source`) -> JSONL files the stages read
+  policy_sft  M_P, the "Original": SFT on x -> y_w
+  pit_sft     M_PIT(y | x, y_ref): SFT on policy_prompt(x, y_l) -> y_w
+  reward      an ordinary Bradley-Terry reward model (an evaluation judge)
+  gap_reward  r_gap(x, y, y_ref), trained on the four orderings
+  rl_<k>      PPO of M_PIT maximising r_gap(x, y, y_ref) - beta KL(M_PIT^RL || M_PIT^SFT);
+              round k takes y_ref from the data ({y_l, y_w}) or from M_P's own samples
+              (`pit.rl_rounds`); each round starts from the previous round's policy
+  inference   Original y_0 = M_P(x); PIT y_{t+1} = M_PIT(x, y_t) with the gap-reward
+              stopping rule (and without it, and with the SFT-only M_PIT); Self-Refine
+  evaluate    win / lose / delta judged both ways round by the oracle (synthetic task),
+              the reward model and an LLM judge (`pit.llm_judge_dir`); AlpacaEval files;
+              WORKDIR/report.md with PNG plots
+
+Prompts are rendered with `data.prompt_format` once, in the data stage; every
+later stage sees the rendered text. Per-stage settings (steps, learning rate,
+model head, ...) are `pit.<stage>` sub-configs merged over the root config.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from pit import improve, pit_format, stages
+from pit.data import records, sources
+from pit.data.pairs import PreferencePair, read_pairs_jsonl, write_pairs_jsonl
+from pit.eval import alpaca_eval, report, winrate
+from pit.metrics import read_jsonl
+from pit.pipelines import common
+from pit.pipelines import gap_reward as gap_reward_pipeline
+from pit.pipelines import improve as improve_pipeline
+from pit.pipelines import ppo as ppo_pipeline
+from pit.pipelines import reward as reward_pipeline
+from pit.pipelines import sft as sft_pipeline
+from pit.rl import scorers
+from pit.rl.gap_scorer import gap_reward_scorer
+
+DATA, POLICY, PIT_SFT, REWARD, GAP, INFER, EVAL = (
+    "data", "policy_sft", "pit_sft", "reward", "gap_reward", "inference", "evaluate")
+REFERENCE_SOURCES = ("data", "policy")
+SYSTEMS = ("original", "pit", "pit_no_stop", "pit_sft", "self_refine")
+
+
+def derive(config, pipeline: str, section: str) -> ml_collections.ConfigDict:
+  """A copy of the root config for one stage: `pipeline` set, `pit.<section>` merged in."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.pipeline = pipeline
+  overrides = config.pit.get(section, None)
+  if overrides is not None:
+    _merge(c, overrides, f"pit.{section}")
+  return c
+
+
+def _merge(dst, src, path: str):
+  for key, value in src.items():
+    if key not in dst:
+      raise ValueError(f"{path}.{key}: no such config field to override")
+    if isinstance(value, ml_collections.ConfigDict):
+      if not isinstance(dst[key], ml_collections.ConfigDict):
+        raise ValueError(f"{path}.{key}: is a section here but not in the root config")
+      _merge(dst[key], value, f"{path}.{key}")
+    else:
+      dst[key] = value
+
+
+def _check(config):
+  pcfg = config.pit
+  pit_format.template(pcfg.template)
+  for k, src in enumerate(pcfg.rl_rounds):
+    if src not in REFERENCE_SOURCES:
+      raise ValueError(f"pit.rl_rounds[{k}]: {src!r} not in {REFERENCE_SOURCES}")
+  if config.model.head != "lm":
+    raise ValueError("pit: model.head is the policies' ('lm'); reward stages set 'scalar' "
+                     "in pit.reward / pit.gap_reward")
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def _path(workdir: str, stage: str, name: str) -> str:
+  return os.path.join(stages.stage_dir(workdir, stage), name)
+
+
+def _write_jsonl(path: str, rows) -> int:
+  with open(path, "w") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
+  return len(rows)
+
+
+def data_stage(config, workdir: str):
+  def run(d):
+    dcfg, pcfg = config.data, config.pit
+    reports = {"train": sources.DataReport(), "eval": sources.DataReport()}
+    train = sources.load_pairs(dcfg, pcfg.train_split, report=reports["train"])
+    if pcfg.eval_split:
+      evals = sources.load_pairs(dcfg, pcfg.eval_split, report=reports["eval"])
+    else:
+      train, evals = common.split_eval(train, float(dcfg.eval_fraction), int(dcfg.seed))
+    if not evals:
+      raise ValueError("pit: no held-out pairs (set pit.eval_split, or data.eval_fraction > 0 "
+                       "with at least 20 pairs)")
+    render = lambda ps: [PreferencePair(dcfg.prompt_format.format(prompt=p.prompt), p.chosen,
+                                        p.rejected, p.margin, p.meta) for p in ps]
+    train, evals = render(train), render(evals)
+    tmpl = pcfg.template
+    counts = {
+        "pairs_train": write_pairs_jsonl(os.path.join(d, "pairs_train.jsonl"), train),
+        "pairs_eval": write_pairs_jsonl(os.path.join(d, "pairs_eval.jsonl"), evals)}
+    for name, ps in (("train", train), ("eval", evals)):
+      counts[f"policy_sft_{name}"] = _write_jsonl(
+          os.path.join(d, f"policy_sft_{name}.jsonl"),
+          [{"prompt": p.prompt, "response": p.chosen} for p in ps])
+      counts[f"pit_sft_{name}"] = _write_jsonl(
+          os.path.join(d, f"pit_sft_{name}.jsonl"),
+          [{"prompt": pit_format.policy_prompt(p.prompt, p.rejected, tmpl), "response": p.chosen}
+           for p in ps])
+    n_eval = int(pcfg.max_eval_prompts) or len(evals)
+    counts["eval_set"] = _write_jsonl(
+        os.path.join(d, "eval_set.jsonl"),
+        [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in evals[:n_eval]])
+    for split, rep in reports.items():
+      rep.log(f"pit data ({split})")
+    return {"counts": counts, "data": {k: r.as_dict() for k, r in reports.items()}}
+  return stages.Stage(DATA, run)
+
+
+# ------------------------------------------------------------------------------ training stages
+
+
+def _with_jsonl(c, workdir: str, train_file: str, eval_file: str):
+  c.data.source = "jsonl"
+  c.data.train_path = _path(workdir, DATA, train_file)
+  c.data.eval_path = _path(workdir, DATA, eval_file)
+  c.data.prompt_format = "{prompt}"
+  return c
+
+
+def sft_stage(config, workdir: str, name: str, stem: str):
+  def run(d):
+    c = _with_jsonl(derive(config, "sft", name), workdir, f"{stem}_train.jsonl", f"{stem}_eval.jsonl")
+    common.save_config(c, d)
+    return sft_pipeline.run(c, d)
+  return stages.Stage(name, run)
+
+
+def reward_stage(config, workdir: str, name: str, pipeline: str, run_fn):
+  def run(d):
+    c = _with_jsonl(derive(config, pipeline, name), workdir, "pairs_train.jsonl", "pairs_eval.jsonl")
+    if c.model.head != "scalar":
+      raise ValueError(f"pit.{name}.model.head must be 'scalar', got {c.model.head!r}")
+    if pipeline == "gap_reward":
+      c.gap_reward.template = config.pit.template
+    common.save_config(c, d)
+    return run_fn(c, d)
+  return stages.Stage(name, run)
+
+
+def rl_name(k: int) -> str:
+  return f"rl_{k + 1}"
+
+
+def final_policy_dir(config, workdir: str) -> str:
+  """The last RL round's exported policy (WORKDIR/rl_K/policy), or M_PIT^SFT without RL."""
+  rounds = len(config.pit.rl_rounds)
+  if not rounds:
+    return stages.stage_dir(workdir, PIT_SFT)
+  return os.path.join(stages.stage_dir(workdir, rl_name(rounds - 1)), "policy")
+
+
+def _references(config, workdir: str, k: int, source: str, d: str):
+  """(prompts, references) of RL round k: every train pair twice (y_l and y_w as the
+  reference) for 'data'; M_P's samples on the train prompts for 'policy' (written to
+  d/references.jsonl once, so a resumed round sees the same references)."""
+  pairs = read_pairs_jsonl(_path(workdir, DATA, "pairs_train.jsonl"))
+  if source == "data":
+    return ([p.prompt for p in pairs] * 2, [p.rejected for p in pairs] + [p.chosen for p in pairs])
+  path = os.path.join(d, "references.jsonl")
+  if not os.path.exists(path):
+    prompts = sorted({p.prompt for p in pairs})
+    c = derive(config, "improve", "inference")
+    c.improve.temperature = float(config.pit.reference_temperature)
+    rt = common.setup(c)
+    gen = improve_pipeline.load_generate_fn(rt, c.improve, stages.stage_dir(workdir, POLICY),
+                                            "policy", seed_offset=1000 + k)
+    refs = gen(prompts, 0)
+    if jax.process_index() == 0:
+      tmp = path + ".tmp"
+      _write_jsonl(tmp, [{"prompt": p, "reference": r} for p, r in zip(prompts, refs)])
+      os.replace(tmp, path)
+  rows = list(records.read_jsonl(path, ("prompt",)))
+  return [r["prompt"] for r in rows], [str(r.get("reference", "")) for r in rows]
+
+
+def rl_stage(config, workdir: str, k: int, source: str):
+  def run(d):
+    c = derive(config, "ppo", "rl")
+    c.data.prompt_format = "{prompt}"
+    c.ppo.init_checkpoint_dir = stages.stage_dir(workdir, rl_name(k - 1) if k else PIT_SFT)
+    c.ppo.reference_checkpoint_dir = stages.stage_dir(workdir, PIT_SFT)
+    c.ppo.scorer = "reward_model"
+    c.ppo.reward_model_dir = stages.stage_dir(workdir, GAP)
+    common.save_config(c, d)
+    prompts, refs = _references(config, workdir, k, source, d)
+    tmpl = config.pit.template
+    rt = common.setup(c)
+    mdef, params = scorers.load_reward_model(c.ppo.reward_model_dir, rt.mesh, rt.rules)
+    scorer = gap_reward_scorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules, template=tmpl,
+                               max_len=int(c.ppo.reward_max_len or mdef.cfg.max_seq_len),
+                               batch_size=int(c.ppo.rollout_batch_size))
+    summary = ppo_pipeline.train_ppo(
+        c, d, rt, prompts=prompts, references=refs, scorer=scorer,
+        policy_text_fn=lambda x, ref: pit_format.policy_prompt(x, ref, tmpl))
+    return {**summary, "reference_source": source, "num_prompts": len(prompts)}
+  return stages.Stage(rl_name(k), run)
+
+
+# ------------------------------------------------------------------------------ inference
+
+
+def _oracle(config):
+  return scorers.OracleScorer() if config.data.source == "synthetic" else None
+
+
+def _reward_scorer(config, workdir: str, rt):
+  mdef, params = scorers.load_reward_model(stages.stage_dir(workdir, REWARD), rt.mesh, rt.rules)
+  return scorers.RewardModelScorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules,
+                                   format_fn=scorers.template_format("{prompt}{response}"),
+                                   max_len=int(mdef.cfg.max_seq_len),
+                                   batch_size=int(config.improve.batch_size))
+
+
+def _gap_scorer(config, workdir: str, rt, c):
+  mdef, params = scorers.load_reward_model(stages.stage_dir(workdir, GAP), rt.mesh, rt.rules)
+  return gap_reward_scorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules,
+                           template=config.pit.template, max_len=int(mdef.cfg.max_seq_len),
+                           batch_size=int(c.improve.batch_size))
+
+
+def _mean_scores(scorer, prompts, responses_by_iter) -> list[float]:
+  if scorer is None:
+    return []
+  return [float(np.mean(scorer(prompts, r))) for r in responses_by_iter]
+
+
+def inference_stage(config, workdir: str):
+  def run(d):
+    c = derive(config, "improve", "inference")
+    rt = common.setup(c)
+    icfg, pcfg = c.improve, config.pit
+    rows = list(records.read_jsonl(_path(workdir, DATA, "eval_set.jsonl"), ("prompt", "chosen")))
+    prompts = [r["prompt"] for r in rows]
+    policy = improve_pipeline.load_generate_fn(rt, icfg, stages.stage_dir(workdir, POLICY), "policy")
+    original = policy(prompts, 0)
+    gap = _gap_scorer(config, workdir, rt, c)
+    tmpl, T = pcfg.template, int(icfg.max_iters)
+    results = {}
+    for name, src, scorer in (("pit", final_policy_dir(config, workdir), gap),
+                              ("pit_no_stop", final_policy_dir(config, workdir), None),
+                              ("pit_sft", stages.stage_dir(workdir, PIT_SFT), gap)):
+      gen = improve_pipeline.load_generate_fn(rt, icfg, src, name)
+      results[name] = improve.iterative_improve(gen, prompts, original, template=tmpl, max_iters=T,
+                                                gap_scorer=scorer, min_gain=float(icfg.min_gain))
+    fb, rf, stop = improve_pipeline._refine_templates(
+        ml_collections.ConfigDict({**icfg.to_dict(), "template": tmpl}))
+    refine = improve.self_refine(policy, prompts, original, feedback_template=fb,
+                                 refine_template=rf, max_iters=T, stop_phrase=stop,
+                                 stop_score=float(icfg.stop_score))
+    by_iter = {name: r.responses for name, r in results.items()}
+    by_iter["self_refine"] = refine.responses
+    finals = {"original": original, **{k: v[-1] for k, v in by_iter.items()}}
+    out_dir = os.path.join(d, "outputs")
+    os.makedirs(out_dir, exist_ok=True)
+    if jax.process_index() == 0:
+      for name, outs in finals.items():
+        alpaca_eval.write_outputs(os.path.join(out_dir, f"{name}.json"), prompts, outs,
+                                  generator=f"pit_{name}")
+      _write_jsonl(os.path.join(d, "iterations.jsonl"), [
+          {"system": name, "iteration": t, "index": i, "prompt": prompts[i], "response": resp[i]}
+          for name, iters in by_iter.items() for t, resp in enumerate(iters)
+          for i in range(len(prompts))])
+    summary = {"num_prompts": len(prompts), "max_iters": T,
+               "pit_stopped_at": np.bincount(results["pit"].stopped_at, minlength=T + 1).tolist(),
+               "pit_accepted_mean": float(results["pit"].accepted.mean()),
+               "self_refine_stopped_at": np.bincount(refine.stopped_at, minlength=T + 1).tolist()}
+    rm = _reward_scorer(config, workdir, rt)
+    for judge_name, scorer in (("oracle", _oracle(config)), ("reward_model", rm)):
+      if scorer is None:
+        continue
+      summary[f"{judge_name}_by_iteration"] = {
+          name: _mean_scores(scorer, prompts, iters) for name, iters in by_iter.items()}
+      summary[f"{judge_name}_chosen"] = _mean_scores(scorer, prompts, [[r["chosen"] for r in rows]])[0]
+    return summary
+  return stages.Stage(INFER, run)
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+COMPARISONS = (("Original", "original", "y_w", "chosen"),
+               ("PIT", "pit", "Original", "original"),
+               ("Self-Refine", "self_refine", "Original", "original"),
+               ("PIT", "pit", "Self-Refine", "self_refine"),
+               ("PIT (SFT only)", "pit_sft", "Original", "original"),
+               ("PIT", "pit", "PIT (SFT only)", "pit_sft"))
+
+
+def _judges(config, workdir: str, rt):
+  out = {}
+  if _oracle(config) is not None:
+    out["oracle"] = winrate.ScorerJudge(_oracle(config))
+  out["reward model"] = winrate.ScorerJudge(_reward_scorer(config, workdir, rt))
+  if config.pit.llm_judge_dir:
+    from pit.eval.llm_judge import LMJudge
+    judge = LMJudge.from_hf(config.pit.llm_judge_dir, mesh=rt.mesh, rules=rt.rules)
+    out["LLM judge"] = judge.pairwise
+  return out
+
+
+def _series(workdir: str, stage: str, key: str):
+  path = os.path.join(stages.stage_dir(workdir, stage), "metrics.jsonl")
+  if not os.path.exists(path):
+    return [], []
+  recs = [r for r in read_jsonl(path) if r.get("split") == "train" and key in r]
+  return [r["step"] for r in recs], [r[key] for r in recs]
+
+
+def evaluate_stage(config, workdir: str, before: list[str]):
+  def run(d):
+    summaries = {name: stages.read_summary(workdir, name) for name in before}
+    c = derive(config, "improve", "inference")
+    rt = common.setup(c)
+    rows = list(records.read_jsonl(_path(workdir, DATA, "eval_set.jsonl"), ("prompt", "chosen")))
+    prompts = [r["prompt"] for r in rows]
+    outs = {"chosen": [r["chosen"] for r in rows]}
+    for name in SYSTEMS:
+      recs = alpaca_eval.read_outputs(_path(workdir, INFER, os.path.join("outputs", f"{name}.json")))
+      outs[name] = [r.output for r in recs]
+    judges = _judges(config, workdir, rt)
+    table_rows, results = [], {}
+    for name_a, key_a, name_b, key_b in COMPARISONS:
+      by_judge = {}
+      for jname, judge in judges.items():
+        r = winrate.win_rate(prompts, outs[key_a], outs[key_b], judge, name_a=name_a, name_b=name_b,
+                             keep_texts=False)
+        by_judge[jname] = r
+        results[f"{name_a} vs {name_b} | {jname}"] = r.summary()
+      table_rows.append((config.pit.dataset_name, by_judge))
+    table = report.winrate_table(table_rows)
+    infer = stages.read_summary(workdir, INFER)
+    plots = {}
+    rl_stages = [rl_name(k) for k in range(len(config.pit.rl_rounds))]
+    for key, title in (("score", "RL: gap reward of rollouts"), ("kl", "RL: KL to M_PIT^SFT")):
+      series = {}
+      offset = 0
+      for s in rl_stages:
+        xs, ys = _series(workdir, s, key)
+        if xs:
+          series[s] = ([x + offset for x in xs], ys)
+          offset += max(xs)
+      if series:
+        plots[title] = series
+    for judge_name in ("oracle", "reward_model"):
+      by_iter = infer.get(f"{judge_name}_by_iteration")
+      if by_iter:
+        plots[f"{judge_name} score per inference iteration"] = {
+            name: (list(range(len(v))), v) for name, v in by_iter.items() if v}
+    notes = _notes(config, workdir, summaries, infer)
+    if jax.process_index() == 0:
+      report.write_report(workdir, title=f"PIT run report: {config.pit.dataset_name}",
+                          table_md="## Win / lose / Δ (%), judged both ways round\n\n" + table,
+                          metrics=plots, notes=notes)
+      for name in SYSTEMS:
+        alpaca_eval.write_outputs(os.path.join(d, f"alpaca_eval_{name}.json"), prompts, outs[name],
+                                  generator=f"pit_{name}")
+    return {"winrates": results, "report": os.path.join(workdir, "report.md")}
+  return stages.Stage(EVAL, run)
+
+
+def _final(summary: dict, key: str, fields) -> str:
+  vals = summary.get(key) or {}
+  return ", ".join(f"{f} {vals[f]:.4g}" for f in fields if isinstance(vals.get(f), (int, float)))
+
+
+def _notes(config, workdir: str, summaries: dict, infer: dict) -> str:
+  lines = ["## Stages\n", "| stage | key figures |", "|---|---|"]
+  for name, s in summaries.items():
+    if name == DATA:
+      fig = ", ".join(f"{k} {v}" for k, v in s.get("counts", {}).items())
+    elif name in (POLICY, PIT_SFT):
+      fig = "eval " + _final(s, "final_eval", ("nll",)) + "; train " + _final(
+          s, "final_train", ("loss", "token_accuracy"))
+    elif name in (REWARD, GAP):
+      fig = "eval " + _final(s, "final_eval", ("accuracy", "ordering_accuracy", "gap_accuracy",
+                                               "all_orderings_accuracy", "self_gap"))
+    elif name == INFER:
+      fig = f"PIT rows stopped at iteration {s.get('pit_stopped_at')}"
+    else:
+      fig = (f"y_ref from {s.get('reference_source')}; " +
+             _final(s, "final_train", ("score", "kl", "kl_coef", "entropy", "clip_fraction")))
+    lines.append(f"| {name} | {fig} |")
+  lines.append("")
+  for judge_name in ("oracle", "reward_model"):
+    by_iter = infer.get(f"{judge_name}_by_iteration")
+    if by_iter:
+      lines += [f"## Mean {judge_name} score per inference iteration (0 = the Original answer)\n",
+                "| system | " + " | ".join(f"t={t}" for t in range(len(next(iter(by_iter.values())))))
+                + " |", "|---|" + "---|" * len(next(iter(by_iter.values())))]
+      for name, v in by_iter.items():
+        lines.append(f"| {name} | " + " | ".join(f"{x:.4f}" for x in v) + " |")
+      lines.append(f"\nchosen responses y_w: {infer.get(f'{judge_name}_chosen', float('nan')):.4f}\n")
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ entry
+
+
+def build_stages(config, workdir: str) -> list[stages.Stage]:
+  out = [data_stage(config, workdir),
+         sft_stage(config, workdir, POLICY, "policy_sft"),
+         sft_stage(config, workdir, PIT_SFT, "pit_sft"),
+         reward_stage(config, workdir, REWARD, "reward", reward_pipeline.run),
+         reward_stage(config, workdir, GAP, "gap_reward", gap_reward_pipeline.run)]
+  out += [rl_stage(config, workdir, k, src) for k, src in enumerate(config.pit.rl_rounds)]
+  out.append(inference_stage(config, workdir))
+  out.append(evaluate_stage(config, workdir, [s.name for s in out]))
+  return out
+
+
+def run(config, workdir: str):
+  _check(config)
+  done = stages.run_stages(workdir, build_stages(config, workdir))
+  result = {"stages": list(done), "report": os.path.join(workdir, "report.md")}
+  logging.info("pit done: report at %s", result["report"])
+  return result

@@ -82,6 +82,20 @@ def test_sigkill_midway_resumes_to_identical_params(tmp_path, pipeline):
   jax.tree.map(np.testing.assert_array_equal, p_ref, p_res)
   steps = [l["step"] for l in map(json.loads, open(killed / "metrics.jsonl")) if l["split"] == "train"]
   assert steps == sorted(set(steps)) and steps[-1] == 12
+  if pipeline == "dpo":  # iterative DPO: policy and live reference = the previous iteration
+    it2 = tmp_path / "iter2"
+    r = _run(pipeline, it2, "--config.train.steps=2", "--config.mesh.shape=(1,2,1)",
+             f"--config.dpo.init_checkpoint={ref}", f"--config.dpo.reference_checkpoint={ref}",
+             "--config.dpo.reference=live")
+    assert r.returncode == 0, r.stderr[-3000:]
+    s2 = json.load(open(it2 / "dpo_summary.json"))
+    before = s2["eval_before"]
+    np.testing.assert_allclose(before["loss"], 0.6931472 * 0.9 + 0.6931472 * 0.1, rtol=1e-5)
+    assert abs(before["kl_tokens"]) < 1e-5 and abs(before["reward_margin"]) < 1e-5
+    # the init is the previous run's final policy
+    prev = json.load(open(ref / "dpo_summary.json"))["final_eval"]
+    np.testing.assert_allclose(before["logps_chosen"], prev["logps_chosen"], rtol=1e-5)
+    assert before["logps_chosen"] != summary["eval_before"]["logps_chosen"]
 
 
 @pytest.mark.parametrize("pipeline,args,needle", [

@@ -65,6 +65,7 @@ def pit_config(c, smoke: bool):
   if smoke:  # every stage runs, a few steps each: the wiring, not the numbers
     c.data.update(synthetic_train_size=64, synthetic_eval_size=32)
     c.model.update(d_model=32, num_heads=2, num_kv_heads=1, d_ff=64)
+    c.pit.max_rl_prompts = 16
     c.pit.max_eval_prompts = 8
     c.improve.update(max_iters=2, max_new_tokens=8, batch_size=8)
     c.ppo.update(rollout_batch_size=8, max_new_tokens=8)

@@ -32,7 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
       max_response_len=128, buckets=(), on_error="raise", eval_fraction=0.05, seed=0,
       # where records come from (pit.data.sources): 'jsonl' | 'tfds' | 'synthetic'
       source="jsonl", tfds_name="", tfds_config="", data_dir="", manual_dir="",
-      synthetic_train_size=2000, synthetic_eval_size=200))
+      synthetic_train_size=2000, synthetic_eval_size=200,
+      download=False))              # tfds: fetch the official files when no manual_dir has them
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=3e-4, warmup_steps=20, decay_steps=1000, end_lr_ratio=0.1,
       grad_clip_norm=1.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1))
@@ -142,5 +143,6 @@ def pit_defaults() -> ml_collections.ConfigDict:
       max_eval_prompts=200,         # held-out prompts evaluated (0: all)
       rl_rounds=("data", "policy"),  # y_ref per RL round: data ({y_l, y_w}) | policy (M_P's samples)
       reference_temperature=1.0,    # sampling temperature of M_P's references for 'policy' rounds
+      max_rl_prompts=0,             # RL prompts taken from the training pairs (0: all)
       llm_judge_dir="",             # HF directory of an LLM judge for the evaluation ('' -> none)
   ))

@@ -183,6 +183,8 @@ def _references(config, workdir: str, k: int, source: str, d: str):
   reference) for 'data'; M_P's samples on the train prompts for 'policy' (written to
   d/references.jsonl once, so a resumed round sees the same references)."""
   pairs = read_pairs_jsonl(_path(workdir, DATA, "pairs_train.jsonl"))
+  if int(config.pit.max_rl_prompts) > 0:
+    pairs = pairs[:int(config.pit.max_rl_prompts)]
   if source == "data":
     return ([p.prompt for p in pairs] * 2, [p.rejected for p in pairs] + [p.chosen for p in pairs])
   path = os.path.join(d, "references.jsonl")

@@ -1,0 +1,96 @@
+"""`pipeline=pit` end to end on the synthetic task (smoke sizes), stage configs, HH data."""
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from pit.pipelines import pit as pit_pipeline
+from tests.conftest import REPO
+from tests.test_cli import _env
+
+
+def _load(path, preset):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(REPO, path))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(preset)
+
+
+def test_stage_config_merges_overrides_and_names_unknown_fields():
+  c = _load("configs/synthetic.py", "pit")
+  gap = pit_pipeline.derive(c, "gap_reward", "gap_reward")
+  assert gap.pipeline == "gap_reward" and gap.model.head == "scalar"
+  assert gap.data.max_len == 112 and gap.train.steps == c.pit.gap_reward.train.steps
+  assert gap.model.d_model == c.model.d_model and c.model.head == "lm"  # root untouched
+  c.pit.reward.train.no_such_field = 3
+  with pytest.raises(ValueError, match=r"pit.reward.train.no_such_field: no such config field"):
+    pit_pipeline.derive(c, "reward", "reward")
+  c = _load("configs/synthetic.py", "pit")
+  c.pit.rl_rounds = ("data", "nope")
+  with pytest.raises(ValueError, match=r"pit.rl_rounds\[1\]: 'nope'"):
+    pit_pipeline._check(c)
+
+
+def test_presets_build():
+  for path, presets in (("configs/synthetic.py", ("pit", "pit_smoke", "sft")),
+                        ("configs/hh_rlhf.py", ("tiny", "smoke", "llama7b"))):
+    for p in presets:
+      assert isinstance(_load(path, p), ml_collections.ConfigDict)
+  big = _load("configs/hh_rlhf.py", "llama7b")
+  assert big.model.d_model == 4096 and big.model.dtype == "bfloat16" and big.model.remat == "full"
+
+
+def _run(workdir, *extra):
+  cmd = [sys.executable, "-m", "pit.main", "--config=configs/synthetic.py:pit_smoke",
+         "--config.progress=False", f"--workdir={workdir}", *extra]
+  return subprocess.run(cmd, cwd=REPO, env=_env(1), capture_output=True, text=True, timeout=900)
+
+
+def test_synthetic_smoke_runs_every_stage_writes_the_report_and_skips_done_stages(tmp_path):
+  wd = tmp_path / "pit"
+  r = _run(wd)
+  assert r.returncode == 0, r.stderr[-3000:]
+  names = ["data", "policy_sft", "pit_sft", "reward", "gap_reward", "rl_1", "rl_2", "inference",
+           "evaluate"]
+  for n in names:
+    assert (wd / n / "stage_done.json").exists(), n
+  report = (wd / "report.md").read_text()
+  for row in ("Original vs y_w", "PIT vs Original", "Self-Refine vs Original",
+              "PIT vs Self-Refine", "PIT (SFT only) vs Original"):
+    assert row in report
+  assert "oracle: win / lose / Δ (%)" in report and "reward model: win / lose / Δ (%)" in report
+  for png in ("RL_gap_reward_of_rollouts.png", "oracle_score_per_inference_iteration.png"):
+    assert (wd / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  outputs = json.loads((wd / "evaluate" / "alpaca_eval_pit.json").read_text())
+  assert len(outputs) == 8 and set(outputs[0]) >= {"instruction", "output", "generator"}
+  refs = [json.loads(l) for l in (wd / "rl_2" / "references.jsonl").read_text().splitlines()]
+  assert len(refs) == 16 and all("reference" in x for x in refs)  # M_P's own answers
+  infer = json.loads((wd / "inference" / "stage_done.json").read_text())["summary"]
+  by_iter = infer["oracle_by_iteration"]
+  assert set(by_iter) == {"pit", "pit_no_stop", "pit_sft", "self_refine"}
+  assert all(len(v) == 3 for v in by_iter.values())  # t = 0, 1, 2
+  # The same command again finds every stage done and only re-reads the summaries.
+  before = (wd / "report.md").stat().st_mtime_ns
+  r = _run(wd)
+  assert r.returncode == 0 and r.stderr.count("already done, skipping") == len(names)
+  assert (wd / "report.md").stat().st_mtime_ns == before
+
+
+def test_hh_rlhf_data_stage_on_the_shared_file(shared_dir, tmp_path):
+  c = _load("configs/hh_rlhf.py", "smoke")
+  c.data.manual_dir = os.path.join(shared_dir, "data", "hh-rlhf")
+  c.data.data_dir = str(tmp_path / "tfds")
+  stage = pit_pipeline.data_stage(c, str(tmp_path))
+  os.makedirs(tmp_path / "data")
+  summary = stage.run(str(tmp_path / "data"))
+  counts = summary["counts"]
+  skipped = summary["data"]["train"]["records_skipped"]
+  assert counts["pairs_train"] + counts["pairs_eval"] + skipped == 1798  # 2 mismatched dropped
+  assert 0 < skipped < 10  # empty replies, counted rather than silently dropped
+  row = json.loads((tmp_path / "data" / "pit_sft_train.jsonl").read_text().splitlines()[0])
+  assert row["prompt"].startswith("\n\nHuman:") and row["prompt"].endswith("\n\nAssistant:")
+  assert "Can you give a better response than that one?" in row["prompt"]

@@ -69,7 +69,8 @@ def gap_reward_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       template="plain",   # pit.pit_format template: plain | chat | a literal template
       tie_coef=0.1,       # weight of (r_ww - r_ll)^2
-      center_coef=0.01))  # weight of (r_ww^2 + r_ll^2) / 2
+      center_coef=0.01,   # weight of (r_ww^2 + r_ll^2) / 2
+      init_checkpoint=""))  # LM workdir / checkpoints dir to take the trunk from ('' -> random)
 
 
 def improve_defaults() -> ml_collections.ConfigDict:
@@ -144,5 +145,6 @@ def pit_defaults() -> ml_collections.ConfigDict:
       rl_rounds=("data", "policy"),  # y_ref per RL round: data ({y_l, y_w}) | policy (M_P's samples)
       reference_temperature=1.0,    # sampling temperature of M_P's references for 'policy' rounds
       max_rl_prompts=0,             # RL prompts taken from the training pairs (0: all)
+      reward_init_from_policies=True,  # RM trunk from M_P, gap RM trunk from M_PIT^SFT
       llm_judge_dir="",             # HF directory of an LLM judge for the evaluation ('' -> none)
   ))

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from pit import pit_format
-from pit.data import batching
+from pit.data import batching, pair_batching
 from pit.data.pairs import PreferencePair
 
 GAP_ROWS = ("wl", "ww", "ll", "lw")
@@ -97,20 +97,7 @@ def gap_iterator(examples: Sequence[GapExample], *, batch_size: int, buckets: Se
 
 def fixed_gap_batches(examples: Sequence[GapExample], *, batch_size: int, buckets: Sequence[int],
                       pad_id: int) -> list[tuple[dict[str, np.ndarray], list[int]]]:
-  """Every pair exactly once, in fixed-shape batches for evaluation.
-
-  Grouped by bucket; a short last batch of a bucket repeats its last pair with
-  weight 0. Returns [(batch, indices of the real pairs in `examples`)].
-  """
-  by_bucket: dict[int, list[int]] = {}
-  for i, ex in enumerate(examples):
-    by_bucket.setdefault(batching.bucket_length(gap_length(ex), buckets), []).append(i)
-  out = []
-  for length in sorted(by_bucket):
-    idx = by_bucket[length]
-    for s in range(0, len(idx), batch_size):
-      chunk = idx[s:s + batch_size]
-      pad = batch_size - len(chunk)
-      items = [examples[i] for i in chunk] + [examples[chunk[-1]]] * pad
-      out.append((collate_gap(items, length, pad_id, [1.0] * len(chunk) + [0.0] * pad), chunk))
-  return out
+  """Every pair exactly once, in fixed-shape batches for evaluation
+  (`pair_batching.fixed_batches` with the gap collate)."""
+  return pair_batching.fixed_batches(examples, batch_size=batch_size, buckets=buckets,
+                                     pad_id=pad_id, collate_fn=collate_gap, length_fn=gap_length)

@@ -83,17 +83,19 @@ def pair_iterator(examples: Sequence[PairExample], *, batch_size: int, buckets: 
                                 length_fn=pair_length)
 
 
-def fixed_batches(examples: Sequence[PairExample], *, batch_size: int, buckets: Sequence[int],
-                  pad_id: int) -> list[tuple[dict[str, np.ndarray], list[int]]]:
+def fixed_batches(examples: Sequence, *, batch_size: int, buckets: Sequence[int], pad_id: int,
+                  collate_fn=collate_pairs, length_fn=pair_length
+                  ) -> list[tuple[dict[str, np.ndarray], list[int]]]:
   """Every pair exactly once, in fixed-shape batches for evaluation / precompute.
 
-  Pairs are grouped by bucket (few shapes -> few compilations); a short last
+  Any example type batches here with its `collate_fn(items, length, pad_id, weights)`
+  and `length_fn` (PIT's 4-row gap examples do). Pairs are grouped by bucket (few shapes -> few compilations); a short last
   batch of a bucket is padded by repeating its last pair with weight 0.
   Returns [(batch, indices of the real pairs in `examples`)].
   """
   by_bucket: dict[int, list[int]] = {}
   for i, ex in enumerate(examples):
-    by_bucket.setdefault(batching.bucket_length(pair_length(ex), buckets), []).append(i)
+    by_bucket.setdefault(batching.bucket_length(length_fn(ex), buckets), []).append(i)
   out = []
   for length in sorted(by_bucket):
     idx = by_bucket[length]
@@ -101,5 +103,5 @@ def fixed_batches(examples: Sequence[PairExample], *, batch_size: int, buckets: 
       chunk = idx[s:s + batch_size]
       pad = batch_size - len(chunk)
       items = [examples[i] for i in chunk] + [examples[chunk[-1]]] * pad
-      out.append((collate_pairs(items, length, pad_id, [1.0] * len(chunk) + [0.0] * pad), chunk))
+      out.append((collate_fn(items, length, pad_id, [1.0] * len(chunk) + [0.0] * pad), chunk))
   return out

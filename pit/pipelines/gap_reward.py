@@ -22,20 +22,9 @@ import numpy as np
 
 from pit import losses, pit_format
 from pit import sharding as shd
-from pit.data import gap_batching, sources
-from pit.pipelines import common
+from pit.data import gap_batching
+from pit.pipelines import common, reward
 from pit.trainer import train
-
-
-def load_pair_splits(config, reports: dict):
-  """(train pairs, eval pairs) from config.data."""
-  dcfg = config.data
-  reports["train"] = sources.DataReport()
-  train_pairs = sources.load_pairs(dcfg, "train", report=reports["train"])
-  if sources.source_name(dcfg) != "jsonl" or dcfg.eval_path:
-    reports["eval"] = sources.DataReport()
-    return train_pairs, sources.load_pairs(dcfg, "eval", report=reports["eval"])
-  return common.split_eval(train_pairs, float(dcfg.eval_fraction), int(dcfg.seed))
 
 
 def make_eval_fn(rt, examples, config):
@@ -70,24 +59,27 @@ def run(config, workdir: str):
   template = str(gcfg.template)
   pit_format.template(template)
   loss_fn = losses.make_gap_reward_loss(gcfg)
-  reports: dict = {}
-  train_pairs, eval_pairs = load_pair_splits(config, reports)
-  tok = lambda ps, split: gap_batching.tokenize_gap_pairs(
-      ps, rt.tokenizer, config.data, template, stats=reports.get(split, reports["train"]).truncation)
-  train_ex, eval_ex = tok(train_pairs, "train"), tok(eval_pairs, "eval")
-  for split, rep in reports.items():
-    rep.log(f"gap_reward {split}")
+  train_pairs, eval_pairs, report = reward.load_raw_pair_splits(config)
+  tok = lambda ps: gap_batching.tokenize_gap_pairs(ps, rt.tokenizer, config.data, template,
+                                                   stats=report.truncation)
+  train_ex, eval_ex = tok(train_pairs), tok(eval_pairs)
+  report.log("gap_reward pairs")
   data = gap_batching.gap_iterator(
       train_ex, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
       pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed),
       process_index=jax.process_index(), process_count=jax.process_count())
   eval_fn = make_eval_fn(rt, eval_ex, config)
+  init_fn = None
+  if gcfg.init_checkpoint:  # trunk of an LM (M_PIT reads the same prefix), fresh scalar head
+    ckpt_dir = reward.resolve_checkpoint_dir(gcfg.init_checkpoint, "gap_reward.init_checkpoint")
+    init_fn = lambda: reward.trunk_from_lm_checkpoint(rt, ckpt_dir, int(config.train.seed))
   result = train(config, workdir, rt.mdef, loss_fn, data, mesh=rt.mesh, rules=rt.rules,
+                 init_params_fn=init_fn,
                  eval_fn=eval_fn, name="gap_reward")
   summary = {"steps_run": result.steps_run, "resumed_from": result.resumed_from,
              "template": template, "train_pairs": len(train_ex), "eval_pairs": len(eval_ex),
              "final_train": result.last_metrics,
-             "data": {k: r.as_dict() for k, r in reports.items()}}
+             "data": report.as_dict()}
   if eval_fn is not None:
     summary["final_eval"] = eval_fn(result.state, int(config.train.steps))
   if jax.process_index() == 0:

@@ -161,6 +161,9 @@ def reward_stage(config, workdir: str, name: str, pipeline: str, run_fn):
       raise ValueError(f"pit.{name}.model.head must be 'scalar', got {c.model.head!r}")
     if pipeline == "gap_reward":
       c.gap_reward.template = config.pit.template
+    init = {"reward": POLICY, "gap_reward": PIT_SFT}[pipeline]
+    if config.pit.reward_init_from_policies:  # the RM reads what M_P / M_PIT were trained on
+      getattr(c, pipeline).init_checkpoint = stages.stage_dir(workdir, init)
     common.save_config(c, d)
     return run_fn(c, d)
   return stages.Stage(name, run)
@@ -210,7 +213,8 @@ def rl_stage(config, workdir: str, k: int, source: str):
     c.data.prompt_format = "{prompt}"
     c.ppo.init_checkpoint_dir = stages.stage_dir(workdir, rl_name(k - 1) if k else PIT_SFT)
     c.ppo.reference_checkpoint_dir = stages.stage_dir(workdir, PIT_SFT)
-    c.ppo.scorer = "reward_model"
+    c.ppo.scorer = "gap_reward_model"
+    c.ppo.policy_template = config.pit.template
     c.ppo.reward_model_dir = stages.stage_dir(workdir, GAP)
     common.save_config(c, d)
     prompts, refs = _references(config, workdir, k, source, d)

@@ -36,8 +36,8 @@ def resolve_checkpoint_dir(path: str, field: str) -> str:
   return sub if os.path.isdir(sub) else path
 
 
-def load_pair_splits(config, tokenizer):
-  """(train PairExamples, eval PairExamples, DataReport). Without an eval split
+def load_raw_pair_splits(config):
+  """(train PreferencePairs, eval PreferencePairs, DataReport). Without an eval split
   (jsonl with no data.eval_path) a data.eval_fraction of train is held out."""
   report = sources.DataReport()
   train_pairs = sources.load_pairs(config.data, "train", report=report)
@@ -46,6 +46,12 @@ def load_pair_splits(config, tokenizer):
                                                 int(config.data.seed))
   else:
     eval_pairs = sources.load_pairs(config.data, "eval", report=report)
+  return train_pairs, eval_pairs, report
+
+
+def load_pair_splits(config, tokenizer):
+  """(train PairExamples, eval PairExamples, DataReport), see `load_raw_pair_splits`."""
+  train_pairs, eval_pairs, report = load_raw_pair_splits(config)
   tok = lambda ps: pair_batching.tokenize_pairs(ps, tokenizer, config.data, report.truncation)
   train_ex, eval_ex = tok(train_pairs), tok(eval_pairs)
   report.log("preference pairs")

@@ -91,9 +91,11 @@ def plot_series(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[
 
 def write_report(out_dir: str, *, title: str, table_md: str | None = None,
                  metrics: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]] | None = None,
-                 notes: str = "", filename: str = "report.md") -> str:
+                 notes: str = "", filename: str = "report.md",
+                 xlabels: Mapping[str, str] | None = None) -> str:
   """Writes `out_dir/report.md` (title, table, notes, embedded plots) and one PNG per
-  entry of `metrics` ({plot title: {series name: (xs, ys)}}). Returns the markdown path."""
+  entry of `metrics` ({plot title: {series name: (xs, ys)}}; x axis `xlabels[title]`,
+  default "step"). Returns the markdown path."""
   os.makedirs(out_dir, exist_ok=True)
   parts = [f"# {title}\n"]
   if table_md:
@@ -102,7 +104,8 @@ def write_report(out_dir: str, *, title: str, table_md: str | None = None,
     parts.append(notes.rstrip() + "\n")
   for plot_title, series in (metrics or {}).items():
     png = f"{_slug(plot_title)}.png"
-    plot_series(os.path.join(out_dir, png), series, title=plot_title)
+    plot_series(os.path.join(out_dir, png), series, title=plot_title,
+                xlabel=(xlabels or {}).get(plot_title, "step"))
     parts.append(f"![{plot_title}]({png})\n")
   path = os.path.join(out_dir, filename)
   with open(path, "w") as f:

@@ -385,7 +385,8 @@ def evaluate_stage(config, workdir: str, before: list[str]):
     if jax.process_index() == 0:
       report.write_report(workdir, title=f"PIT run report: {config.pit.dataset_name}",
                           table_md="## Win / lose / Δ (%), judged both ways round\n\n" + table,
-                          metrics=plots, notes=notes)
+                          metrics=plots, notes=notes,
+                          xlabels={t: "inference iteration" for t in plots if "iteration" in t})
       for name in SYSTEMS:
         alpaca_eval.write_outputs(os.path.join(d, f"alpaca_eval_{name}.json"), prompts, outs[name],
                                   generator=f"pit_{name}")

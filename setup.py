@@ -24,6 +24,7 @@ setup(
         "sentencepiece>=0.2",
         "tensorflow-datasets>=4.9.9",
         "array-record>=0.8",
+        "pyarrow>=14",  # parquet sources of the TFDS builders (also a tensorflow-datasets dependency)
         "grain>=0.2.18",
         "matplotlib>=3.8",
     ],

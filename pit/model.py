@@ -15,8 +15,6 @@ H query heads, K kv heads, G query heads per kv head, E head_dim, F d_ff, V voca
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -11,10 +11,9 @@ import contextlib
 import logging
 import math
 import threading
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 

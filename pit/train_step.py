@@ -13,7 +13,6 @@ precomputed reference log-probs, ...); it is passed through untouched.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import flax.struct

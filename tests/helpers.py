@@ -1,10 +1,14 @@
 """Small shared builders for tests."""
+import signal
+import subprocess
+import time
+
 import ml_collections
 import numpy as np
 
 from pit import sharding as shd
 from pit.model import ModelConfig
-from pit.params import init_params, model_def
+from pit.params import model_def
 
 TINY = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=64,
             max_seq_len=64)
@@ -35,3 +39,17 @@ def mesh(shape, n=None):
   import jax
   devices = jax.devices()[: (n or int(np.prod(shape)))]
   return shd.make_mesh(shape, devices=devices)
+
+
+def sigkill_when(cmd, *, cwd, env, marker, timeout: float = 300.0):
+  """Starts `cmd` and SIGKILLs it as soon as the path `marker` exists (e.g. a checkpoint
+  directory), asserting it was still running then."""
+  proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while not marker.exists():
+    assert proc.poll() is None, "run finished before it could be killed"
+    assert time.time() < deadline, f"no {marker} after {timeout} s"
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL

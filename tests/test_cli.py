@@ -1,16 +1,15 @@
 """`python -m pit.main`: errors, the sft + generate pipelines, and SIGKILL-resume."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import sigkill_when
 
 TINY = ["--config=configs/sft.py:tiny", "--config.progress=False",
         "--config.model.d_model=64", "--config.model.d_ff=128", "--config.train.batch_size=16"]
@@ -95,15 +94,8 @@ def test_sigkill_midway_resumes_to_identical_params(tmp_path):
   ref, killed = tmp_path / "ref", tmp_path / "killed"
   r = _run(ref, *args, devices=8)
   assert r.returncode == 0, r.stderr[-3000:]
-  proc = subprocess.Popen(_cmd(killed, *args), cwd=REPO, env=_env(8),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (killed / "checkpoints" / "16").exists():
-    assert proc.poll() is None, "run finished before it could be killed"
-    assert time.time() < deadline
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  assert proc.wait() == -signal.SIGKILL
+  sigkill_when(_cmd(killed, *args), cwd=REPO, env=_env(8),
+               marker=killed / "checkpoints" / "16")
   assert not (killed / "checkpoints" / "40").exists()
   r = _run(killed, *args, devices=8)
   assert r.returncode == 0, r.stderr[-3000:]

@@ -6,7 +6,6 @@ import json
 import math
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx

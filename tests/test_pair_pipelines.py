@@ -2,16 +2,15 @@
 same final parameters as an uninterrupted run; config errors are one line."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import sigkill_when
 
 SMALL = ["--config.progress=False", "--config.model.d_model=32", "--config.model.d_ff=64",
          "--config.model.num_layers=1", "--config.train.batch_size=8",
@@ -61,15 +60,8 @@ def test_sigkill_midway_resumes_to_identical_params(tmp_path, pipeline):
   ref, killed = tmp_path / "ref", tmp_path / "killed"
   r = _run(pipeline, ref, *args)
   assert r.returncode == 0, r.stderr[-3000:]
-  proc = subprocess.Popen(_cmd(pipeline, killed, *args), cwd=REPO, env=_env(2),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (killed / "checkpoints" / "4").exists():
-    assert proc.poll() is None, "run finished before it could be killed"
-    assert time.time() < deadline
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  assert proc.wait() == -signal.SIGKILL
+  sigkill_when(_cmd(pipeline, killed, *args), cwd=REPO, env=_env(2),
+               marker=killed / "checkpoints" / "4")
   assert not (killed / "checkpoints" / "12").exists()
   r = _run(pipeline, killed, *args)
   assert r.returncode == 0, r.stderr[-3000:]

@@ -2,14 +2,11 @@
 step on a mesh vs one device, rollout determinism, and SIGKILL-resume."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -18,7 +15,7 @@ from pit import sharding as shd
 from pit import train_step as ts
 from pit.params import init_params
 from tests.conftest import REPO
-from tests.helpers import mesh, optim_cfg, tiny_mdef
+from tests.helpers import mesh, optim_cfg, sigkill_when, tiny_mdef
 
 
 def _case(B=5, N=9, seed=0):
@@ -278,15 +275,8 @@ def test_ppo_cli_sigkill_resumes_to_identical_params(tmp_path):
   ref, killed = tmp_path / "ref", tmp_path / "killed"
   r = subprocess.run(cmd(ref), cwd=REPO, env=_env(2), capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  proc = subprocess.Popen(cmd(killed), cwd=REPO, env=_env(2), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (killed / "checkpoints" / "4").exists():
-    assert proc.poll() is None, "run finished before it could be killed"
-    assert time.time() < deadline
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  assert proc.wait() == -signal.SIGKILL
+  sigkill_when(cmd(killed), cwd=REPO, env=_env(2),
+               marker=killed / "checkpoints" / "4")
   assert not (killed / "checkpoints" / "12").exists()
   r = subprocess.run(cmd(killed), cwd=REPO, env=_env(2), capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]

@@ -13,7 +13,6 @@ import pytest
 
 from pit.data import judge
 from pit.data import synthetic as syn
-from pit.data.records import DataError
 from tests.conftest import REPO
 
 

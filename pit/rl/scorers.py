@@ -17,7 +17,6 @@ import os
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pit import sharding as shd

@@ -98,6 +98,16 @@ class PitBuilder(tfds.core.GeneratorBasedBuilder):
         f"{', '.join(self.expected_manual_files())}, or download=True to fetch "
         f"{urls[0]}{f' (+{len(urls) - 1} more)' if len(urls) > 1 else ''}")
 
+  def present_splits(self, dl_manager, splits) -> dict:
+    """{split: self._generate_examples(split, files)} for the splits whose source files
+    exist (TFDS cannot write an empty split); the missing ones are logged."""
+    files = self.resolve_sources(dl_manager)
+    missing = [s for s in splits if s not in files]
+    if missing:
+      logging.warning("%s: no source file for split(s) %s; building only %s",
+                      self._pit_id, missing, sorted(files))
+    return {s: self._generate_examples(s, files[s]) for s in splits if s in files}
+
   def set_stats(self, key: str, value: Any):
     """Counts kept in the dataset's metadata.json (`builder.info.metadata['stats']`)."""
     self._pit_stats[key] = value

@@ -103,12 +103,7 @@ class HhRlhf(_base.PitBuilder):
             for s in SPLITS}
 
   def _split_generators(self, dl_manager):
-    files = self.resolve_sources(dl_manager)
-    missing = [s for s in SPLITS if s not in files]
-    if missing:
-      logging.warning("%s: no source file for split(s) %s; building only %s",
-                      self._pit_id, missing, sorted(files))
-    return {s: self._generate_examples(s, files[s]) for s in SPLITS if s in files}
+    return self.present_splits(dl_manager, SPLITS)
 
   def _generate_examples(self, split, paths):
     n = mismatch = identical = 0

@@ -120,7 +120,8 @@ def _gap_scorer(config, rt):
                            batch_size=int(icfg.batch_size))
 
 
-def _refine_templates(icfg):
+def refine_templates(icfg):
+  """(feedback template, refine template, stop phrase) of `improve.*`, defaults by template."""
   kind = icfg.template if icfg.template in improve.FEEDBACK_TEMPLATES else "chat"
   fb = icfg.feedback_template or improve.FEEDBACK_TEMPLATES[kind]
   rf = icfg.refine_template or improve.REFINE_TEMPLATES[kind]
@@ -160,7 +161,7 @@ def run(config, workdir: str):
   else:
     field = "base_checkpoint_dir" if icfg.base_checkpoint_dir else "initial_checkpoint_dir"
     gen = load_generate_fn(rt, icfg, icfg[field], field, samplers=samplers)
-    fb, rf, stop = _refine_templates(icfg)
+    fb, rf, stop = refine_templates(icfg)
     res = improve.self_refine(gen, xs, initial, feedback_template=fb, refine_template=rf,
                               max_iters=T, stop_phrase=stop, stop_score=float(icfg.stop_score))
   summary = {"method": icfg.method, "num_prompts": len(prompts), "max_iters": T,

@@ -277,7 +277,7 @@ def inference_stage(config, workdir: str):
       gen = improve_pipeline.load_generate_fn(rt, icfg, src, name)
       results[name] = improve.iterative_improve(gen, prompts, original, template=tmpl, max_iters=T,
                                                 gap_scorer=scorer, min_gain=float(icfg.min_gain))
-    fb, rf, stop = improve_pipeline._refine_templates(
+    fb, rf, stop = improve_pipeline.refine_templates(
         ml_collections.ConfigDict({**icfg.to_dict(), "template": tmpl}))
     refine = improve.self_refine(policy, prompts, original, feedback_template=fb,
                                  refine_template=rf, max_iters=T, stop_phrase=stop,

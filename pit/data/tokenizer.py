@@ -70,6 +70,18 @@ def render_plain_chat(turns: Sequence[Turn], add_generation_prompt: bool = True)
   return "".join(out)
 
 
+def content_ids(ids: Sequence[int], eos_id: int, drop, vocab_size: int | None = None) -> list[int]:
+  """The ids before the first eos, without those in `drop` (pad/bos/specials) or out of range."""
+  out = []
+  for i in ids:
+    i = int(i)
+    if i == eos_id:
+      break
+    if i not in drop and (vocab_size is None or 0 <= i < vocab_size):
+      out.append(i)
+  return out
+
+
 class ByteTokenizer:
   """ids 0..255 are bytes; then pad, bos, eos."""
 
@@ -81,14 +93,7 @@ class ByteTokenizer:
     return list(text.encode("utf-8"))
 
   def decode(self, ids: Sequence[int]) -> str:
-    out = bytearray()
-    for i in ids:
-      i = int(i)
-      if i == self.eos_id:
-        break
-      if 0 <= i < 256:
-        out.append(i)
-    return out.decode("utf-8", errors="replace")
+    return bytes(content_ids(ids, self.eos_id, (), 256)).decode("utf-8", errors="replace")
 
   def render_chat(self, turns: Sequence[Turn], add_generation_prompt: bool = True) -> str:
     return render_plain_chat(turns, add_generation_prompt)
@@ -158,14 +163,7 @@ class SentencePieceTokenizer:
     return list(self.sp.encode(text, out_type=int))
 
   def decode(self, ids: Sequence[int]) -> str:
-    out = []
-    for i in ids:
-      i = int(i)
-      if i == self.eos_id:
-        break
-      if i not in self._drop and 0 <= i < self.vocab_size:
-        out.append(i)
-    return self.sp.decode(out)
+    return self.sp.decode(content_ids(ids, self.eos_id, self._drop, self.vocab_size))
 
   def render_chat(self, turns: Sequence[Turn], add_generation_prompt: bool = True) -> str:
     return render_plain_chat(turns, add_generation_prompt)
@@ -206,14 +204,7 @@ class HFTokenizer:
     return list(self.tok.encode(text, add_special_tokens=False))
 
   def decode(self, ids: Sequence[int]) -> str:
-    out = []
-    for i in ids:
-      i = int(i)
-      if i == self.eos_id:
-        break
-      if i not in self._special:
-        out.append(i)
-    return self.tok.decode(out, skip_special_tokens=True)
+    return self.tok.decode(content_ids(ids, self.eos_id, self._special), skip_special_tokens=True)
 
   def render_chat(self, turns: Sequence[Turn], add_generation_prompt: bool = True) -> str:
     if not self.tok.chat_template:

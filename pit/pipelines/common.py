@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 
@@ -45,6 +46,14 @@ def save_config(config, workdir: str) -> str:
     with open(path, "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   return path
+
+
+def write_summary(workdir: str, name: str, summary: dict):
+  """WORKDIR/<name>_summary.json (process 0) and a log line."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f"{name}_summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=float)
+  logging.info("%s done: %s", name, summary)
 
 
 def buckets(config) -> tuple[int, ...]:

@@ -30,7 +30,7 @@ from pit.params import init_params
 from pit.pipelines import common
 from pit.pipelines.generate import restore_params_for_sampling
 from pit.pipelines.reward import (load_pair_splits, make_pair_eval_fn, pair_iterator,
-                                  resolve_checkpoint_dir, write_summary)
+                                  resolve_checkpoint_dir)
 from pit.sampler import Sampler
 from pit.trainer import train
 
@@ -120,7 +120,7 @@ def run(config, workdir: str):
     summary["final_eval"] = eval_fn(result.state, int(config.train.steps))
   if sampler is not None:
     summary["oracle_after"] = oracle_eval(rt, result.state.params, config, sampler)
-  write_summary(workdir, "dpo", summary)
+  common.write_summary(workdir, "dpo", summary)
   return summary
 
 

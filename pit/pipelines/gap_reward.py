@@ -12,9 +12,6 @@ PPO as a scorer via `pit.rl.scorers.gap_reward_scorer`.
 """
 from __future__ import annotations
 
-import json
-import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -82,8 +79,5 @@ def run(config, workdir: str):
              "data": report.as_dict()}
   if eval_fn is not None:
     summary["final_eval"] = eval_fn(result.state, int(config.train.steps))
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "gap_reward_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-  logging.info("gap_reward done: %s", summary)
+  common.write_summary(workdir, "gap_reward", summary)
   return summary

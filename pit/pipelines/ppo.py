@@ -16,7 +16,6 @@ fall on rollout boundaries, so a killed run resumes to identical parameters.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -166,8 +165,5 @@ def train_ppo(config, workdir: str, rt, *, prompts, references=None, scorer, pol
   summary = {"steps_run": result.steps_run, "resumed_from": result.resumed_from,
              "rollouts": data.rollout, "final_kl_coef": data.kl.value,
              "final_train": result.last_metrics}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "ppo_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-  logging.info("ppo done: %s", summary)
+  common.write_summary(workdir, "ppo", summary)
   return summary

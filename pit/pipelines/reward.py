@@ -11,7 +11,6 @@ the end; WORKDIR/reward_summary.json has the final figures.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -111,13 +110,6 @@ def trunk_from_lm_checkpoint(rt, checkpoint_dir: str, seed: int):
   return params
 
 
-def write_summary(workdir: str, name: str, summary: dict):
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, f"{name}_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=float)
-  logging.info("%s done: %s", name, summary)
-
-
 def run(config, workdir: str):
   if config.model.head != "scalar":
     raise ValueError("pipeline=reward needs model.head='scalar'")
@@ -137,5 +129,5 @@ def run(config, workdir: str):
              "data": report.as_dict(), "final_train": result.last_metrics}
   if eval_fn is not None:
     summary["final_eval"] = eval_fn(result.state, int(config.train.steps))
-  write_summary(workdir, "reward", summary)
+  common.write_summary(workdir, "reward", summary)
   return summary

@@ -1,9 +1,6 @@
 """`pipeline=sft`: train a causal LM with the loss on response tokens only."""
 from __future__ import annotations
 
-import json
-import logging
-import os
 
 import jax
 import numpy as np
@@ -71,8 +68,5 @@ def run(config, workdir: str):
              "data": {k: r.as_dict() for k, r in reports.items()}}
   if eval_fn is not None:
     summary["final_eval"] = eval_fn(result.state, int(config.train.steps))
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "sft_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-  logging.info("sft done: %s", summary)
+  common.write_summary(workdir, "sft", summary)
   return summary

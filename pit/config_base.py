@@ -38,11 +38,13 @@ def base_config() -> ml_collections.ConfigDict:
       learning_rate=3e-4, warmup_steps=20, decay_steps=1000, end_lr_ratio=0.1,
       grad_clip_norm=1.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1))
   c.train = ml_collections.ConfigDict(dict(
-      steps=1000, batch_size=32, accum_steps=1, log_every=10, eval_every=0, seed=0))
+      steps=1000, batch_size=32, accum_steps=1, log_every=10, eval_every=0, seed=0,
+      init_checkpoint=""))  # sft: start from this LM workdir / checkpoints dir (params only)
   c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True))
   c.generate = ml_collections.ConfigDict(dict(
       checkpoint_dir="", prompts=(), prompts_path="", max_new_tokens=64, temperature=0.0,
-      top_k=0, top_p=1.0, seed=0, batch_size=32, output="generations.jsonl"))
+      top_k=0, top_p=1.0, seed=0, batch_size=32, output="generations.jsonl",
+      num_samples=1))              # responses per prompt (rows carry "sample" 0..n-1)
   return c
 
 
@@ -146,5 +148,6 @@ def pit_defaults() -> ml_collections.ConfigDict:
       reference_temperature=1.0,    # sampling temperature of M_P's references for 'policy' rounds
       max_rl_prompts=0,             # RL prompts taken from the training pairs (0: all)
       reward_init_from_policies=True,  # RM trunk from M_P, gap RM trunk from M_PIT^SFT
+      pit_sft_init_from_policy=False,  # M_PIT^SFT starts from M_P (our stand-in for a pretrained LM)
       llm_judge_dir="",             # HF directory of an LLM judge for the evaluation ('' -> none)
   ))

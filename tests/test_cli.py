@@ -70,6 +70,23 @@ def test_sft_trains_then_generate_samples(tmp_path):
   gens = [json.loads(l) for l in open(wd / "generations.jsonl")]
   assert len(gens) == 4 and all(g["checkpoint_step"] == 120 for g in gens)
   assert all(0 < g["num_tokens"] <= 8 for g in gens)
+  # N samples per prompt, prompt-major, distinct draws at temperature 1
+  r = _run(wd, "--config.pipeline=generate", "--config.generate.max_new_tokens=8",
+           "--config.generate.num_samples=3", "--config.generate.temperature=1.0",
+           "--config.generate.output=samples.jsonl")
+  assert r.returncode == 0, r.stderr[-3000:]
+  samples = [json.loads(l) for l in open(wd / "samples.jsonl")]
+  assert [s["sample"] for s in samples] == [0, 1, 2] * 4
+  assert [s["prompt"] for s in samples] == [g["prompt"] for g in gens for _ in range(3)]
+  assert len({s["response"] for s in samples}) > 4
+  r = _run(wd, "--config.pipeline=generate", "--config.generate.num_samples=2")
+  assert r.returncode != 0 and "temperature > 0" in r.stderr
+  # train.init_checkpoint: a second SFT starts from these params (lr 0: they stay)
+  wd2 = tmp_path / "from_init"
+  r = _run(wd2, f"--config.train.init_checkpoint={wd}", "--config.train.steps=1",
+           "--config.optim.learning_rate=0.0", "--config.optim.warmup_steps=0")
+  assert r.returncode == 0, r.stderr[-3000:]
+  jax.tree.map(np.testing.assert_array_equal, _final_params(wd)[0], _final_params(wd2)[0])
 
 
 def _final_params(workdir):

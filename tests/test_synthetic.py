@@ -301,6 +301,47 @@ def test_cli_writes_files_and_scores(tmp_path):
   assert r.returncode != 0 and f"{gens}:21" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_best_vs_worst_pairs():
+  from pit.data.pairs import best_vs_worst
+  p = best_vs_worst("x", ["a", "b", "c", "d"], [0.2, 0.9, 0.1, 0.9])
+  assert (p.chosen, p.rejected) == ("b", "c") and p.margin == pytest.approx(0.8)
+  assert p.meta == {"chosen_score": 0.9, "rejected_score": 0.1, "n_candidates": 4}
+  assert best_vs_worst("x", ["a", "b"], [0.5, 0.5]) is None          # no preference
+  assert best_vs_worst("x", ["a", "a"], [0.1, 0.7]) is None          # same text
+  assert best_vs_worst("x", ["a", "b"], [0.1, 0.3], min_gap=0.25) is None
+  assert best_vs_worst("x", ["a"], [0.1]) is None
+  with pytest.raises(ValueError, match="2 responses but 1 scores"):
+    best_vs_worst("x", ["a", "b"], [0.1])
+
+
+def test_cli_oracle_pairs_from_samples(tmp_path):
+  from pit.data.pairs import read_pairs_jsonl
+  ev = syn.eval_prompts(3, 0)
+  rng = np.random.default_rng(0)
+  rows = []
+  for p in ev:                                   # 4 samples: gold, 1, 3 and 5 errors
+    for k in (1, 0, 5, 3):
+      rows.append({"prompt": p, "sample": len(rows) % 4, "response": syn.degrade(rng, p, k)})
+  rows.append({"prompt": ev[0], "sample": 4, "response": ""})  # ungrouped order is fine
+  gens = tmp_path / "samples.jsonl"
+  gens.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  out = tmp_path / "pairs.jsonl"
+  r = _cli("pairs", "--generations", str(gens), "--out", str(out))
+  assert r.returncode == 0, r.stderr
+  stats = json.loads(r.stdout.strip().splitlines()[-1])
+  assert stats["prompts"] == 3 and stats["pairs"] == 3
+  assert (stats["candidates_min"], stats["candidates_max"], stats["empty_dropped"]) == (4, 4, 1)
+  pairs = read_pairs_jsonl(str(out))
+  assert [q.prompt for q in pairs] == ev
+  for q in pairs:
+    scores = [syn.oracle_score(q.prompt, r["response"]) for r in rows
+              if r["prompt"] == q.prompt and r["response"]]
+    assert q.chosen == syn.gold_response(q.prompt)
+    assert q.margin == pytest.approx(max(scores) - min(scores))
+  r = _cli("pairs", "--generations", str(tmp_path / "none.jsonl"), "--out", str(out))
+  assert r.returncode == 2 and "none.jsonl" in r.stderr
+
+
 def test_shipped_data_is_what_the_cli_regenerates(tmp_path):
   shipped = os.path.join(REPO, "data", "synthetic")
   syn.write_files(str(tmp_path), 10000, 500, 0, files=("ift", "prompts_eval"))

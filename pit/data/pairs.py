@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from pit.data import records
 
@@ -61,3 +61,23 @@ def write_pairs_jsonl(path: str, pairs: Iterable[PreferencePair]) -> int:
       f.write(json.dumps(p.to_json()) + "\n")
       n += 1
   return n
+
+
+def best_vs_worst(prompt: str, responses: Sequence[str], scores: Sequence[float],
+                  min_gap: float = 0.0) -> PreferencePair | None:
+  """The pair (highest-scored, lowest-scored) of N candidates for one prompt,
+  as Self-Rewarding LMs (Yuan et al., 2024) build DPO data; the first wins a
+  tie. None when the scores differ by no more than `min_gap` or the two texts
+  are equal (no preference to learn). margin = the score gap."""
+  if len(responses) != len(scores):
+    raise ValueError(f"{len(responses)} responses but {len(scores)} scores")
+  if len(responses) < 2:
+    return None
+  hi = max(range(len(scores)), key=lambda i: (scores[i], -i))
+  lo = min(range(len(scores)), key=lambda i: (scores[i], i))
+  gap = float(scores[hi]) - float(scores[lo])
+  if gap <= min_gap or responses[hi] == responses[lo]:
+    return None
+  return PreferencePair(prompt, responses[hi], responses[lo], margin=gap, meta={
+      "chosen_score": float(scores[hi]), "rejected_score": float(scores[lo]),
+      "n_candidates": len(responses)})

@@ -40,7 +40,9 @@ whatever the seeds.
 CLI: ``python -m pit.data.synthetic --out_dir DIR [--n_train N --n_eval N
 --seed S --files ift,prompts_eval]`` writes the data files;
 ``python -m pit.data.synthetic score --generations FILE`` prints the mean oracle
-score of a generations.jsonl next to the random and echo baselines.
+score of a generations.jsonl next to the random and echo baselines;
+``python -m pit.data.synthetic pairs --generations FILE --out PAIRS`` turns N
+samples per prompt into oracle best-vs-worst pairs (on-policy DPO data).
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ from typing import Sequence
 import numpy as np
 
 from pit.data import judge
-from pit.data.pairs import PreferencePair, write_pairs_jsonl
+from pit.data.pairs import PreferencePair, best_vs_worst, write_pairs_jsonl
 from pit.data.records import DataError
 
 LO, HI = 10, 99                    # item range (two-digit numbers)
@@ -488,8 +490,51 @@ def score_summary(prompts: Sequence[str], responses: Sequence[str], seed: int = 
           "echo_baseline": echo_baseline_score(prompts)}
 
 
+def oracle_pairs(prompts: Sequence[str], responses: Sequence[str],
+                 min_gap: float = 0.0) -> tuple[list[PreferencePair], dict]:
+  """Best-vs-worst pairs by the oracle from N sampled responses per prompt
+  (rows of one prompt grouped in first-seen order): on-policy DPO data. Empty
+  responses are dropped (a pair's texts must be non-empty) and counted."""
+  groups: dict[str, list[str]] = {}
+  empty = 0
+  for p, r in zip(prompts, responses):
+    group = groups.setdefault(p, [])
+    if r.strip():
+      group.append(r)
+    else:
+      empty += 1
+  pairs = []
+  for p, rs in groups.items():
+    pair = best_vs_worst(p, rs, [oracle_score(p, r) for r in rs], min_gap)
+    if pair is not None:
+      pairs.append(pair)
+  sizes = [len(rs) for rs in groups.values()]
+  return pairs, {"prompts": len(groups), "pairs": len(pairs), "empty_dropped": empty,
+                 "candidates_min": min(sizes),
+                 "candidates_max": max(sizes),
+                 "mean_margin": float(np.mean([q.margin for q in pairs])) if pairs else 0.0}
+
+
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] == "pairs":
+    ap = argparse.ArgumentParser(
+        prog="python -m pit.data.synthetic pairs",
+        description="Oracle best-vs-worst preference pairs from a generations.jsonl with "
+                    "several samples per prompt (generate.num_samples > 1).")
+    ap.add_argument("--generations", required=True)
+    ap.add_argument("--out", required=True, help="pairs JSONL to write")
+    ap.add_argument("--min_gap", type=float, default=0.0,
+                    help="keep a prompt only if best - worst oracle score exceeds this")
+    a = ap.parse_args(argv[1:])
+    try:
+      pairs, stats = oracle_pairs(*read_generations(a.generations), min_gap=a.min_gap)
+    except (OSError, DataError) as e:
+      sys.stderr.write(f"error: {e}\n")
+      return 2
+    write_pairs_jsonl(a.out, pairs)
+    print(json.dumps(stats))
+    return 0
   if argv and argv[0] == "score":
     ap = argparse.ArgumentParser(prog="python -m pit.data.synthetic score",
                                  description="Mean oracle score of a generations.jsonl.")

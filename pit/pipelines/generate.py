@@ -1,4 +1,9 @@
-"""`pipeline=generate`: sample from the latest checkpoint of a workdir."""
+"""`pipeline=generate`: sample from the latest checkpoint of a workdir.
+
+`generate.num_samples` > 1 draws that many responses per prompt (each row of
+WORKDIR/<generate.output> carries "sample"); with temperature > 0 they are the
+N candidates of best-vs-worst pair building (`pit.data.pairs.best_vs_worst`).
+"""
 from __future__ import annotations
 
 import json
@@ -38,20 +43,27 @@ def run(config, workdir: str):
   gcfg = config.generate
   ckpt_dir = gcfg.checkpoint_dir or os.path.join(workdir, "checkpoints")
   params, step = restore_params_for_sampling(rt, ckpt_dir)
+  n_samples = int(gcfg.num_samples)
+  if n_samples < 1:
+    raise ValueError(f"generate.num_samples must be >= 1, got {n_samples}")
+  if n_samples > 1 and float(gcfg.temperature) <= 0:
+    raise ValueError("generate.num_samples > 1 needs generate.temperature > 0 (greedy "
+                     "decoding repeats one response)")
   prompts = load_prompts(gcfg)
+  jobs = [(p, k) for p in prompts for k in range(n_samples)]   # prompt-major
   tok = rt.tokenizer
   sampler = Sampler(rt.mdef, rt.mesh, rt.rules, pad_id=tok.pad_id, eos_id=tok.eos_id)
   out_path = os.path.join(workdir, gcfg.output)
   results = []
   bs = int(gcfg.batch_size)
-  for start in range(0, len(prompts), bs):
-    chunk = prompts[start:start + bs]
-    ids = [[tok.bos_id] + tok.encode(config.data.prompt_format.format(prompt=p)) for p in chunk]
+  for start in range(0, len(jobs), bs):
+    chunk = jobs[start:start + bs]
+    ids = [[tok.bos_id] + tok.encode(config.data.prompt_format.format(prompt=p)) for p, _ in chunk]
     out = sampler.generate(params, ids, max_new_tokens=int(gcfg.max_new_tokens),
                            temperature=float(gcfg.temperature), top_k=int(gcfg.top_k),
                            top_p=float(gcfg.top_p), seed=int(gcfg.seed) + start)
-    for p, toks, lps, n in zip(chunk, out.tokens, out.logprobs, out.lengths):
-      results.append({"prompt": p, "response": tok.decode(toks[:n]),
+    for (p, k), toks, lps, n in zip(chunk, out.tokens, out.logprobs, out.lengths):
+      results.append({"prompt": p, "sample": k, "response": tok.decode(toks[:n]),
                       "num_tokens": int(n), "logprob": float(lps[:n].sum()), "checkpoint_step": step})
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)

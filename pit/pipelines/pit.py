@@ -149,6 +149,8 @@ def _with_jsonl(c, workdir: str, train_file: str, eval_file: str):
 def sft_stage(config, workdir: str, name: str, stem: str):
   def run(d):
     c = _with_jsonl(derive(config, "sft", name), workdir, f"{stem}_train.jsonl", f"{stem}_eval.jsonl")
+    if name == PIT_SFT and config.pit.pit_sft_init_from_policy:
+      c.train.init_checkpoint = stages.stage_dir(workdir, POLICY)
     common.save_config(c, d)
     return sft_pipeline.run(c, d)
   return stages.Stage(name, run)

@@ -1,4 +1,8 @@
-"""`pipeline=sft`: train a causal LM with the loss on response tokens only."""
+"""`pipeline=sft`: train a causal LM with the loss on response tokens only.
+
+`train.init_checkpoint` (an LM workdir or its checkpoints/ dir) starts from
+those params (fresh optimizer); '' -> random init. A resumed run always
+continues from its own checkpoints."""
 from __future__ import annotations
 
 
@@ -9,6 +13,8 @@ from pit import losses
 from pit import sharding as shd
 from pit.data import batching, sources
 from pit.pipelines import common
+from pit.pipelines.generate import restore_params_for_sampling
+from pit.pipelines.reward import resolve_checkpoint_dir
 from pit.trainer import train
 
 
@@ -61,8 +67,12 @@ def run(config, workdir: str):
       pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed),
       process_index=jax.process_index(), process_count=jax.process_count())
   eval_fn = make_eval_fn(rt, eval_ex, config)
+  init_fn = None
+  if config.train.get("init_checkpoint", ""):
+    init_dir = resolve_checkpoint_dir(config.train.init_checkpoint, "train.init_checkpoint")
+    init_fn = lambda: restore_params_for_sampling(rt, init_dir)[0]
   result = train(config, workdir, rt.mdef, losses.sft_loss, data, mesh=rt.mesh, rules=rt.rules,
-                 eval_fn=eval_fn, name="sft")
+                 eval_fn=eval_fn, init_params_fn=init_fn, name="sft")
   summary = {"steps_run": result.steps_run, "resumed_from": result.resumed_from,
              "final_train": result.last_metrics,
              "data": {k: r.as_dict() for k, r in reports.items()}}

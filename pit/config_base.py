@@ -111,6 +111,7 @@ def dpo_defaults() -> ml_collections.ConfigDict:
       loss="sigmoid",            # sigmoid (cDPO with label_smoothing > 0) | ipo | hinge | robust
       beta=0.1,
       label_smoothing=0.0,       # sigmoid: cDPO eps; robust: label-flip rate; in [0, 0.5)
+      nll_coef=0.0,              # + nll_coef * per-token NLL of the chosen response (RPO)
       init_checkpoint="",        # SFT workdir or checkpoints dir (params only); '' -> random
       reference_checkpoint="",   # '' -> the init model
       reference="precompute",    # precompute (log-probs once at start) | live (frozen model)
@@ -148,6 +149,8 @@ def pit_defaults() -> ml_collections.ConfigDict:
       reference_temperature=1.0,    # sampling temperature of M_P's references for 'policy' rounds
       max_rl_prompts=0,             # RL prompts taken from the training pairs (0: all)
       reward_init_from_policies=True,  # RM trunk from M_P, gap RM trunk from M_PIT^SFT
+      original_temperature=1.0,     # the Original y_P ~ M_P(.|x) (sampled, as in the paper); PIT,
+                                    # Self-Refine and the extra 'original_greedy' use improve.temperature
       pit_sft_init_from_policy=False,  # M_PIT^SFT starts from M_P (our stand-in for a pretrained LM)
       llm_judge_dir="",             # HF directory of an LLM judge for the evaluation ('' -> none)
   ))

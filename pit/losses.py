@@ -260,8 +260,12 @@ def _token_kl(logits_NLV, ref_logits_NLV, w_NL):
 
 
 def dpo_loss(model, batch, rng, extra, *, kind: str = "sigmoid", beta: float = 0.1,
-             label_smoothing: float = 0.0):
+             label_smoothing: float = 0.0, nll_coef: float = 0.0):
   """DPO-family loss on summed response log-probs.
+
+  `nll_coef` > 0 adds nll_coef * (-log pi(y_w|x) / |y_w|), the chosen response's
+  per-token NLL (RPO / iterative RPO, Pang et al., 2024), which keeps DPO from
+  pushing the chosen likelihood down with the rejected one. Metric `nll_chosen`.
 
   The reference log-probs come from `batch['ref_logps']` [B, 2] (precomputed)
   or, when the batch has none, from a live frozen reference:
@@ -296,8 +300,12 @@ def dpo_loss(model, batch, rng, extra, *, kind: str = "sigmoid", beta: float = 0
                              beta=beta, label_smoothing=label_smoothing)
   ratio_B2 = jax.lax.stop_gradient(pi_B2 - ref_B2)
   rw_B, rl_B = beta * ratio_B2[:, 0], beta * ratio_B2[:, 1]
+  n_chosen_B = jnp.maximum(batch["loss_mask"][:, 0].astype(jnp.float32).sum(-1), 1.0)
+  nll_chosen = _wmean(-pi_B2[:, 0] / n_chosen_B, w_B)
   loss = _wmean(losses_B, w_B)
-  metrics.update({
+  if nll_coef:
+    loss = loss + nll_coef * nll_chosen
+  metrics.update({"nll_chosen": nll_chosen,
       "reward_chosen": _wmean(rw_B, w_B), "reward_rejected": _wmean(rl_B, w_B),
       "reward_margin": _wmean(rw_B - rl_B, w_B),
       "reward_accuracy": _wmean((rw_B > rl_B).astype(jnp.float32), w_B),
@@ -309,12 +317,15 @@ def dpo_loss(model, batch, rng, extra, *, kind: str = "sigmoid", beta: float = 0
 
 
 def make_dpo_loss(cfg):
-  """cfg: the config's `dpo` section (loss, beta, label_smoothing)."""
+  """cfg: the config's `dpo` section (loss, beta, label_smoothing[, nll_coef])."""
   kind, beta, eps = str(cfg.loss), float(cfg.beta), float(cfg.label_smoothing)
+  nll_coef = float(getattr(cfg, "nll_coef", 0.0))
+  if nll_coef < 0:
+    raise ValueError(f"dpo.nll_coef must be >= 0, got {nll_coef}")
   if kind not in DPO_KINDS:
     raise ValueError(f"dpo.loss: unknown DPO loss {kind!r} (known: {', '.join(DPO_KINDS)})")
   if beta <= 0:
     raise ValueError(f"dpo.beta must be > 0, got {beta}")
   if not 0.0 <= eps < 0.5:
     raise ValueError(f"dpo.label_smoothing must be in [0, 0.5), got {eps}")
-  return functools.partial(dpo_loss, kind=kind, beta=beta, label_smoothing=eps)
+  return functools.partial(dpo_loss, kind=kind, beta=beta, label_smoothing=eps, nll_coef=nll_coef)

@@ -217,6 +217,33 @@ def test_dpo_losses_match_float64_reference(kind, eps):
                              _weighted_mean((rw + rl) / (2 * beta), weights), rtol=1e-5, atol=1e-4)
 
 
+def test_dpo_nll_term_matches_float64_reference():
+  mdef, params = _lm(0)
+  model = mdef.merge(params)
+  exs = _examples(5, seed=3)
+  weights = [1, 0, 1, 1, 1]
+  ref = np.random.default_rng(4).normal(-40, 5, (5, 2))
+  for ex, r in zip(exs, ref):
+    ex.ref_logps = (float(r[0]), float(r[1]))
+  b = _batch(exs, weights)
+  base = losses.make_dpo_loss(_Cfg(dict(loss="sigmoid", beta=0.3, label_smoothing=0.0)))
+  rpo = losses.make_dpo_loss(_Cfg(dict(loss="sigmoid", beta=0.3, label_smoothing=0.0,
+                                       nll_coef=0.5)))
+  loss0, _, m0 = jax.jit(base)(model, b, None, None)
+  loss1, _, m1 = jax.jit(rpo)(model, b, None, None)
+  pol = _np_seq_logprobs(model, b)
+  n_chosen = b["loss_mask"][:, 0].astype(np.float64).sum(-1)
+  nll = _weighted_mean(-pol[:, 0] / n_chosen, weights)
+  ref32 = b["ref_logps"].astype(np.float64)
+  dpo = _weighted_mean([_np_dpo("sigmoid", pol[i, 0], pol[i, 1], ref32[i, 0], ref32[i, 1], 0.3, 0)
+                        for i in range(5)], weights)
+  np.testing.assert_allclose(float(m0["nll_chosen"]), nll, rtol=1e-6)
+  np.testing.assert_allclose(float(loss0), dpo, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(float(loss1), dpo + 0.5 * nll, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="nll_coef"):
+    losses.make_dpo_loss(_Cfg(dict(loss="sigmoid", beta=0.3, label_smoothing=0.0, nll_coef=-1)))
+
+
 def test_dpo_live_reference_matches_reference_and_precomputed():
   mdef, params = _lm(0)
   _, ref_params = _lm(1)

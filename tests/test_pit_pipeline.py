@@ -60,7 +60,7 @@ def test_synthetic_smoke_runs_every_stage_writes_the_report_and_skips_done_stage
     assert (wd / n / "stage_done.json").exists(), n
   report = (wd / "report.md").read_text()
   for row in ("Original vs y_w", "PIT vs Original", "Self-Refine vs Original",
-              "PIT vs Self-Refine", "PIT (SFT only) vs Original"):
+              "PIT vs Self-Refine", "PIT (SFT only) vs Original", "PIT vs Original (greedy)"):
     assert row in report
   assert "oracle: win / lose / Δ (%)" in report and "reward model: win / lose / Δ (%)" in report
   for png in ("RL_gap_reward_of_rollouts.png", "oracle_score_per_inference_iteration.png"):
@@ -73,6 +73,12 @@ def test_synthetic_smoke_runs_every_stage_writes_the_report_and_skips_done_stage
   by_iter = infer["oracle_by_iteration"]
   assert set(by_iter) == {"pit", "pit_no_stop", "pit_sft", "self_refine"}
   assert all(len(v) == 3 for v in by_iter.values())  # t = 0, 1, 2
+  assert infer["original_temperature"] == 1.0 and "oracle_original_greedy" in infer
+  greedy = json.loads((wd / "evaluate" / "alpaca_eval_original_greedy.json").read_text())
+  assert len(greedy) == 8
+  # M_PIT^SFT started from M_P (pit.pit_sft_init_from_policy in the smoke preset)
+  assert json.loads((wd / "pit_sft" / "config_sft.json").read_text())["train"][
+      "init_checkpoint"] == str(wd / "policy_sft")
   # The same command again finds every stage done and only re-reads the summaries.
   before = (wd / "report.md").stat().st_mtime_ns
   r = _run(wd)

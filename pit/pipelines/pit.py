@@ -11,7 +11,8 @@ once done (`pit.stages`) and resumes from its own checkpoints when interrupted:
   rl_<k>      PPO of M_PIT maximising r_gap(x, y, y_ref) - beta KL(M_PIT^RL || M_PIT^SFT);
               round k takes y_ref from the data ({y_l, y_w}) or from M_P's own samples
               (`pit.rl_rounds`); each round starts from the previous round's policy
-  inference   Original y_0 = M_P(x); PIT y_{t+1} = M_PIT(x, y_t) with the gap-reward
+  inference   Original y_0 ~ M_P(x) (sampled at pit.original_temperature; the greedy answer
+              is reported beside it); PIT y_{t+1} = M_PIT(x, y_t) with the gap-reward
               stopping rule (and without it, and with the SFT-only M_PIT); Self-Refine
   evaluate    win / lose / delta judged both ways round by the oracle (synthetic task),
               the reward model and an LLM judge (`pit.llm_judge_dir`); AlpacaEval files;
@@ -48,7 +49,7 @@ from pit.rl.gap_scorer import gap_reward_scorer
 DATA, POLICY, PIT_SFT, REWARD, GAP, INFER, EVAL = (
     "data", "policy_sft", "pit_sft", "reward", "gap_reward", "inference", "evaluate")
 REFERENCE_SOURCES = ("data", "policy")
-SYSTEMS = ("original", "pit", "pit_no_stop", "pit_sft", "self_refine")
+SYSTEMS = ("original", "original_greedy", "pit", "pit_no_stop", "pit_sft", "self_refine")
 
 
 def derive(config, pipeline: str, section: str) -> ml_collections.ConfigDict:
@@ -268,8 +269,14 @@ def inference_stage(config, workdir: str):
     icfg, pcfg = c.improve, config.pit
     rows = list(records.read_jsonl(_path(workdir, DATA, "eval_set.jsonl"), ("prompt", "chosen")))
     prompts = [r["prompt"] for r in rows]
-    policy = improve_pipeline.load_generate_fn(rt, icfg, stages.stage_dir(workdir, POLICY), "policy")
-    original = policy(prompts, 0)
+    policy_dir = stages.stage_dir(workdir, POLICY)
+    policy = improve_pipeline.load_generate_fn(rt, icfg, policy_dir, "policy")
+    greedy_original = policy(prompts, 0)
+    original = greedy_original
+    if float(pcfg.original_temperature) != float(icfg.temperature):   # y_P ~ M_P(.|x)
+      sample_cfg = ml_collections.ConfigDict(
+          {**icfg.to_dict(), "temperature": float(pcfg.original_temperature)})
+      original = improve_pipeline.load_generate_fn(rt, sample_cfg, policy_dir, "policy")(prompts, 0)
     gap = _gap_scorer(config, workdir, rt, c)
     tmpl, T = pcfg.template, int(icfg.max_iters)
     results = {}
@@ -286,7 +293,8 @@ def inference_stage(config, workdir: str):
                                  stop_score=float(icfg.stop_score))
     by_iter = {name: r.responses for name, r in results.items()}
     by_iter["self_refine"] = refine.responses
-    finals = {"original": original, **{k: v[-1] for k, v in by_iter.items()}}
+    finals = {"original": original, "original_greedy": greedy_original,
+              **{k: v[-1] for k, v in by_iter.items()}}
     out_dir = os.path.join(d, "outputs")
     os.makedirs(out_dir, exist_ok=True)
     if jax.process_index() == 0:
@@ -298,6 +306,7 @@ def inference_stage(config, workdir: str):
           for name, iters in by_iter.items() for t, resp in enumerate(iters)
           for i in range(len(prompts))])
     summary = {"num_prompts": len(prompts), "max_iters": T,
+               "original_temperature": float(pcfg.original_temperature),
                "pit_stopped_at": np.bincount(results["pit"].stopped_at, minlength=T + 1).tolist(),
                "pit_accepted_mean": float(results["pit"].accepted.mean()),
                "self_refine_stopped_at": np.bincount(refine.stopped_at, minlength=T + 1).tolist()}
@@ -308,6 +317,7 @@ def inference_stage(config, workdir: str):
       summary[f"{judge_name}_by_iteration"] = {
           name: _mean_scores(scorer, prompts, iters) for name, iters in by_iter.items()}
       summary[f"{judge_name}_chosen"] = _mean_scores(scorer, prompts, [[r["chosen"] for r in rows]])[0]
+      summary[f"{judge_name}_original_greedy"] = _mean_scores(scorer, prompts, [greedy_original])[0]
     return summary
   return stages.Stage(INFER, run)
 
@@ -320,7 +330,8 @@ COMPARISONS = (("Original", "original", "y_w", "chosen"),
                ("Self-Refine", "self_refine", "Original", "original"),
                ("PIT", "pit", "Self-Refine", "self_refine"),
                ("PIT (SFT only)", "pit_sft", "Original", "original"),
-               ("PIT", "pit", "PIT (SFT only)", "pit_sft"))
+               ("PIT", "pit", "PIT (SFT only)", "pit_sft"),
+               ("PIT", "pit", "Original (greedy)", "original_greedy"))
 
 
 def _judges(config, workdir: str, rt):
@@ -427,7 +438,9 @@ def _notes(config, workdir: str, summaries: dict, infer: dict) -> str:
                 + " |", "|---|" + "---|" * len(next(iter(by_iter.values())))]
       for name, v in by_iter.items():
         lines.append(f"| {name} | " + " | ".join(f"{x:.4f}" for x in v) + " |")
-      lines.append(f"\nchosen responses y_w: {infer.get(f'{judge_name}_chosen', float('nan')):.4f}\n")
+      lines.append(f"\nchosen responses y_w: {infer.get(f'{judge_name}_chosen', float('nan')):.4f}; "
+                   f"greedy M_P answers: "
+                   f"{infer.get(f'{judge_name}_original_greedy', float('nan')):.4f}\n")
   return "\n".join(lines)
 
 

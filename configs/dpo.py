@@ -5,8 +5,11 @@ SFT run of configs/synthetic.py:sft with
 `--config.dpo.init_checkpoint=<sft workdir>`; reports the held-out preference
 margin and the oracle score of greedy / sampled responses before and after),
 `large` (HH-RLHF via the TFDS builder, ~350M parameters, GPU/TPU, live
-reference). Iterative DPO: point `dpo.init_checkpoint` and
-`dpo.reference_checkpoint` at the previous iteration's workdir.
+reference), `onpolicy` (the synthetic task's on-policy pairs: N samples of the SFT
+model per prompt, the oracle's best vs worst; `launch/synthetic_dpo.sh WORKDIR`
+runs SFT -> sampling -> pairs -> this preset). Iterative DPO: point
+`dpo.init_checkpoint` and `dpo.reference_checkpoint` at the previous iteration's
+workdir.
 """
 from pit.config_base import base_config, dpo_defaults
 
@@ -26,6 +29,16 @@ def get_config(preset: str = "tiny"):
     c.optim.update(learning_rate=3e-4, warmup_steps=10, decay_steps=200, end_lr_ratio=1.0,
                    weight_decay=0.0)
     c.checkpoint.update(every=100, keep=2)
+  elif preset == "onpolicy":
+    c.data.update(source="jsonl", max_len=64, max_response_len=33, buckets=(64,))
+    c.model.update(vocab_size=384, d_model=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                   d_ff=384, max_seq_len=128)   # = configs/synthetic.py:sft
+    c.dpo.update(beta=0.1, nll_coef=1.0, oracle_eval_prompts=500)
+    c.generate.update(max_new_tokens=33, seed=0)
+    c.train.update(steps=200, batch_size=32, log_every=10, eval_every=100)
+    c.optim.update(learning_rate=1e-5, warmup_steps=10, decay_steps=200, end_lr_ratio=1.0,
+                   weight_decay=0.0)
+    c.checkpoint.update(every=100, keep=2)
   elif preset == "large":
     c.data.update(source="tfds", tfds_name="hh_rlhf", max_len=1024, max_response_len=256,
                   buckets=(256, 512, 1024))
@@ -38,5 +51,5 @@ def get_config(preset: str = "tiny"):
                    weight_decay=0.0)
     c.checkpoint.update(every=500, keep=2)
   else:
-    raise ValueError(f"unknown preset {preset!r} (tiny, large)")
+    raise ValueError(f"unknown preset {preset!r} (tiny, onpolicy, large)")
   return c

@@ -101,3 +101,39 @@ def test_config_errors_are_one_line(tmp_path, pipeline, args, needle):
   assert r.returncode != 0 and "Traceback" not in r.stderr
   errors = [l for l in r.stderr.splitlines() if l.startswith("pit: error:")]
   assert len(errors) == 1 and needle in errors[0], r.stderr[-2000:]
+
+
+def test_synthetic_onpolicy_dpo_script(tmp_path):
+  """launch/synthetic_dpo.sh: SFT -> N samples per prompt -> oracle best-vs-worst pairs
+  -> DPO (configs/dpo.py:onpolicy), shrunk to seconds; a rerun skips the finished steps."""
+  from pit.data import synthetic as syn
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in syn.eval_prompts(16, 3)))
+  model = ["--config.model.d_model=32", "--config.model.d_ff=64", "--config.model.num_layers=1",
+           "--config.progress=False"]
+  env = _env(1)
+  env.update(PYTHON=sys.executable, NUM_SAMPLES="4", N_TRAIN="300", PROMPTS_TRAIN=str(prompts),
+             PROMPTS_EVAL=str(prompts),
+             SFT_FLAGS=" ".join(model + ["--config.train.steps=150", "--config.train.eval_every=0",
+                                         "--config.checkpoint.every=150"]),
+             GEN_FLAGS="--config.generate.batch_size=32")
+  wd = tmp_path / "w"
+  cmd = ["bash", "launch/synthetic_dpo.sh", str(wd), *model, "--config.train.steps=4",
+         "--config.train.batch_size=4", "--config.train.eval_every=0",
+         "--config.dpo.oracle_eval_prompts=8"]
+  r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  samples = [json.loads(l) for l in open(wd / "sft" / "samples_train.jsonl")]
+  assert len(samples) == 64 and [s["sample"] for s in samples[:4]] == [0, 1, 2, 3]
+  pairs = [json.loads(l) for l in open(wd / "pairs_train.jsonl")]
+  assert pairs and all(p["chosen_score"] > p["rejected_score"] for p in pairs)
+  summary = json.load(open(wd / "dpo" / "dpo_summary.json"))
+  assert summary["steps_run"] == 4 and summary["train_pairs"] == len(pairs)
+  assert set(summary["oracle_before"]) == set(summary["oracle_after"]) == {
+      "oracle_greedy", "oracle_sampled"}
+  stamps = {p: os.stat(wd / "sft" / p).st_mtime_ns for p in
+            ("metrics.jsonl", "samples_train.jsonl", "samples_eval.jsonl")}
+  r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert stamps == {p: os.stat(wd / "sft" / p).st_mtime_ns for p in stamps}
+  assert json.load(open(wd / "dpo" / "dpo_summary.json"))["resumed_from"] == 4

@@ -283,6 +283,8 @@ def test_cli_writes_files_and_scores(tmp_path):
   assert ev == syn.eval_prompts(20, 1)
   assert [json.loads(l) for l in open(tmp_path / "ift.jsonl")] == syn.ift_examples(40, 1)
   assert len(open(tmp_path / "eft.jsonl").readlines()) == 40
+  assert [json.loads(l) for l in open(tmp_path / "sft_chosen.jsonl")] == [
+      {"prompt": q.prompt, "response": q.chosen} for q in syn.preference_pairs(40, 1)]
   # score: gold -> 1, echo -> the echo baseline; an empty response is allowed
   gens = tmp_path / "generations.jsonl"
   with open(gens, "w") as f:

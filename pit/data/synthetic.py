@@ -426,7 +426,7 @@ def echo_baseline_score(prompts: Sequence[str]) -> float:
 
 # ----------------------------------------------------------------- CLI
 
-FILES = ("pairs_train", "pairs_eval", "ift", "eft", "prompts_eval")
+FILES = ("pairs_train", "pairs_eval", "ift", "eft", "prompts_eval", "sft_chosen")
 
 
 def write_files(out_dir: str, n_train: int, n_eval: int, seed: int,
@@ -440,6 +440,10 @@ def write_files(out_dir: str, n_train: int, n_eval: int, seed: int,
     path = paths[name] = os.path.join(out_dir, f"{name}.jsonl")
     if name == "pairs_train":
       write_pairs_jsonl(path, preference_pairs(n_train, seed))
+    elif name == "sft_chosen":   # SFT data of the usual RLHF recipe: x -> y_w of pairs_train
+      with open(path, "w") as f:
+        for q in preference_pairs(n_train, seed):
+          f.write(json.dumps({"prompt": q.prompt, "response": q.chosen}) + "\n")
     elif name == "pairs_eval":
       write_pairs_jsonl(path, preference_pairs(n_eval, seed, split="eval"))
     else:

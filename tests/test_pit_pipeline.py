@@ -63,12 +63,15 @@ def test_synthetic_smoke_runs_every_stage_writes_the_report_and_skips_done_stage
               "PIT vs Self-Refine", "PIT (SFT only) vs Original", "PIT vs Original (greedy)"):
     assert row in report
   assert "oracle: win / lose / Δ (%)" in report and "reward model: win / lose / Δ (%)" in report
-  for png in ("RL_gap_reward_of_rollouts.png", "oracle_score_per_inference_iteration.png"):
+  for png in ("RL_gap_reward_of_rollouts.png", "oracle_score_per_inference_iteration.png",
+              "RL_oracle_score_of_rollouts.png"):
     assert (wd / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   outputs = json.loads((wd / "evaluate" / "alpaca_eval_pit.json").read_text())
   assert len(outputs) == 8 and set(outputs[0]) >= {"instruction", "output", "generator"}
   refs = [json.loads(l) for l in (wd / "rl_2" / "references.jsonl").read_text().splitlines()]
   assert len(refs) == 16 and all("reference" in x for x in refs)  # M_P's own answers
+  rl = [json.loads(l) for l in (wd / "rl_1" / "metrics.jsonl").read_text().splitlines()]
+  assert all(0.0 <= r["oracle_score"] <= 1.0 for r in rl if r["split"] == "train")  # monitor
   infer = json.loads((wd / "inference" / "stage_done.json").read_text())["summary"]
   by_iter = infer["oracle_by_iteration"]
   assert set(by_iter) == {"pit", "pit_no_stop", "pit_sft", "self_refine"}

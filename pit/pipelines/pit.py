@@ -227,9 +227,11 @@ def rl_stage(config, workdir: str, k: int, source: str):
     scorer = gap_reward_scorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules, template=tmpl,
                                max_len=int(c.ppo.reward_max_len or mdef.cfg.max_seq_len),
                                batch_size=int(c.ppo.rollout_batch_size))
+    oracle = _oracle(config)
     summary = ppo_pipeline.train_ppo(
         c, d, rt, prompts=prompts, references=refs, scorer=scorer,
-        policy_text_fn=lambda x, ref: pit_format.policy_prompt(x, ref, tmpl))
+        policy_text_fn=lambda x, ref: pit_format.policy_prompt(x, ref, tmpl),
+        monitors={"oracle": oracle} if oracle is not None else None)
     return {**summary, "reference_source": source, "num_prompts": len(prompts)}
   return stages.Stage(rl_name(k), run)
 
@@ -379,7 +381,8 @@ def evaluate_stage(config, workdir: str, before: list[str]):
     infer = stages.read_summary(workdir, INFER)
     plots = {}
     rl_stages = [rl_name(k) for k in range(len(config.pit.rl_rounds))]
-    for key, title in (("score", "RL: gap reward of rollouts"), ("kl", "RL: KL to M_PIT^SFT")):
+    for key, title in (("score", "RL: gap reward of rollouts"), ("kl", "RL: KL to M_PIT^SFT"),
+                       ("oracle_score", "RL: oracle score of rollouts")):
       series = {}
       offset = 0
       for s in rl_stages:
@@ -427,7 +430,8 @@ def _notes(config, workdir: str, summaries: dict, infer: dict) -> str:
       fig = f"PIT rows stopped at iteration {s.get('pit_stopped_at')}"
     else:
       fig = (f"y_ref from {s.get('reference_source')}; " +
-             _final(s, "final_train", ("score", "kl", "kl_coef", "entropy", "clip_fraction")))
+             _final(s, "final_train", ("score", "oracle_score", "kl", "kl_coef", "entropy",
+                                       "clip_fraction")))
     lines.append(f"| {name} | {fig} |")
   lines.append("")
   for judge_name in ("oracle", "reward_model"):

@@ -124,11 +124,13 @@ def run(config, workdir: str):
                    scorer=make_scorer(config, rt), policy_text_fn=text_fn)
 
 
-def train_ppo(config, workdir: str, rt, *, prompts, references=None, scorer, policy_text_fn=None):
+def train_ppo(config, workdir: str, rt, *, prompts, references=None, scorer, policy_text_fn=None,
+              monitors=None):
   """PPO of the policy in `ppo.init_checkpoint_dir` against `scorer`, with the KL to
   `ppo.reference_checkpoint_dir` (default: the init policy). `policy_text_fn(prompt,
   reference)` renders the policy's input (default: data.prompt_format of the prompt);
-  the scorer sees (prompt, response, reference)."""
+  the scorer sees (prompt, response, reference). `monitors` (name -> scorer) are
+  logged on every rollout as `<name>_score`, outside the reward."""
   pcfg = config.ppo
   if rt.mdef.cfg.head != "lm":
     raise ValueError("ppo: model.head must be 'lm' (the policy); the value model is derived")
@@ -142,7 +144,8 @@ def train_ppo(config, workdir: str, rt, *, prompts, references=None, scorer, pol
                   sampler=sampler, scorer=scorer, prompts=prompts, references=references,
                   pcfg=pcfg, minibatch_size=int(config.train.batch_size),
                   prompt_format=config.data.prompt_format, policy_text_fn=policy_text_fn,
-                  seed=seed, process_index=jax.process_index(), process_count=jax.process_count())
+                  seed=seed, process_index=jax.process_index(), process_count=jax.process_count(),
+                  monitors=monitors)
   _check(config, data.updates_per_rollout)
   data.ref_params, ref_step = restore_params_for_sampling(rt, ref_dir)
   logging.info("ppo: policy from %s, KL reference %s step %d; %d updates per rollout", init_dir,

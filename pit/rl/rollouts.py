@@ -29,11 +29,16 @@ class Rollouts:
   def __init__(self, acdef: ppo.ActorCriticDef, ref_params, *, mesh, rules, tokenizer, sampler,
                scorer, prompts: Sequence[str], references: Sequence[str] | None = None, pcfg,
                minibatch_size: int, prompt_format: str = "{prompt}", policy_text_fn=None,
-               seed: int = 0, process_index: int = 0, process_count: int = 1):
+               seed: int = 0, process_index: int = 0, process_count: int = 1,
+               monitors: dict | None = None):
+    """`monitors`: name -> scorer, applied to every rollout and logged as
+    `<name>_score` (e.g. the synthetic oracle while training against a learned
+    reward, to see reward hacking); they never enter the reward."""
     if not prompts:
       raise ValueError("ppo: no prompts")
     self.acdef, self.ref_params, self.mesh, self.rules = acdef, ref_params, mesh, tuple(rules)
     self.tok, self.sampler, self.scorer = tokenizer, sampler, scorer
+    self.monitors = dict(monitors or {})
     self.prompts, self.references = list(prompts), (list(references) if references else None)
     # The policy's input text for (prompt, reference): by default the prompt alone; PIT's
     # reference-conditioned policy reads pit_format.policy_prompt(prompt, reference).
@@ -198,6 +203,8 @@ class Rollouts:
         "response_length": float(out.lengths.mean()),
         "eos_fraction": float(np.mean(out.lengths < N) if N else 0.0),
         "rollout_entropy": float(ent), "sampler_logprob_gap": gap, "rollout": r}
+    for name, monitor in self.monitors.items():
+      self._metrics[f"{name}_score"] = float(np.mean(monitor(prompts, responses, refs)))
     self.kl.update(kl, B)
     self.rollout = r + 1
     logging.info("rollout %d: score %.4f kl %.4f kl_coef %.4f len %.1f", r, scores.mean(), kl,

@@ -62,9 +62,11 @@ def pit_config(c, smoke: bool):
   pit_data = dict(max_len=112, max_response_len=33, buckets=(80, 112))
   c.improve.update(template="plain", max_iters=3, max_new_tokens=33, batch_size=64,
                    temperature=0.0, prompt_buckets=(32, 80, 160), max_prompt_len=160)
+  # A gentle RL (lr 2e-5, KL target 0.5): at lr 5e-5 / target 2.0 the policy hacked the 87 %-
+  # accurate gap RM (oracle of greedy answers 0.792 -> 0.764); see BUILD_NOTES.
   c.ppo.update(scorer="gap_reward_model", policy_template="plain", rollout_batch_size=128,
                max_new_tokens=33, max_prompt_len=80, prompt_buckets=(80,), epochs=2,
-               kl_coef=0.05, adaptive_kl=True, target_kl=2.0, kl_horizon=512.0)
+               kl_coef=0.1, adaptive_kl=True, target_kl=0.5, kl_horizon=512.0)
   scalar = dict(head="scalar")
   if smoke:  # every stage runs, a few steps each: the wiring, not the numbers
     c.data.update(synthetic_train_size=64, synthetic_eval_size=32)
@@ -96,5 +98,5 @@ def pit_config(c, smoke: bool):
                                      eval_every=400, checkpoint_every=400, weight_decay=0.0,
                                      log_every=50, model=scalar, data=pit_data)
   # 128 rollouts / 64 per minibatch x 2 epochs = 4 updates per rollout; 30 rollouts a round.
-  c.pit.rl = stage_overrides(steps=120, batch_size=64, learning_rate=5e-5, checkpoint_every=40,
+  c.pit.rl = stage_overrides(steps=120, batch_size=64, learning_rate=2e-5, checkpoint_every=40,
                              end_lr_ratio=1.0, weight_decay=0.0, log_every=4)

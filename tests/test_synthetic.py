@@ -363,6 +363,6 @@ def test_config_points_at_shipped_files():
   c = mod.get_config("sft")
   assert c.pipeline == "sft" and os.path.exists(c.data.train_path)
   assert os.path.exists(c.generate.prompts_path)
-  assert c.model.d_model == 128 and c.model.num_layers == 2
+  assert c.model.d_model == 128 and c.model.num_layers == 4   # 2 layers never learn to copy
   with pytest.raises(ValueError, match="unknown preset"):
     mod.get_config("nope")

@@ -23,8 +23,9 @@ Presets:
 """
 import os
 
-from pit.config_base import (base_config, gap_reward_defaults, improve_defaults, pit_defaults,
-                             ppo_defaults, reward_defaults, stage_overrides)
+from pit.config_base import (SCALAR, base_config, gap_reward_defaults, improve_defaults,
+                             llama7b_pit, pit_defaults, pit_smoke_stages, ppo_defaults,
+                             reward_defaults, stage_overrides)
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_HH = os.path.join(os.path.dirname(_REPO), "shared", "data", "hh-rlhf")
@@ -49,15 +50,14 @@ def get_config(preset: str = "tiny"):
   c.ppo.update(scorer="gap_reward_model", policy_template="chat", epochs=2, kl_coef=0.05,
                adaptive_kl=True, target_kl=4.0)
   c.checkpoint.keep = 1
-  scalar = dict(head="scalar")
   if preset in ("tiny", "smoke"):
-    tiny(c, scalar, smoke=preset == "smoke")
+    tiny(c, smoke=preset == "smoke")
   else:
-    llama7b(c, scalar)
+    llama7b(c)
   return c
 
 
-def tiny(c, scalar, smoke: bool):
+def tiny(c, smoke: bool):
   # Bytes: a policy sees the end of the dialogue (<= 256 bytes with its response); M_PIT and
   # r_gap also read a reference reply and the request for a better one (<= 384 bytes).
   policy_data = dict(max_len=256, max_response_len=96, buckets=(128, 256))
@@ -73,58 +73,29 @@ def tiny(c, scalar, smoke: bool):
   if smoke:
     c.data.eval_fraction = 0.02
     c.model.update(d_model=32, num_heads=2, num_kv_heads=1, d_ff=64)
-    c.pit.max_rl_prompts = 16
-    c.pit.max_eval_prompts = 4
-    c.improve.update(max_iters=2, max_new_tokens=8, batch_size=4)
-    c.ppo.update(rollout_batch_size=4, max_new_tokens=8)
-    steps = dict(steps=2, batch_size=4, learning_rate=1e-3, log_every=1)
-    c.pit.policy_sft = stage_overrides(**steps)
-    c.pit.pit_sft = stage_overrides(**steps, data=pit_data)
-    c.pit.reward = stage_overrides(**steps, model=scalar)
-    c.pit.gap_reward = stage_overrides(**steps, model=scalar, data=pit_data)
-    c.pit.rl = stage_overrides(steps=2, batch_size=4, learning_rate=1e-4, log_every=1,
-                               end_lr_ratio=1.0, weight_decay=0.0)
+    pit_smoke_stages(c, pit_data)
     return
   c.pit.policy_sft = stage_overrides(steps=300, batch_size=16, learning_rate=3e-3, warmup_steps=20,
                                      eval_every=150, checkpoint_every=150, log_every=10)
   c.pit.pit_sft = stage_overrides(steps=300, batch_size=16, learning_rate=3e-3, warmup_steps=20,
                                   eval_every=150, checkpoint_every=150, log_every=10, data=pit_data)
   c.pit.reward = stage_overrides(steps=150, batch_size=16, learning_rate=1e-3, warmup_steps=10,
-                                 eval_every=150, weight_decay=0.0, log_every=10, model=scalar)
+                                 eval_every=150, weight_decay=0.0, log_every=10, model=SCALAR)
   c.pit.gap_reward = stage_overrides(steps=150, batch_size=8, learning_rate=1e-3, warmup_steps=10,
-                                     eval_every=150, weight_decay=0.0, log_every=10, model=scalar,
+                                     eval_every=150, weight_decay=0.0, log_every=10, model=SCALAR,
                                      data=pit_data)
   # 32 rollouts / 16 per minibatch x 2 epochs = 4 updates per rollout; 6 rollouts a round.
   c.pit.rl = stage_overrides(steps=24, batch_size=16, learning_rate=5e-5, checkpoint_every=12,
                              end_lr_ratio=1.0, weight_decay=0.0, log_every=4)
 
 
-def llama7b(c, scalar):
+def llama7b(c):
   policy_data = dict(max_len=1024, max_response_len=256, buckets=(256, 512, 1024))
   pit_data = dict(max_len=2048, max_response_len=256, buckets=(512, 1024, 2048))
   c.data.update(**policy_data)
-  c.model.update(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32,
-                 d_ff=11008, max_seq_len=4096, norm_eps=1e-5, dtype="bfloat16",
-                 param_dtype="float32", remat="full")
-  c.mesh.shape = (1, -1, 1)  # FSDP over every chip of the slice
-  c.train.accum_steps = 4
+  llama7b_pit(c, pit_data)  # model, FSDP mesh, stage steps / learning rates
   c.improve.update(max_new_tokens=256, batch_size=64, max_prompt_len=1792,
                    prompt_buckets=(512, 1024, 1792))
   c.ppo.update(rollout_batch_size=512, max_new_tokens=256, max_prompt_len=1792,
                prompt_buckets=(512, 1024, 1792), reward_max_len=2048)
   c.pit.max_eval_prompts = 0
-  c.pit.policy_sft = stage_overrides(steps=2000, batch_size=128, learning_rate=2e-5,
-                                     warmup_steps=50, eval_every=500, checkpoint_every=250,
-                                     weight_decay=0.0)
-  c.pit.pit_sft = stage_overrides(steps=2000, batch_size=128, learning_rate=2e-5, warmup_steps=50,
-                                  eval_every=500, checkpoint_every=250, weight_decay=0.0,
-                                  data=pit_data)
-  c.pit.reward = stage_overrides(steps=1000, batch_size=128, learning_rate=9e-6, warmup_steps=50,
-                                 eval_every=250, checkpoint_every=250, weight_decay=0.0,
-                                 model=scalar)
-  c.pit.gap_reward = stage_overrides(steps=1000, batch_size=64, learning_rate=9e-6, warmup_steps=50,
-                                     eval_every=250, checkpoint_every=250, weight_decay=0.0,
-                                     model=scalar, data=pit_data)
-  # 512 rollouts / 128 per minibatch x 2 epochs = 8 updates per rollout.
-  c.pit.rl = stage_overrides(steps=800, batch_size=128, learning_rate=1e-6, checkpoint_every=80,
-                             end_lr_ratio=1.0, weight_decay=0.0)

@@ -51,8 +51,9 @@ Presets:
     `--config.tokenizer.kind=hf --config.tokenizer.path=DIR` (with the byte default these
     lengths cut posts hard).
 """
-from pit.config_base import (base_config, gap_reward_defaults, improve_defaults, pit_defaults,
-                             ppo_defaults, reward_defaults, stage_overrides)
+from pit.config_base import (SCALAR, base_config, gap_reward_defaults, improve_defaults,
+                             llama7b_pit, pit_defaults, pit_smoke_stages, ppo_defaults,
+                             reward_defaults, stage_overrides)
 
 TEMPLATE = "{prompt} {reference}\n\nBETTER TL;DR:"
 # Self-Refine (the baseline): a critique of the TL;DR, then a revision given it.
@@ -80,15 +81,14 @@ def get_config(preset: str = "tiny"):
   c.ppo.update(scorer="gap_reward_model", policy_template=TEMPLATE, epochs=2, kl_coef=0.05,
                adaptive_kl=True, target_kl=4.0)
   c.checkpoint.keep = 1
-  scalar = dict(head="scalar")
   if preset in ("tiny", "smoke"):
-    tiny(c, scalar, smoke=preset == "smoke")
+    tiny(c, smoke=preset == "smoke")
   else:
-    llama7b(c, scalar)
+    llama7b(c)
   return c
 
 
-def tiny(c, scalar, smoke: bool):
+def tiny(c, smoke: bool):
   # Bytes: a policy reads the post's tail + "TL;DR:" and writes <= 159 bytes (most TL;DRs
   # whole; <= 384 in all); M_PIT and r_gap also read the reference summary and the request
   # (<= 512). Sampled prompts keep their last 352 bytes (512 - 160), answers <= 128 bytes.
@@ -104,17 +104,7 @@ def tiny(c, scalar, smoke: bool):
   c.pit.max_rl_prompts = 512
   if smoke:  # the validation split (a fixture's in CI); every stage, a few steps
     c.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, d_ff=64)  # compile time
-    c.pit.max_rl_prompts = 16
-    c.pit.max_eval_prompts = 4
-    c.improve.update(max_iters=2, max_new_tokens=8, batch_size=4)
-    c.ppo.update(rollout_batch_size=4, max_new_tokens=8)
-    steps = dict(steps=2, batch_size=4, learning_rate=1e-3, log_every=1)
-    c.pit.policy_sft = stage_overrides(**steps)
-    c.pit.pit_sft = stage_overrides(**steps, data=pit_data)
-    c.pit.reward = stage_overrides(**steps, model=scalar)
-    c.pit.gap_reward = stage_overrides(**steps, model=scalar, data=pit_data)
-    c.pit.rl = stage_overrides(steps=2, batch_size=4, learning_rate=1e-4, log_every=1,
-                               end_lr_ratio=1.0, weight_decay=0.0)
+    pit_smoke_stages(c, pit_data)
     return
   c.pit.eval_split = ""        # held out from the training pairs (see the docstring)
   c.data.eval_fraction = 0.005
@@ -123,43 +113,24 @@ def tiny(c, scalar, smoke: bool):
   c.pit.pit_sft = stage_overrides(steps=200, batch_size=16, learning_rate=3e-3, warmup_steps=20,
                                   eval_every=100, checkpoint_every=100, log_every=10, data=pit_data)
   c.pit.reward = stage_overrides(steps=100, batch_size=16, learning_rate=1e-3, warmup_steps=10,
-                                 eval_every=100, weight_decay=0.0, log_every=10, model=scalar)
+                                 eval_every=100, weight_decay=0.0, log_every=10, model=SCALAR)
   c.pit.gap_reward = stage_overrides(steps=100, batch_size=8, learning_rate=1e-3, warmup_steps=10,
-                                     eval_every=100, weight_decay=0.0, log_every=10, model=scalar,
+                                     eval_every=100, weight_decay=0.0, log_every=10, model=SCALAR,
                                      data=pit_data)
   # 32 rollouts / 16 per minibatch x 2 epochs = 4 updates per rollout; 6 rollouts a round.
   c.pit.rl = stage_overrides(steps=24, batch_size=16, learning_rate=5e-5, checkpoint_every=12,
                              end_lr_ratio=1.0, weight_decay=0.0, log_every=4)
 
 
-def llama7b(c, scalar):
+def llama7b(c):
   # Llama tokens: header + title + post <= ~600, summaries <= 128 (the filtered TL;DRs have
   # 24-48 GPT-2 tokens); M_PIT / r_gap add the reference and the request.
   policy_data = dict(max_len=768, max_response_len=128, buckets=(256, 512, 768))
   pit_data = dict(max_len=1024, max_response_len=128, buckets=(512, 768, 1024))
   c.data.update(**policy_data)
-  c.model.update(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32,
-                 d_ff=11008, max_seq_len=4096, norm_eps=1e-5, dtype="bfloat16",
-                 param_dtype="float32", remat="full")
-  c.mesh.shape = (1, -1, 1)  # FSDP over every chip of the slice
-  c.train.accum_steps = 4
+  llama7b_pit(c, pit_data)  # model, FSDP mesh, stage steps / learning rates
   c.improve.update(max_new_tokens=128, batch_size=64, max_prompt_len=896,
                    prompt_buckets=(256, 512, 896))
   c.ppo.update(rollout_batch_size=512, max_new_tokens=128, max_prompt_len=896,
                prompt_buckets=(512, 896), reward_max_len=1024)
   c.pit.max_eval_prompts = 2000  # the first 2000 validation comparisons (Reddit; posts repeat)
-  c.pit.policy_sft = stage_overrides(steps=2000, batch_size=128, learning_rate=2e-5,
-                                     warmup_steps=50, eval_every=500, checkpoint_every=250,
-                                     weight_decay=0.0)
-  c.pit.pit_sft = stage_overrides(steps=2000, batch_size=128, learning_rate=2e-5, warmup_steps=50,
-                                  eval_every=500, checkpoint_every=250, weight_decay=0.0,
-                                  data=pit_data)
-  c.pit.reward = stage_overrides(steps=1000, batch_size=128, learning_rate=9e-6, warmup_steps=50,
-                                 eval_every=250, checkpoint_every=250, weight_decay=0.0,
-                                 model=scalar)
-  c.pit.gap_reward = stage_overrides(steps=1000, batch_size=64, learning_rate=9e-6, warmup_steps=50,
-                                     eval_every=250, checkpoint_every=250, weight_decay=0.0,
-                                     model=scalar, data=pit_data)
-  # 512 rollouts / 128 per minibatch x 2 epochs = 8 updates per rollout.
-  c.pit.rl = stage_overrides(steps=800, batch_size=128, learning_rate=1e-6, checkpoint_every=80,
-                             end_lr_ratio=1.0, weight_decay=0.0)

@@ -154,3 +154,47 @@ def pit_defaults() -> ml_collections.ConfigDict:
       pit_sft_init_from_policy=False,  # M_PIT^SFT starts from M_P (our stand-in for a pretrained LM)
       llm_judge_dir="",             # HF directory of an LLM judge for the evaluation ('' -> none)
   ))
+
+
+SCALAR = dict(head="scalar")   # the reward stages' model override
+
+
+def pit_smoke_stages(c, pit_data: dict):
+  """The `smoke` presets of the PIT configs: every stage, a few steps each (CI)."""
+  c.pit.max_rl_prompts = 16
+  c.pit.max_eval_prompts = 4
+  c.improve.update(max_iters=2, max_new_tokens=8, batch_size=4)
+  c.ppo.update(rollout_batch_size=4, max_new_tokens=8)
+  steps = dict(steps=2, batch_size=4, learning_rate=1e-3, log_every=1)
+  c.pit.policy_sft = stage_overrides(**steps)
+  c.pit.pit_sft = stage_overrides(**steps, data=pit_data)
+  c.pit.reward = stage_overrides(**steps, model=SCALAR)
+  c.pit.gap_reward = stage_overrides(**steps, model=SCALAR, data=pit_data)
+  c.pit.rl = stage_overrides(steps=2, batch_size=4, learning_rate=1e-4, log_every=1,
+                             end_lr_ratio=1.0, weight_decay=0.0)
+
+
+def llama7b_pit(c, pit_data: dict):
+  """Llama-2-7B-shaped policy and reward models (bf16 compute, fp32 master weights, full
+  remat), FSDP over every chip of a pod slice, and the PIT stages' steps / learning rates;
+  the caller sets the lengths (data, improve, ppo)."""
+  c.model.update(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32,
+                 d_ff=11008, max_seq_len=4096, norm_eps=1e-5, dtype="bfloat16",
+                 param_dtype="float32", remat="full")
+  c.mesh.shape = (1, -1, 1)
+  c.train.accum_steps = 4
+  c.pit.policy_sft = stage_overrides(steps=2000, batch_size=128, learning_rate=2e-5,
+                                     warmup_steps=50, eval_every=500, checkpoint_every=250,
+                                     weight_decay=0.0)
+  c.pit.pit_sft = stage_overrides(steps=2000, batch_size=128, learning_rate=2e-5, warmup_steps=50,
+                                  eval_every=500, checkpoint_every=250, weight_decay=0.0,
+                                  data=pit_data)
+  c.pit.reward = stage_overrides(steps=1000, batch_size=128, learning_rate=9e-6, warmup_steps=50,
+                                 eval_every=250, checkpoint_every=250, weight_decay=0.0,
+                                 model=SCALAR)
+  c.pit.gap_reward = stage_overrides(steps=1000, batch_size=64, learning_rate=9e-6, warmup_steps=50,
+                                     eval_every=250, checkpoint_every=250, weight_decay=0.0,
+                                     model=SCALAR, data=pit_data)
+  # 512 rollouts / 128 per minibatch x 2 epochs = 8 updates per rollout.
+  c.pit.rl = stage_overrides(steps=800, batch_size=128, learning_rate=1e-6, checkpoint_every=80,
+                             end_lr_ratio=1.0, weight_decay=0.0)

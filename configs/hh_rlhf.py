@@ -23,9 +23,9 @@ Presets:
 """
 import os
 
-from pit.config_base import (SCALAR, base_config, gap_reward_defaults, improve_defaults,
+from pit.config_base import (base_config, gap_reward_defaults, improve_defaults,
                              llama7b_pit, pit_defaults, pit_smoke_stages, ppo_defaults,
-                             reward_defaults, stage_overrides)
+                             reward_defaults, tiny_pit_stages)
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_HH = os.path.join(os.path.dirname(_REPO), "shared", "data", "hh-rlhf")
@@ -75,18 +75,7 @@ def tiny(c, smoke: bool):
     c.model.update(d_model=32, num_heads=2, num_kv_heads=1, d_ff=64)
     pit_smoke_stages(c, pit_data)
     return
-  c.pit.policy_sft = stage_overrides(steps=300, batch_size=16, learning_rate=3e-3, warmup_steps=20,
-                                     eval_every=150, checkpoint_every=150, log_every=10)
-  c.pit.pit_sft = stage_overrides(steps=300, batch_size=16, learning_rate=3e-3, warmup_steps=20,
-                                  eval_every=150, checkpoint_every=150, log_every=10, data=pit_data)
-  c.pit.reward = stage_overrides(steps=150, batch_size=16, learning_rate=1e-3, warmup_steps=10,
-                                 eval_every=150, weight_decay=0.0, log_every=10, model=SCALAR)
-  c.pit.gap_reward = stage_overrides(steps=150, batch_size=8, learning_rate=1e-3, warmup_steps=10,
-                                     eval_every=150, weight_decay=0.0, log_every=10, model=SCALAR,
-                                     data=pit_data)
-  # 32 rollouts / 16 per minibatch x 2 epochs = 4 updates per rollout; 6 rollouts a round.
-  c.pit.rl = stage_overrides(steps=24, batch_size=16, learning_rate=5e-5, checkpoint_every=12,
-                             end_lr_ratio=1.0, weight_decay=0.0, log_every=4)
+  tiny_pit_stages(c, pit_data, sft_steps=300, rm_steps=150)
 
 
 def llama7b(c):

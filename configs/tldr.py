@@ -51,9 +51,9 @@ Presets:
     `--config.tokenizer.kind=hf --config.tokenizer.path=DIR` (with the byte default these
     lengths cut posts hard).
 """
-from pit.config_base import (SCALAR, base_config, gap_reward_defaults, improve_defaults,
+from pit.config_base import (base_config, gap_reward_defaults, improve_defaults,
                              llama7b_pit, pit_defaults, pit_smoke_stages, ppo_defaults,
-                             reward_defaults, stage_overrides)
+                             reward_defaults, tiny_pit_stages)
 
 TEMPLATE = "{prompt} {reference}\n\nBETTER TL;DR:"
 # Self-Refine (the baseline): a critique of the TL;DR, then a revision given it.
@@ -108,18 +108,7 @@ def tiny(c, smoke: bool):
     return
   c.pit.eval_split = ""        # held out from the training pairs (see the docstring)
   c.data.eval_fraction = 0.005
-  c.pit.policy_sft = stage_overrides(steps=200, batch_size=16, learning_rate=3e-3, warmup_steps=20,
-                                     eval_every=100, checkpoint_every=100, log_every=10)
-  c.pit.pit_sft = stage_overrides(steps=200, batch_size=16, learning_rate=3e-3, warmup_steps=20,
-                                  eval_every=100, checkpoint_every=100, log_every=10, data=pit_data)
-  c.pit.reward = stage_overrides(steps=100, batch_size=16, learning_rate=1e-3, warmup_steps=10,
-                                 eval_every=100, weight_decay=0.0, log_every=10, model=SCALAR)
-  c.pit.gap_reward = stage_overrides(steps=100, batch_size=8, learning_rate=1e-3, warmup_steps=10,
-                                     eval_every=100, weight_decay=0.0, log_every=10, model=SCALAR,
-                                     data=pit_data)
-  # 32 rollouts / 16 per minibatch x 2 epochs = 4 updates per rollout; 6 rollouts a round.
-  c.pit.rl = stage_overrides(steps=24, batch_size=16, learning_rate=5e-5, checkpoint_every=12,
-                             end_lr_ratio=1.0, weight_decay=0.0, log_every=4)
+  tiny_pit_stages(c, pit_data, sft_steps=200, rm_steps=100)
 
 
 def llama7b(c):

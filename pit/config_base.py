@@ -174,6 +174,26 @@ def pit_smoke_stages(c, pit_data: dict):
                              end_lr_ratio=1.0, weight_decay=0.0)
 
 
+def tiny_pit_stages(c, pit_data: dict, *, sft_steps: int, rm_steps: int):
+  """The `tiny` presets of the PIT configs (byte models from scratch on CPU): both SFT
+  stages `sft_steps`, both reward stages `rm_steps`, evaluated and checkpointed every
+  `rm_steps`; two short RL rounds."""
+  c.pit.policy_sft = stage_overrides(steps=sft_steps, batch_size=16, learning_rate=3e-3,
+                                     warmup_steps=20, eval_every=rm_steps,
+                                     checkpoint_every=rm_steps, log_every=10)
+  c.pit.pit_sft = stage_overrides(steps=sft_steps, batch_size=16, learning_rate=3e-3,
+                                  warmup_steps=20, eval_every=rm_steps, checkpoint_every=rm_steps,
+                                  log_every=10, data=pit_data)
+  c.pit.reward = stage_overrides(steps=rm_steps, batch_size=16, learning_rate=1e-3, warmup_steps=10,
+                                 eval_every=rm_steps, weight_decay=0.0, log_every=10, model=SCALAR)
+  c.pit.gap_reward = stage_overrides(steps=rm_steps, batch_size=8, learning_rate=1e-3,
+                                     warmup_steps=10, eval_every=rm_steps, weight_decay=0.0,
+                                     log_every=10, model=SCALAR, data=pit_data)
+  # 32 rollouts / 16 per minibatch x 2 epochs = 4 updates per rollout; 6 rollouts a round.
+  c.pit.rl = stage_overrides(steps=24, batch_size=16, learning_rate=5e-5, checkpoint_every=12,
+                             end_lr_ratio=1.0, weight_decay=0.0, log_every=4)
+
+
 def llama7b_pit(c, pit_data: dict):
   """Llama-2-7B-shaped policy and reward models (bf16 compute, fp32 master weights, full
   remat), FSDP over every chip of a pod slice, and the PIT stages' steps / learning rates;

@@ -153,6 +153,9 @@ def pit_defaults() -> ml_collections.ConfigDict:
                                     # Self-Refine and the extra 'original_greedy' use improve.temperature
       pit_sft_init_from_policy=False,  # M_PIT^SFT starts from M_P (our stand-in for a pretrained LM)
       llm_judge_dir="",             # HF directory of an LLM judge for the evaluation ('' -> none)
+      sampled_eval_samples=4,       # inference: also sample this many one-step improvements of the
+                                    # Original per prompt from M_PIT^RL and M_PIT^SFT (0: skip)
+      sampled_eval_temperature=1.0,  # their temperature (the RL rollouts' distribution)
   ))
 
 

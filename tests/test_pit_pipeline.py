@@ -77,6 +77,10 @@ def test_synthetic_smoke_runs_every_stage_writes_the_report_and_skips_done_stage
   assert set(by_iter) == {"pit", "pit_no_stop", "pit_sft", "self_refine"}
   assert all(len(v) == 3 for v in by_iter.values())  # t = 0, 1, 2
   assert infer["original_temperature"] == 1.0 and "oracle_original_greedy" in infer
+  sampled = infer["sampled_improvement"]   # RL vs SFT-only on the sampled distribution
+  assert sampled["samples"] == 4 and set(sampled["oracle"]) == {"pit", "pit_sft"}
+  assert set(sampled["oracle_diff"]) == {"pit-pit_sft"}
+  assert "One sampled improvement of the Original" in report
   greedy = json.loads((wd / "evaluate" / "alpaca_eval_original_greedy.json").read_text())
   assert len(greedy) == 8
   # M_PIT^SFT started from M_P (pit.pit_sft_init_from_policy in the smoke preset)
@@ -103,3 +107,32 @@ def test_hh_rlhf_data_stage_on_the_shared_file(shared_dir, tmp_path):
   row = json.loads((tmp_path / "data" / "pit_sft_train.jsonl").read_text().splitlines()[0])
   assert row["prompt"].startswith("\n\nHuman:") and row["prompt"].endswith("\n\nAssistant:")
   assert "Can you give a better response than that one?" in row["prompt"]
+
+
+def test_sampled_improvement_means_and_paired_difference():
+  """Means over samples and prompts and the paired per-prompt difference, against numpy."""
+  import numpy as np
+  prompts, refs = ["a", "bb", "ccc"], ["x", "y", "z"]
+  seen = []
+
+  def gen_fn(shift):
+    def gen(inputs, call):
+      seen.append(inputs)
+      return [f"{len(i) + shift + call}" for i in inputs]
+    return gen
+
+  score = lambda ps, rs: np.array([float(r) * len(p) for p, r in zip(ps, rs)])
+  out = pit_pipeline.sampled_improvement({"pit": gen_fn(2), "pit_sft": gen_fn(0)}, prompts, refs,
+                                         {"oracle": score}, template="plain", samples=3)
+  lens = np.array([len(pit_pipeline.pit_format.policy_prompt(p, r, "plain"))
+                   for p, r in zip(prompts, refs)], np.float64)
+  w = np.array([1.0, 2.0, 3.0])
+  pit_pp = np.mean([(lens + 2 + k) * w for k in range(3)], axis=0)
+  sft_pp = np.mean([(lens + k) * w for k in range(3)], axis=0)
+  assert seen[0] == [pit_pipeline.pit_format.policy_prompt(p, r, "plain")
+                     for p, r in zip(prompts, refs)]
+  assert out["samples"] == 3
+  np.testing.assert_allclose(out["oracle"]["pit"], pit_pp.mean())
+  np.testing.assert_allclose(out["oracle"]["pit_sft"], sft_pp.mean())
+  d = pit_pp - sft_pp
+  np.testing.assert_allclose(out["oracle_diff"]["pit-pit_sft"], [d.mean(), d.std(ddof=1) / np.sqrt(3)])

@@ -264,6 +264,33 @@ def _mean_scores(scorer, prompts, responses_by_iter) -> list[float]:
   return [float(np.mean(scorer(prompts, r))) for r in responses_by_iter]
 
 
+def sampled_improvement(generate_fns: dict, prompts, references, scorers_by_judge: dict, *,
+                        template: str, samples: int) -> dict:
+  """One improvement step y ~ M(.|x, y_ref) sampled `samples` times per prompt for each
+  system in `generate_fns` (name -> GenerateFn), scored by each judge: the policy
+  distribution RL optimises, where greedy decoding shows only its mode. Returns
+  {judge: {system: mean}, judge + '_diff': {'a-b': (mean, stderr)}} where the
+  difference is paired per prompt (same prompts and references) between the first
+  system and each other one."""
+  inputs = [pit_format.policy_prompt(x, y, template) for x, y in zip(prompts, references)]
+  per_prompt = {j: {} for j in scorers_by_judge}
+  for name, gen in generate_fns.items():
+    draws = [gen(inputs, k) for k in range(int(samples))]
+    for judge, scorer in scorers_by_judge.items():
+      per_prompt[judge][name] = np.mean([np.asarray(scorer(prompts, d), np.float64)
+                                         for d in draws], axis=0)
+  out = {"samples": int(samples)}
+  names = list(generate_fns)
+  for judge, by_name in per_prompt.items():
+    out[judge] = {n: float(v.mean()) for n, v in by_name.items()}
+    out[f"{judge}_diff"] = {}
+    for other in names[1:]:
+      d = by_name[names[0]] - by_name[other]
+      se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+      out[f"{judge}_diff"][f"{names[0]}-{other}"] = [float(d.mean()), se]
+  return out
+
+
 def inference_stage(config, workdir: str):
   def run(d):
     c = derive(config, "improve", "inference")
@@ -313,9 +340,18 @@ def inference_stage(config, workdir: str):
                "pit_accepted_mean": float(results["pit"].accepted.mean()),
                "self_refine_stopped_at": np.bincount(refine.stopped_at, minlength=T + 1).tolist()}
     rm = _reward_scorer(config, workdir, rt)
-    for judge_name, scorer in (("oracle", _oracle(config)), ("reward_model", rm)):
-      if scorer is None:
-        continue
+    judges = {k: v for k, v in (("oracle", _oracle(config)), ("reward_model", rm)) if v is not None}
+    if int(pcfg.sampled_eval_samples) > 0:
+      sample_cfg = ml_collections.ConfigDict(
+          {**icfg.to_dict(), "temperature": float(pcfg.sampled_eval_temperature)})
+      gens = {name: improve_pipeline.load_generate_fn(rt, sample_cfg, src, name, seed_offset=7)
+              for name, src in (("pit", final_policy_dir(config, workdir)),
+                                ("pit_sft", stages.stage_dir(workdir, PIT_SFT)))}
+      summary["sampled_improvement"] = {
+          "temperature": float(pcfg.sampled_eval_temperature),
+          **sampled_improvement(gens, prompts, original, judges, template=tmpl,
+                                samples=int(pcfg.sampled_eval_samples))}
+    for judge_name, scorer in judges.items():
       summary[f"{judge_name}_by_iteration"] = {
           name: _mean_scores(scorer, prompts, iters) for name, iters in by_iter.items()}
       summary[f"{judge_name}_chosen"] = _mean_scores(scorer, prompts, [[r["chosen"] for r in rows]])[0]
@@ -445,6 +481,19 @@ def _notes(config, workdir: str, summaries: dict, infer: dict) -> str:
       lines.append(f"\nchosen responses y_w: {infer.get(f'{judge_name}_chosen', float('nan')):.4f}; "
                    f"greedy M_P answers: "
                    f"{infer.get(f'{judge_name}_original_greedy', float('nan')):.4f}\n")
+  sampled = infer.get("sampled_improvement")
+  if sampled:
+    lines += [f"## One sampled improvement of the Original (temperature {sampled['temperature']:g}, "
+              f"{sampled['samples']} samples per prompt)\n",
+              "| judge | " + " | ".join(sampled["oracle" if "oracle" in sampled else "reward_model"])
+              + " | paired difference ± s.e. |", "|---|---|---|---|"]
+    for judge_name in ("oracle", "reward_model"):
+      if judge_name in sampled:
+        means = " | ".join(f"{v:.4f}" for v in sampled[judge_name].values())
+        diffs = "; ".join(f"{k}: {m:+.4f} ± {se:.4f}"
+                          for k, (m, se) in sampled[f"{judge_name}_diff"].items())
+        lines.append(f"| {judge_name} | {means} | {diffs} |")
+    lines.append("")
   return "\n".join(lines)
 
 

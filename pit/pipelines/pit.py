@@ -13,7 +13,8 @@ once done (`pit.stages`) and resumes from its own checkpoints when interrupted:
               (`pit.rl_rounds`); each round starts from the previous round's policy
   inference   Original y_0 ~ M_P(x) (sampled at pit.original_temperature; the greedy answer
               is reported beside it); PIT y_{t+1} = M_PIT(x, y_t) with the gap-reward
-              stopping rule (and without it, and with the SFT-only M_PIT); Self-Refine
+              stopping rule (and without it, and with the SFT-only M_PIT); Self-Refine;
+              sampled one-step improvements of M_PIT^RL vs M_PIT^SFT (pit.sampled_eval_samples)
   evaluate    win / lose / delta judged both ways round by the oracle (synthetic task),
               the reward model and an LLM judge (`pit.llm_judge_dir`); AlpacaEval files;
               WORKDIR/report.md with PNG plots

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -36,9 +36,16 @@ class Checkpointer:
     logging.info("restored checkpoint step %d from %s", step, self.directory)
     return restored["state"], dict(restored["data"] or {}), step
 
-  def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
-    """Restores only the `params` of a saved train state (no optimizer state is read)."""
+  def restore_params(self, abstract_params: Any, step: int | None = None,
+                     allow_missing: Callable[[str], bool] | None = None) -> tuple[Any, int]:
+    """Restores only the `params` of a saved train state (no optimizer state is read).
+    A param the checkpoint lacks is an error, unless `allow_missing(top-level key)`:
+    then it comes back as its abstract `jax.ShapeDtypeStruct` for the caller to fill."""
     step = self._step(step)
+    if allow_missing is not None:
+      saved = set(self.saved_param_keys(step))
+      abstract_params = {k: v for k, v in abstract_params.items()
+                         if k in saved or not allow_missing(k)}
     args = ocp.args.Composite(state=_restore_args({"params": abstract_params}, partial=True))
     restored = self.manager.restore(step, args=args)["state"]
     missing = [jax.tree_util.keystr(path) for path, leaf in
@@ -48,6 +55,13 @@ class Checkpointer:
       raise ValueError(f"checkpoint {self.directory} step {step} has no params{missing[0]} "
                        f"(and {len(missing) - 1} more): it was saved for another model")
     return restored["params"], step
+
+  def saved_param_keys(self, step: int | None = None) -> list[str]:
+    """Top-level keys of the params saved at `step` (read from metadata, no arrays)."""
+    path = os.path.join(self.directory, str(self._step(step)), "state")
+    meta = ocp.PyTreeCheckpointer().metadata(path)
+    tree = getattr(meta, "item_metadata", meta)
+    return list(tree["params"].keys())
 
   def _step(self, step):
     step = self.latest_step() if step is None else step

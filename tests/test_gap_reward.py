@@ -255,3 +255,38 @@ def test_pipeline_rejects_an_lm_head(tmp_path):
   config.model.head = "lm"
   with pytest.raises(ValueError, match="model.head must be 'scalar'"):
     run(config, str(tmp_path))
+
+
+def test_deeper_reward_model_from_an_lm_trunk_starts_as_that_trunk(tmp_path):
+  """trunk_from_lm_checkpoint: an RM with one block more than the LM takes the LM's
+  blocks, and its extra top block is the identity, so it scores exactly as the
+  same-depth RM with the same head; a gap in the middle is an error."""
+  from pit.checkpoint import Checkpointer
+  from pit.pipelines import common, reward
+  m, rules = mesh((1, 1, 1)), shd.DEFAULT_RULES
+  lm = tiny_mdef(vocab_size=V)
+  lm_params = init_params(lm, m, rules, 3)
+  ckpt = Checkpointer(str(tmp_path / "lm"), save_every=1, keep=1, async_save=False)
+  ckpt.save(1, {"params": lm_params}, {})
+  ckpt.close()
+  rt = lambda mdef: common.Runtime(m, rules, TOK, mdef)
+  same = reward.trunk_from_lm_checkpoint(rt(tiny_mdef(vocab_size=V, head="scalar")),
+                                         str(tmp_path / "lm"), 0)
+  deep_def = tiny_mdef(vocab_size=V, head="scalar", num_layers=3)
+  deep = reward.trunk_from_lm_checkpoint(rt(deep_def), str(tmp_path / "lm"), 0)
+  for k in ("embed", "block_0", "block_1", "final_norm"):
+    jax.tree.map(np.testing.assert_array_equal, deep[k], lm_params[k])
+  assert not np.any(deep["block_2"]["attn"]["wo"]) and not np.any(deep["block_2"]["mlp"]["w_down"])
+  assert np.any(deep["block_2"]["attn"]["wq"])      # the rest of the new block is trainable
+  deep.update(score=same["score"], score_bias=same["score_bias"])
+  tokens = np.random.default_rng(0).integers(3, V, (2, 12)).astype(np.int32)
+  mask = np.ones_like(tokens, bool)
+  score = lambda mdef, p: np.asarray(losses.score_sequences(mdef.merge(p), tokens, mask))
+  np.testing.assert_allclose(score(deep_def, deep),
+                             score(tiny_mdef(vocab_size=V, head="scalar"), same), rtol=1e-6)
+  lm1 = {k: v for k, v in lm_params.items() if k != "block_0"}   # the LM lacks a lower block
+  ckpt = Checkpointer(str(tmp_path / "holey"), save_every=1, keep=1, async_save=False)
+  ckpt.save(1, {"params": lm1}, {})
+  ckpt.close()
+  with pytest.raises(ValueError, match="block_0"):
+    reward.trunk_from_lm_checkpoint(rt(deep_def), str(tmp_path / "holey"), 0)

@@ -94,19 +94,31 @@ def make_pair_eval_fn(rt, examples, config, loss_fn, extra=None, prefix=""):
 
 
 def trunk_from_lm_checkpoint(rt, checkpoint_dir: str, seed: int):
-  """Scalar-model params: a fresh head (`score`, `score_bias`) on the trunk of
-  an LM checkpoint of the same shape."""
+  """Scalar-model params: a fresh head (`score`, `score_bias`) on the trunk of an
+  LM checkpoint of the same width. A reward model deeper than the LM (model.num_layers
+  above the checkpoint's) takes the LM's blocks as its lower blocks; each extra top block
+  starts as the identity (its attention and MLP output projections zero), so training
+  starts from exactly the LM trunk's features."""
   shardings = rt.mdef.shardings(rt.mesh, rt.rules)
   head = ("score", "score_bias")
   target = {k: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             rt.mdef.abstract_params[k], shardings[k])
             for k in rt.mdef.abstract_params if k not in head}
   ckpt = Checkpointer(checkpoint_dir, save_every=1, keep=1, async_save=False)
-  trunk, step = ckpt.restore_params(target)
+  trunk, step = ckpt.restore_params(target, allow_missing=lambda k: k.startswith("block_"))
   ckpt.close()
+  extra = sorted((k for k in target if k not in trunk), key=lambda k: int(k.split("_")[1]))
+  n_lm = len(target) - len(extra) - sum(not k.startswith("block_") for k in target)
+  if [int(k.split("_")[1]) for k in extra] != list(range(n_lm, n_lm + len(extra))):
+    raise ValueError(f"{checkpoint_dir}: the LM lacks {extra}, not only the reward model's top blocks")
   params = dict(init_params(rt.mdef, rt.mesh, rt.rules, seed))
+  for k in extra:
+    block = params[k]
+    params[k] = {**block, "attn": {**block["attn"], "wo": block["attn"]["wo"] * 0},
+                 "mlp": {**block["mlp"], "w_down": block["mlp"]["w_down"] * 0}}
   params.update(trunk)
-  logging.info("reward model trunk from %s step %d", checkpoint_dir, step)
+  logging.info("reward model trunk from %s step %d%s", checkpoint_dir, step,
+               f" (+{len(extra)} identity-initialised top blocks)" if extra else "")
   return params
 
 

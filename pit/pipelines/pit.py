@@ -300,20 +300,22 @@ def inference_stage(config, workdir: str):
     rows = list(records.read_jsonl(_path(workdir, DATA, "eval_set.jsonl"), ("prompt", "chosen")))
     prompts = [r["prompt"] for r in rows]
     policy_dir = stages.stage_dir(workdir, POLICY)
-    policy = improve_pipeline.load_generate_fn(rt, icfg, policy_dir, "policy")
+    samplers = {}   # one compiled sampler per model shape, shared by every system below
+    policy = improve_pipeline.load_generate_fn(rt, icfg, policy_dir, "policy", samplers=samplers)
     greedy_original = policy(prompts, 0)
     original = greedy_original
     if float(pcfg.original_temperature) != float(icfg.temperature):   # y_P ~ M_P(.|x)
       sample_cfg = ml_collections.ConfigDict(
           {**icfg.to_dict(), "temperature": float(pcfg.original_temperature)})
-      original = improve_pipeline.load_generate_fn(rt, sample_cfg, policy_dir, "policy")(prompts, 0)
+      original = improve_pipeline.load_generate_fn(rt, sample_cfg, policy_dir, "policy",
+                                                  samplers=samplers)(prompts, 0)
     gap = _gap_scorer(config, workdir, rt, c)
     tmpl, T = pcfg.template, int(icfg.max_iters)
     results = {}
     for name, src, scorer in (("pit", final_policy_dir(config, workdir), gap),
                               ("pit_no_stop", final_policy_dir(config, workdir), None),
                               ("pit_sft", stages.stage_dir(workdir, PIT_SFT), gap)):
-      gen = improve_pipeline.load_generate_fn(rt, icfg, src, name)
+      gen = improve_pipeline.load_generate_fn(rt, icfg, src, name, samplers=samplers)
       results[name] = improve.iterative_improve(gen, prompts, original, template=tmpl, max_iters=T,
                                                 gap_scorer=scorer, min_gain=float(icfg.min_gain))
     fb, rf, stop = improve_pipeline.refine_templates(
@@ -345,7 +347,8 @@ def inference_stage(config, workdir: str):
     if int(pcfg.sampled_eval_samples) > 0:
       sample_cfg = ml_collections.ConfigDict(
           {**icfg.to_dict(), "temperature": float(pcfg.sampled_eval_temperature)})
-      gens = {name: improve_pipeline.load_generate_fn(rt, sample_cfg, src, name, seed_offset=7)
+      gens = {name: improve_pipeline.load_generate_fn(rt, sample_cfg, src, name, seed_offset=7,
+                                                     samplers=samplers)
               for name, src in (("pit", final_policy_dir(config, workdir)),
                                 ("pit_sft", stages.stage_dir(workdir, PIT_SFT)))}
       summary["sampled_improvement"] = {

@@ -40,7 +40,7 @@ class Checkpointer:
                      allow_missing: Callable[[str], bool] | None = None) -> tuple[Any, int]:
     """Restores only the `params` of a saved train state (no optimizer state is read).
     A param the checkpoint lacks is an error, unless `allow_missing(top-level key)`:
-    then it comes back as its abstract `jax.ShapeDtypeStruct` for the caller to fill."""
+    then that key is left out of the result for the caller to fill."""
     step = self._step(step)
     if allow_missing is not None:
       saved = set(self.saved_param_keys(step))

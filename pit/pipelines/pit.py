@@ -292,6 +292,11 @@ def sampled_improvement(generate_fns: dict, prompts, references, scorers_by_judg
   return out
 
 
+def _at_temperature(icfg, temperature) -> ml_collections.ConfigDict:
+  """A copy of the `improve` section sampling at `temperature`."""
+  return ml_collections.ConfigDict({**icfg.to_dict(), "temperature": float(temperature)})
+
+
 def inference_stage(config, workdir: str):
   def run(d):
     c = derive(config, "improve", "inference")
@@ -305,8 +310,7 @@ def inference_stage(config, workdir: str):
     greedy_original = policy(prompts, 0)
     original = greedy_original
     if float(pcfg.original_temperature) != float(icfg.temperature):   # y_P ~ M_P(.|x)
-      sample_cfg = ml_collections.ConfigDict(
-          {**icfg.to_dict(), "temperature": float(pcfg.original_temperature)})
+      sample_cfg = _at_temperature(icfg, pcfg.original_temperature)
       original = improve_pipeline.load_generate_fn(rt, sample_cfg, policy_dir, "policy",
                                                   samplers=samplers)(prompts, 0)
     gap = _gap_scorer(config, workdir, rt, c)
@@ -345,8 +349,7 @@ def inference_stage(config, workdir: str):
     rm = _reward_scorer(config, workdir, rt)
     judges = {k: v for k, v in (("oracle", _oracle(config)), ("reward_model", rm)) if v is not None}
     if int(pcfg.sampled_eval_samples) > 0:
-      sample_cfg = ml_collections.ConfigDict(
-          {**icfg.to_dict(), "temperature": float(pcfg.sampled_eval_temperature)})
+      sample_cfg = _at_temperature(icfg, pcfg.sampled_eval_temperature)
       gens = {name: improve_pipeline.load_generate_fn(rt, sample_cfg, src, name, seed_offset=7,
                                                      samplers=samplers)
               for name, src in (("pit", final_policy_dir(config, workdir)),

@@ -108,7 +108,7 @@ def trunk_from_lm_checkpoint(rt, checkpoint_dir: str, seed: int):
   trunk, step = ckpt.restore_params(target, allow_missing=lambda k: k.startswith("block_"))
   ckpt.close()
   extra = sorted((k for k in target if k not in trunk), key=lambda k: int(k.split("_")[1]))
-  n_lm = len(target) - len(extra) - sum(not k.startswith("block_") for k in target)
+  n_lm = sum(k.startswith("block_") for k in trunk)
   if [int(k.split("_")[1]) for k in extra] != list(range(n_lm, n_lm + len(extra))):
     raise ValueError(f"{checkpoint_dir}: the LM lacks {extra}, not only the reward model's top blocks")
   params = dict(init_params(rt.mdef, rt.mesh, rt.rules, seed))

@@ -62,8 +62,8 @@ def pit_config(c, smoke: bool):
   pit_data = dict(max_len=112, max_response_len=33, buckets=(80, 112))
   c.improve.update(template="plain", max_iters=3, max_new_tokens=33, batch_size=64,
                    temperature=0.0, prompt_buckets=(32, 80, 160), max_prompt_len=160)
-  # A gentle RL (lr 2e-5, KL target 0.5): at lr 5e-5 / target 2.0 the policy hacked the 87 %-
-  # accurate gap RM (oracle of greedy answers 0.792 -> 0.764); see BUILD_NOTES.
+  # A gentle RL (lr 2e-5, KL target 0.5): at lr 5e-5 / target 2.0 the policy hacked an 87 %-
+  # accurate gap RM (the earlier 1200-step one; greedy oracle 0.792 -> 0.764); see BUILD_NOTES.
   c.ppo.update(scorer="gap_reward_model", policy_template="plain", rollout_batch_size=128,
                max_new_tokens=33, max_prompt_len=80, prompt_buckets=(80,), epochs=2,
                kl_coef=0.1, adaptive_kl=True, target_kl=0.5, kl_horizon=512.0)
@@ -94,7 +94,9 @@ def pit_config(c, smoke: bool):
   c.pit.reward = stage_overrides(steps=400, batch_size=32, learning_rate=1e-3, warmup_steps=20,
                                  eval_every=200, checkpoint_every=200, weight_decay=0.0,
                                  log_every=20, model=scalar)
-  c.pit.gap_reward = stage_overrides(steps=1200, batch_size=16, learning_rate=1e-3, warmup_steps=50,
+  # Gap RM: 4000 steps at lr 5e-4 reach 0.90 held-out ordering accuracy; 1200 steps at 1e-3
+  # stopped at 0.87 (see BUILD_NOTES, "Gap RM").
+  c.pit.gap_reward = stage_overrides(steps=4000, batch_size=16, learning_rate=5e-4, warmup_steps=50,
                                      eval_every=400, checkpoint_every=400, weight_decay=0.0,
                                      log_every=50, model=scalar, data=pit_data)
   # 128 rollouts / 64 per minibatch x 2 epochs = 4 updates per rollout; 30 rollouts a round.

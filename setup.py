@@ -5,7 +5,11 @@ setup(
     version="0.1.0",
     description="PIT: JAX/Flax-native self-improving language model training "
                 "(PIT, Self-Rewarding LMs, SER).",
-    packages=find_packages(include=["pit", "pit.*"]),
+    # The repository's configs/ and data/ ship inside the package (pit.configs, pit.assets),
+    # so `pit --config=configs/sft.py` works from any folder and from a wheel (pit.paths).
+    packages=find_packages(include=["pit", "pit.*"]) + ["pit.configs", "pit.assets"],
+    package_dir={"pit.configs": "configs", "pit.assets": "data"},
+    package_data={"pit.assets": ["*.jsonl", "synthetic/*.jsonl"]},
     python_requires=">=3.10",
     install_requires=[
         "jax==0.10.2",
@@ -27,6 +31,7 @@ setup(
         "pyarrow>=14",  # parquet sources of the TFDS builders (also a tensorflow-datasets dependency)
         "grain>=0.2.18",
         "matplotlib>=3.8",
+        "jinja2>=3.1",  # chat templates (transformers' apply_chat_template); not a transformers dependency
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0"],

@@ -21,14 +21,11 @@ Presets:
     --config.tokenizer.path=DIR` (the byte tokenizer is the default so the preset runs
     anywhere).
 """
-import os
-
+from pit import paths
 from pit.config_base import (base_config, gap_reward_defaults, improve_defaults,
                              llama7b_pit, pit_defaults, pit_smoke_stages, ppo_defaults,
                              reward_defaults, tiny_pit_stages)
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_HH = os.path.join(os.path.dirname(_REPO), "shared", "data", "hh-rlhf")
 
 
 def get_config(preset: str = "tiny"):
@@ -39,9 +36,10 @@ def get_config(preset: str = "tiny"):
   c.reward, c.gap_reward = reward_defaults(), gap_reward_defaults()
   c.ppo, c.improve = ppo_defaults(), improve_defaults()
   c.pit = pit_defaults()
-  shared = os.path.isdir(SHARED_HH)
+  shared_hh = paths.shared_dir("data", "hh-rlhf")
+  shared = shared_hh is not None
   c.data.update(source="tfds", tfds_name="hh_rlhf", tfds_config="harmless-base",
-                manual_dir=SHARED_HH if shared else "", download=not shared, eval_fraction=0.05,
+                manual_dir=shared_hh or "", download=not shared, eval_fraction=0.05,
                 on_error="skip")  # HH has a few empty replies: skipped, counted, reported
   c.pit.update(dataset_name="Anthropic/HH-RLHF (harmless-base)", template="chat",
                train_split="test" if shared else "train", eval_split="" if shared else "test",

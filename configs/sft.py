@@ -4,17 +4,14 @@ Presets: `configs/sft.py:tiny` (default; CPU, ~1 minute), `:small` (CPU/GPU,
 ~20M params), `:llama7b` (Llama-2-7B shape, FSDP over a TPU pod / GPU node).
 Sample from the result: `--config.pipeline=generate`.
 """
-import os
-
+from pit import paths
 from pit.config_base import base_config
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_config(preset: str = "tiny"):
   c = base_config()
   c.pipeline = "sft"
-  c.data.train_path = os.path.join(_REPO, "data", "toy_sft.jsonl")
+  c.data.train_path = paths.asset_or_missing("toy_sft.jsonl")
   c.data.max_len = 64
   c.data.max_response_len = 32
   c.data.buckets = (32, 64)

@@ -16,11 +16,11 @@ Presets:
 """
 import os
 
+from pit import paths
 from pit.config_base import (base_config, gap_reward_defaults, improve_defaults, pit_defaults,
                              ppo_defaults, reward_defaults, stage_overrides)
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA_DIR = os.path.join(_REPO, "data", "synthetic")
+DATA_DIR = paths.asset_or_missing("synthetic")
 
 
 def get_config(preset: str = "pit"):

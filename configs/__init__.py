@@ -1,0 +1,1 @@
+"""Config files (`get_config(preset)` -> ConfigDict), installed as `pit.configs`."""

@@ -4,12 +4,13 @@ and named errors for bad input."""
 import gzip
 import json
 import os
+import re
 
 import pytest
 import tensorflow_datasets as tfds
 
 from pit.data import builders as B
-from pit.data.records import DataError
+from pit.data.records import DataError, SkipReport
 
 
 def _write_jsonl(path, rows, gz=False):
@@ -82,14 +83,30 @@ def test_hh_rlhf_malformed_line_names_file_and_line(tmp_path):
   _write_jsonl(str(path), HH_ROWS[:1])
   with open(path, "a") as f:
     f.write('{"chosen": "\\n\\nHuman: x\\n\\nAssistant: y", "rejected": \n')
-  with pytest.raises(DataError, match=r"train\.jsonl:2: malformed JSON"):
-    B.build("hh_rlhf", config="harmless-base", data_dir=tmp_path / "d", manual_dir=tmp_path / "m")
+  _bad_record_is_named("hh_rlhf", "harmless-base", "train", tmp_path / "d", tmp_path / "m",
+                       r"train\.jsonl:2: malformed JSON", kept=1)
   _write_jsonl(str(path), HH_ROWS[:1] + [{"chosen": "\n\nHuman: x\n\nAssistant: y"}])
-  with pytest.raises(DataError, match=r"train\.jsonl:2: field 'rejected' is missing"):
-    B.build("hh_rlhf", config="harmless-base", data_dir=tmp_path / "d2", manual_dir=tmp_path / "m")
+  _bad_record_is_named("hh_rlhf", "harmless-base", "train", tmp_path / "d2", tmp_path / "m",
+                       r"train\.jsonl:2: field 'rejected' is missing", kept=1)
+  _write_jsonl(str(path), HH_ROWS[:1] + [{"chosen": "\n\nHuman: no reply", "rejected": "x"}])
+  _bad_record_is_named("hh_rlhf", "harmless-base", "train", tmp_path / "d3", tmp_path / "m",
+                       r"train\.jsonl:2: field 'chosen' has no '\\n\\nAssistant:'", kept=1)
   _write_jsonl(str(path), [{"chosen": "\n\nHuman: no reply", "rejected": "x"}])
-  with pytest.raises(DataError, match=r"train\.jsonl:1: field 'chosen' has no '\\n\\nAssistant:'"):
-    B.build("hh_rlhf", config="harmless-base", data_dir=tmp_path / "d3", manual_dir=tmp_path / "m")
+  with pytest.raises(DataError, match=r"train\.jsonl: no usable records"):   # nothing left
+    B.build("hh_rlhf", config="harmless-base", data_dir=tmp_path / "d4", manual_dir=tmp_path / "m")
+
+
+def _bad_record_is_named(name, config, split, data_dir, manual_dir, match, kept):
+  """A bad source record: data.on_error='raise' names its file, line and field when the split
+  is read (the same from a fresh build and from the built copy); 'skip' counts it."""
+  for _ in range(2):   # build, then read the built dataset again
+    with pytest.raises(DataError, match=match):
+      B.records(name, config=config, split=split, data_dir=data_dir, manual_dir=manual_dir)
+  report = SkipReport()
+  recs = B.records(name, config=config, split=split, data_dir=data_dir, manual_dir=manual_dir,
+                   on_error="skip", report=report)
+  assert len(recs) == kept and report.total == 1, report.as_dict()
+  assert any(re.search(match, e) for e in report.examples), report.examples
 
 
 def test_missing_sources_name_files_and_urls(tmp_path):
@@ -150,11 +167,12 @@ def test_summarize_from_feedback_bad_field(tmp_path):
   bad = _tldr("train", 0)
   del bad["summaries"][1]["text"]
   _write_jsonl(str(tmp_path / "m" / "batch4.json"), [_tldr("train", 0), bad])
-  with pytest.raises(DataError, match=r"batch4\.json:2: field 'summaries\[1\]\.text' is missing"):
-    B.build("summarize_from_feedback", data_dir=tmp_path / "d", manual_dir=tmp_path / "m")
-  _write_jsonl(str(tmp_path / "m" / "batch4.json"), [_tldr("dev", 0)])
-  with pytest.raises(DataError, match=r"batch4\.json:1: field 'split' is 'dev'"):
-    B.build("summarize_from_feedback", data_dir=tmp_path / "d2", manual_dir=tmp_path / "m")
+  _bad_record_is_named("summarize_from_feedback", "comparisons", "train", tmp_path / "d",
+                       tmp_path / "m", r"batch4\.json:2: field 'summaries\[1\]\.text' is missing",
+                       kept=1)
+  _write_jsonl(str(tmp_path / "m" / "batch4.json"), [_tldr("train", 0), _tldr("dev", 0)])
+  _bad_record_is_named("summarize_from_feedback", "comparisons", "train", tmp_path / "d2",
+                       tmp_path / "m", r"batch4\.json:2: field 'split' is 'dev'", kept=1)
 
 
 # ------------------------------------------------------------------- oasst1
@@ -237,15 +255,17 @@ def test_oasst1_messages_rebuilt_from_parent_ids(tmp_path):
   train[2] = dict(train[2], message_id=train[5]["message_id"])
   _write_jsonl(str(tmp_path / "m" / "train.jsonl"), train)
   with pytest.raises(DataError, match=r"train\.jsonl:6: field 'message_id' .* repeats .*train\.jsonl:3"):
-    B.build("oasst1", config="eft", data_dir=tmp_path / "d3", manual_dir=tmp_path / "m")
+    B.records("oasst1", config="eft", split="train", data_dir=tmp_path / "d3",
+              manual_dir=tmp_path / "m")
 
 
 def test_oasst1_bad_nested_field(tmp_path):
   trees = _oasst_trees()
   del trees[2]["prompt"]["replies"][1]["role"]
   _write_jsonl(str(tmp_path / "m" / "2023-04-12_oasst_ready.trees.jsonl.gz"), trees, gz=True)
-  with pytest.raises(DataError, match=r"trees\.jsonl\.gz:3: field 'prompt\.replies\[1\]\.role' is missing"):
-    B.build("oasst1", config="ift", data_dir=tmp_path / "d", manual_dir=tmp_path / "m")
+  _bad_record_is_named("oasst1", "ift", "train", tmp_path / "d", tmp_path / "m",
+                       r"trees\.jsonl\.gz:3: field 'prompt\.replies\[1\]\.role' is missing",
+                       kept=1)
 
 
 # -------------------------------------------------------- ultrafeedback_binarized
@@ -283,16 +303,16 @@ def test_ultrafeedback_bad_rows(tmp_path):
   bad = _uf(1)
   bad["rejected"][1]["role"] = "user"
   _write_jsonl(str(tmp_path / "m" / "test_prefs.jsonl.gz"), [_uf(0), bad], gz=True)
-  with pytest.raises(DataError, match=r"test_prefs\.jsonl\.gz:2: field 'rejected\[1\]\.role' must be "
-                     r"'assistant'"):
-    B.build("ultrafeedback_binarized", data_dir=tmp_path / "d", manual_dir=tmp_path / "m")
+  _bad_record_is_named("ultrafeedback_binarized", None, "test_prefs", tmp_path / "d", tmp_path / "m",
+                       r"test_prefs\.jsonl\.gz:2: field 'rejected\[1\]\.role' must be 'assistant'",
+                       kept=1)
   pq = pytest.importorskip("pyarrow.parquet", reason="parquet source needs pyarrow")
   import pyarrow as pa
   os.remove(tmp_path / "m" / "test_prefs.jsonl.gz")
   rows = [_uf(0), dict(_uf(1), score_chosen=None)]
   pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "m" / "test_prefs-x.parquet"))
-  with pytest.raises(DataError, match=r"test_prefs-x\.parquet: row 2: field 'score_chosen' is missing"):
-    B.build("ultrafeedback_binarized", data_dir=tmp_path / "d2", manual_dir=tmp_path / "m")
+  _bad_record_is_named("ultrafeedback_binarized", None, "test_prefs", tmp_path / "d2", tmp_path / "m",
+                       r"test_prefs-x\.parquet: row 2: field 'score_chosen' is missing", kept=1)
 
 
 def test_registry_and_synthetic_pairs(tmp_path):

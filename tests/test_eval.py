@@ -233,7 +233,7 @@ def test_alpaca_eval_bad_input_names_file_index_field(tmp_path, content, match):
 def test_alpaca_eval_bad_gzip(tmp_path):
   path = tmp_path / "bad.json.gz"
   path.write_bytes(b"not gzip at all")
-  with pytest.raises(DataError, match="bad.json.gz: cannot read"):
+  with pytest.raises(DataError, match="bad.json.gz: file is truncated or corrupt"):
     alpaca_eval.read_outputs(str(path))
 
 

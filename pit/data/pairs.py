@@ -31,6 +31,16 @@ class PreferencePair:
 
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
+IDENTICAL = "fields 'chosen' and 'rejected' are identical"
+
+
+def pair_error(rec: dict, where: str) -> "records.DataError | None":
+  """What makes a well-typed pair unusable: chosen and rejected the same text (up to
+  surrounding whitespace), which holds no preference to learn and would be trained on as
+  noise. None for a usable pair."""
+  if rec["chosen"].strip() == rec["rejected"].strip():
+    return records.DataError(f"{where}: {IDENTICAL} (no preference to learn)")
+  return None
 
 
 def read_pairs_jsonl(path: str, *, on_error: str = "raise",
@@ -43,10 +53,12 @@ def read_pairs_jsonl(path: str, *, on_error: str = "raise",
                                                  report=report):
     margin = rec.get("margin", 0.0)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
-      err = records.DataError(f"{path}:{lineno}: field 'margin' must be a finite number")
-      if on_error == "raise":
-        raise err
-      report.add(str(err), "field 'margin' must be a finite number")
+      report.skip_or_raise(records.DataError(
+          f"{path}:{lineno}: field 'margin' must be a finite number"), on_error)
+      continue
+    err = pair_error(rec, f"{path}:{lineno}")
+    if err is not None:
+      report.skip_or_raise(err, on_error)
       continue
     meta = {k: v for k, v in rec.items() if k not in PAIR_FIELDS + ("margin",)}
     out.append(PreferencePair(rec["prompt"], rec["chosen"], rec["rejected"], float(margin), meta))

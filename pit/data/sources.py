@@ -128,11 +128,12 @@ def _check(rec: Any, fields: tuple[str, ...], where: str, on_error: str,
         msg = f"{where}: field '{f}' is empty"
       if msg:
         break
+  if msg is None and fields == pairs.PAIR_FIELDS:
+    err = pairs.pair_error(rec, where)
+    msg = str(err) if err is not None else None
   if msg is None:
     return True
-  if on_error == "raise":
-    raise records.DataError(msg)
-  skips.add(msg, msg.split(": ", 1)[1])
+  skips.skip_or_raise(records.DataError(msg), on_error)
   return False
 
 
@@ -174,7 +175,8 @@ def load_sft_records(data_cfg, split: str = "train", *, report: DataReport | Non
     if src == "tfds":
       kw = _tfds_kwargs(data_cfg, split)
       from pit.data import builders
-      raw, where = builders.load_sft(kw.pop("name"), **kw), f"tfds:{data_cfg.tfds_name}/{split}"
+      raw = builders.load_sft(kw.pop("name"), **kw, on_error=on_error, report=report.skips)
+      where = f"tfds:{data_cfg.tfds_name}/{split}"
     else:
       raw, where = _synthetic_sft(data_cfg, split), f"synthetic/{split}"
     out = []
@@ -200,7 +202,8 @@ def load_pairs(data_cfg, split: str = "train", *,
     if src == "tfds":
       kw = _tfds_kwargs(data_cfg, split)
       from pit.data import builders
-      raw, where = builders.load_pairs(kw.pop("name"), **kw), f"tfds:{data_cfg.tfds_name}/{split}"
+      raw = builders.load_pairs(kw.pop("name"), **kw, on_error=on_error, report=report.skips)
+      where = f"tfds:{data_cfg.tfds_name}/{split}"
     else:
       from pit.data import synthetic
       raw = synthetic.preference_pairs(_synthetic_n(data_cfg, split), int(data_cfg.get("seed", 0)),

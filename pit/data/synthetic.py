@@ -56,7 +56,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pit.data import judge
+from pit.data import judge, records
 from pit.data.pairs import PreferencePair, best_vs_worst, write_pairs_jsonl
 from pit.data.records import DataError
 
@@ -459,26 +459,25 @@ def write_files(out_dir: str, n_train: int, n_eval: int, seed: int,
 def read_generations(path: str) -> tuple[list[str], list[str]]:
   """(prompts, responses) of a generations.jsonl; the response may be empty."""
   prompts, responses = [], []
-  with open(path, "rb") as f:
-    for lineno, raw in enumerate(f, start=1):
-      if not raw.strip():
-        continue
-      where = f"{path}:{lineno}"
-      try:
-        rec = json.loads(raw.decode("utf-8"))
-      except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{where}: malformed JSON ({e})") from None
-      if not isinstance(rec, dict):
-        raise DataError(f"{where}: expected a JSON object")
-      for k in ("prompt", "response"):
-        if not isinstance(rec.get(k), str):
-          raise DataError(f"{where}: field '{k}' is missing or not a string")
-      try:
-        parse_prompt(rec["prompt"])
-      except ValueError as e:
-        raise DataError(f"{where}: field 'prompt': {e}") from None
-      prompts.append(rec["prompt"])
-      responses.append(rec["response"])
+  for lineno, raw in records.iter_lines(path):   # .gz too; a damaged file is named
+    if not raw.strip():
+      continue
+    where = f"{path}:{lineno}"
+    try:
+      rec = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise DataError(f"{where}: malformed JSON ({e})") from None
+    if not isinstance(rec, dict):
+      raise DataError(f"{where}: expected a JSON object")
+    for k in ("prompt", "response"):
+      if not isinstance(rec.get(k), str):
+        raise DataError(f"{where}: field '{k}' is missing or not a string")
+    try:
+      parse_prompt(rec["prompt"])
+    except ValueError as e:
+      raise DataError(f"{where}: field 'prompt': {e}") from None
+    prompts.append(rec["prompt"])
+    responses.append(rec["response"])
   if not prompts:
     raise DataError(f"{path}: no generations")
   return prompts, responses

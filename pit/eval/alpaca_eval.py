@@ -15,7 +15,7 @@ import json
 import os
 from typing import Optional, Sequence
 
-from pit.data.records import DataError
+from pit.data.records import CORRUPT_STREAM_ERRORS, DataError
 
 FIELDS = ("instruction", "output", "generator", "dataset")
 
@@ -58,11 +58,14 @@ def write_outputs(path: str, instructions: Sequence[str], outputs: Sequence[str]
 def read_outputs(path: str, *, allow_empty_output: bool = True) -> list[AlpacaRecord]:
   """Reads an AlpacaEval outputs file; every record needs string `instruction`,
   `output` and `generator` (`dataset` optional, '' when absent); extra keys are ignored."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"AlpacaEval outputs file not found: {path}")
   try:
     with _open(path, "rb") as f:
       raw = f.read()
-  except (OSError, EOFError) as e:  # gzip errors are OSError (BadGzipFile) or EOFError (truncated)
-    raise DataError(f"{path}: cannot read ({e})") from None
+  except CORRUPT_STREAM_ERRORS as e:  # BadGzipFile (OSError), EOFError (cut), zlib.error
+    raise DataError(f"{path}: file is truncated or corrupt ({type(e).__name__}: {e}); "
+                    "re-download or re-create it") from None
   try:
     data = json.loads(raw.decode("utf-8"))
   except UnicodeDecodeError as e:

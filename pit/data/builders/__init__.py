@@ -36,7 +36,8 @@ from pit.data.builders.hh_rlhf import HhRlhf
 from pit.data.builders.oasst1 import Oasst1
 from pit.data.builders.summarize_from_feedback import SummarizeFromFeedback
 from pit.data.builders.ultrafeedback_binarized import UltrafeedbackBinarized
-from pit.data.pairs import PreferencePair
+from pit.data.pairs import IDENTICAL, PreferencePair
+from pit.data.records import DataError, SkipReport
 
 BUILDERS: dict[str, type] = {
     "hh_rlhf": HhRlhf,
@@ -86,6 +87,10 @@ def data_source(name: str, *, config: str | None = None, split: str, data_dir: s
                 manual_dir: str | None = None, download: bool = False):
   """`tfds.data_source` of one split, building the dataset first if needed."""
   b = build(name, config=config, data_dir=data_dir, manual_dir=manual_dir, download=download)
+  return _split_source(b, name, split, data_dir)
+
+
+def _split_source(b, name: str, split: str, data_dir: str):
   if split not in b.info.splits:
     raise KeyError(
         f"{name}/{b.builder_config.name if b.builder_config else ''}: split {split!r} is not in the "
@@ -95,11 +100,38 @@ def data_source(name: str, *, config: str | None = None, split: str, data_dir: s
   return tfds.data_source(full, split=split, data_dir=os.fspath(data_dir))
 
 
+def skipped_records(b, split: str) -> SkipReport:
+  """The bad source records a build skipped for `split` (`PitBuilder.skips`, kept in
+  metadata.json), including those that belong to no one split."""
+  out = SkipReport()
+  meta = getattr(b.info, "metadata", None) or {}
+  by_split = meta.get("skipped", {}) or {}
+  for key in (split, _base.SOURCE_SKIPS):
+    if by_split.get(key):
+      out.merge(by_split[key])
+  return out
+
+
 def records(name: str, *, config: str | None = None, split: str, data_dir: str,
-            manual_dir: str | None = None, download: bool = False) -> list[dict]:
-  """Every record of a split as plain Python (strings decoded, sequences as lists of dicts)."""
-  ds = data_source(name, config=config, split=split, data_dir=data_dir, manual_dir=manual_dir,
-                   download=download)
+            manual_dir: str | None = None, download: bool = False, on_error: str = "raise",
+            report: SkipReport | None = None) -> list[dict]:
+  """Every record of a split as plain Python (strings decoded, sequences as lists of dicts).
+
+  The bad source records the build skipped (`PitBuilder.skips`) are handled by `on_error`:
+  'raise' -> DataError naming the first one's file, line and field; 'skip' -> counted in
+  `report` (a `pit.data.records.SkipReport`) and logged."""
+  b = build(name, config=config, data_dir=data_dir, manual_dir=manual_dir, download=download)
+  ds = _split_source(b, name, split, data_dir)
+  skipped = skipped_records(b, split)
+  if skipped.total:
+    if on_error == "raise":
+      first = skipped.examples[0] if skipped.examples else "a bad record"
+      raise DataError(f"{first} [{skipped.total} bad record(s) in {name} {split}; "
+                      "data.on_error='skip' skips and counts them]")
+    if report is not None:
+      report.merge(skipped)
+    logging.warning("%s %s: skipped %d bad source record(s): %s", name, split, skipped.total,
+                    dict(skipped.counts))
   out = []
   n = len(ds)
   for lo in range(0, n, 1024):
@@ -126,66 +158,85 @@ def summarize_prompt(rec: dict) -> str:
   return f"TITLE: {rec['title']}\n\nARTICLE: {rec['article']}\n\nTL;DR:"
 
 
+MISMATCH = "the dialogues of chosen and rejected differ before the last reply"
+
+
 def load_pairs(name: str, *, config: str | None = None, split: str, data_dir: str,
-               manual_dir: str | None = None, download: bool = False) -> list[PreferencePair]:
-  """Preference pairs of one split. hh_rlhf drops pairs flagged prompt_mismatch /
-  identical_responses (logged); summarize_from_feedback's chosen is the
-  `choice` summary; ultrafeedback's margin is score_chosen - score_rejected."""
+               manual_dir: str | None = None, download: bool = False, on_error: str = "raise",
+               report: SkipReport | None = None) -> list[PreferencePair]:
+  """Preference pairs of one split. Pairs with no preference to learn are dropped and
+  counted in `report` with their reason, whatever `on_error` says (a property of the
+  dataset, not a malformed record): chosen and rejected identical (hh_rlhf's
+  identical_responses flag, two identical summaries, ultrafeedback ties of one text) and
+  hh_rlhf's prompt_mismatch / ultrafeedback's context_mismatch. summarize_from_feedback's
+  chosen is the `choice` summary; ultrafeedback's margin is score_chosen - score_rejected.
+  Bad source records follow `on_error` (see `records`)."""
   is_synth = (_synthetic is not None and name in BUILDERS
               and BUILDERS[name].__module__ == _synthetic.__name__)
   if name not in ("hh_rlhf", "summarize_from_feedback", "ultrafeedback_binarized") and not is_synth:
     raise KeyError(f"load_pairs: {name!r} has no preference pairs (use load_sft for oasst1)")
+  report = report if report is not None else SkipReport()
   kw = dict(config=config, split=split, data_dir=data_dir, manual_dir=manual_dir, download=download)
-  recs = records(name, **kw)
+  recs = records(name, **kw, on_error=on_error, report=report)
+  dropped = SkipReport()
+
+  def drop(i: int, reason: str):
+    r = recs[i]
+    at = (f"{r['file']}:{r['line']}" if "file" in r and "line" in r else
+          f"source line {r['line']}" if "line" in r else
+          f"source row {r['row']}" if "row" in r else f"record {i}")
+    dropped.add(f"{name}/{config or 'default'} {split} {at}: {reason}", reason)
+
   out: list[PreferencePair] = []
-  if name == "hh_rlhf":
-    dropped = {"prompt_mismatch": 0, "identical_responses": 0}
-    for r in recs:
-      if r["prompt_mismatch"] or r["identical_responses"]:
-        dropped["prompt_mismatch" if r["prompt_mismatch"] else "identical_responses"] += 1
+  for i, r in enumerate(recs):
+    if name == "hh_rlhf":
+      if r["prompt_mismatch"]:
+        drop(i, MISMATCH)
         continue
-      out.append(PreferencePair(r["prompt"], r["chosen"], r["rejected"], 0.0,
-                                {"turns": _turns(r["turns"]), "line": r["line"]}))
-    if any(dropped.values()):
-      logging.warning("hh_rlhf/%s %s: dropped %s of %d pairs", config or "harmless-base", split,
-                      dropped, len(recs))
-  elif name == "summarize_from_feedback":
-    for r in recs:
+      pair = PreferencePair(r["prompt"], r["chosen"], r["rejected"], 0.0,
+                            {"turns": _turns(r["turns"]), "line": r["line"]})
+    elif name == "summarize_from_feedback":
       c = r["choice"]
       summaries = unzip(r["summaries"])
       meta = {k: r[k] for k in ("id", "subreddit", "title", "post", "article", "site", "worker",
                                 "batch", "split", "confidence")}
       meta["policies"] = [s["policy"] for s in summaries]
       meta["choice"] = c
-      out.append(PreferencePair(summarize_prompt(r), summaries[c]["text"],
-                                summaries[1 - c]["text"], 0.0, meta))
-  elif name == "ultrafeedback_binarized":
-    mismatch = 0
-    for r in recs:
+      pair = PreferencePair(summarize_prompt(r), summaries[c]["text"], summaries[1 - c]["text"],
+                            0.0, meta)
+    elif name == "ultrafeedback_binarized":
       if r["context_mismatch"]:
-        mismatch += 1
+        drop(i, MISMATCH)
         continue
       turns = _turns(r["context"])
-      out.append(PreferencePair(
+      pair = PreferencePair(
           tokenizer_lib.render_plain_chat(turns), _space(r["chosen"]), _space(r["rejected"]),
           float(r["score_chosen"] - r["score_rejected"]),
           {"turns": turns, "prompt_id": r["prompt_id"], "score_chosen": r["score_chosen"],
-           "score_rejected": r["score_rejected"]}))
-    if mismatch:
-      logging.warning("ultrafeedback_binarized %s: dropped %d of %d pairs whose chosen/rejected "
-                      "contexts differ", split, mismatch, len(recs))
-  else:
-    out = [_synthetic.to_pair(r) for r in recs]
+           "score_rejected": r["score_rejected"]})
+    else:
+      pair = _synthetic.to_pair(r)
+    if pair.chosen.strip() == pair.rejected.strip():
+      drop(i, IDENTICAL)
+      continue
+    out.append(pair)
+  if dropped.total:
+    logging.warning("%s/%s %s: dropped %s of %d pairs", name, config or "default", split,
+                    dict(dropped.counts), len(recs))
+    report.merge(dropped)
   return out
 
 
 def load_sft(name: str, *, config: str | None = None, split: str, data_dir: str,
-             manual_dir: str | None = None, download: bool = False) -> list[dict]:
+             manual_dir: str | None = None, download: bool = False, on_error: str = "raise",
+             report: SkipReport | None = None) -> list[dict]:
   """{"prompt", "response", "turns"} examples: oasst1 (config 'ift'), hh_rlhf
-  chosen, ultrafeedback_binarized chosen."""
+  chosen, ultrafeedback_binarized chosen. Bad source records follow `on_error`
+  (see `records`)."""
   if name not in ("oasst1", "hh_rlhf", "ultrafeedback_binarized"):
     raise KeyError(f"load_sft: {name!r} has no SFT view (oasst1, hh_rlhf, ultrafeedback_binarized)")
-  kw = dict(split=split, data_dir=data_dir, manual_dir=manual_dir, download=download)
+  kw = dict(split=split, data_dir=data_dir, manual_dir=manual_dir, download=download,
+            on_error=on_error, report=report)
   if name == "oasst1":
     if (config or "ift") != "ift":
       raise KeyError("load_sft: oasst1 SFT data is config 'ift'")

@@ -28,6 +28,11 @@ from pit.data import records
 from pit.data.records import DataError
 
 
+# The key of `metadata['skipped']` for bad records that belong to no one split (read for
+# every split).
+SOURCE_SKIPS = "all_splits"
+
+
 class SourceMissingError(FileNotFoundError):
   """Neither manual files nor a permitted download: names what is missing."""
 
@@ -54,6 +59,7 @@ class PitBuilder(tfds.core.GeneratorBasedBuilder):
     self._pit_manual_dir = manual_dir
     self._pit_allow_download = allow_download
     self._pit_stats: dict[str, Any] = {}
+    self._pit_skips: dict[str, records.SkipReport] = {}
     super().__init__(**kwargs)
 
   def make_info(self, **kwargs) -> tfds.core.DatasetInfo:
@@ -113,6 +119,23 @@ class PitBuilder(tfds.core.GeneratorBasedBuilder):
     self._pit_stats[key] = value
     self.info.metadata["stats"] = dict(self._pit_stats)
 
+  def skips(self, split: str) -> records.SkipReport:
+    """The bad source records of `split`. Builders never stop on a bad record: they skip it
+    and record it here (kept in metadata.json as `metadata['skipped'][split]`), and
+    `pit.data.builders.records` applies data.on_error when the split is read, so a
+    dataset built once behaves the same under 'raise' (an error naming the first bad
+    record's file, line and field) and 'skip' (counted and reported)."""
+    return self._pit_skips.setdefault(split, records.SkipReport())
+
+  def bad_record(self, split: str, err: DataError):
+    self.skips(split).skip_or_raise(err, "skip")
+    self.info.metadata["skipped"] = {s: r.as_dict() for s, r in self._pit_skips.items()}
+
+  def finish_split(self, split: str):
+    """Stores `split`'s skipped records in the metadata (also when there were none)."""
+    self.skips(split)
+    self.info.metadata["skipped"] = {s: r.as_dict() for s, r in self._pit_skips.items()}
+
 
 def first_existing(mdir: str, names: list[str]) -> list[str]:
   for n in names:
@@ -124,9 +147,12 @@ def first_existing(mdir: str, names: list[str]) -> list[str]:
 
 # ----------------------------------------------------------------- rows + fields
 
-def read_rows(path: str) -> Iterator[tuple[str, int, dict]]:
+def read_rows(path: str, skips: records.SkipReport | None = None
+              ) -> Iterator[tuple[str, int, dict]]:
   """(where, line or row number, record) for every row of a JSONL(.gz) or parquet file; `where` is
-  "file:line" (JSONL) or "file: row N" (parquet, 1-based)."""
+  "file:line" (JSONL) or "file: row N" (parquet, 1-based). With `skips`, malformed JSONL
+  lines are recorded there and skipped instead of raised. A truncated or corrupt file
+  always raises, naming it."""
   with open(path, "rb") as fh:
     is_parquet = fh.read(4) == b"PAR1"
   if is_parquet:
@@ -135,11 +161,16 @@ def read_rows(path: str) -> Iterator[tuple[str, int, dict]]:
     except ImportError:
       raise DataError(f"{path}: reading parquet needs pyarrow (not installed); "
                       "export the split to JSONL instead") from None
-    table = pq.read_table(path)
+    try:
+      table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises its own ArrowInvalid / OSError kinds
+      raise DataError(f"{path}: parquet file is truncated or corrupt ({type(e).__name__}: "
+                      f"{e}); re-download or re-create it") from None
     for i, rec in enumerate(table.to_pylist(), start=1):
       yield f"{path}: row {i}", i, rec
   else:
-    for lineno, rec in records.read_jsonl_numbered(path, ()):
+    kw = dict(on_error="skip", report=skips) if skips is not None else {}
+    for lineno, rec in records.read_jsonl_numbered(path, (), **kw):
       yield f"{path}:{lineno}", lineno, rec
 
 

@@ -39,10 +39,12 @@ _TURN_RE = re.compile(r"\n\n(Human|Assistant):")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
-def _numbered(paths):
-  """(path, line, record) over the files of one split in order (e.g. part1, part2)."""
+def _numbered(paths, skips: records.SkipReport):
+  """(path, line, record) over the files of one split in order (e.g. part1, part2); bad
+  lines are recorded in `skips` and left out."""
   for path in paths:
-    for lineno, rec in records.read_jsonl_numbered(path, ("chosen", "rejected")):
+    for lineno, rec in records.read_jsonl_numbered(path, ("chosen", "rejected"), on_error="skip",
+                                                   report=skips):
       yield path, lineno, rec
 
 
@@ -107,20 +109,25 @@ class HhRlhf(_base.PitBuilder):
 
   def _generate_examples(self, split, paths):
     n = mismatch = identical = 0
-    for path, lineno, rec in _numbered(paths):
+    for path, lineno, rec in _numbered(paths, self.skips(split)):
       where = f"{path}:{lineno}"
-      p_c, r_c = split_last_turn(rec["chosen"], where, "chosen")
-      p_r, r_r = split_last_turn(rec["rejected"], where, "rejected")
+      try:
+        p_c, r_c = split_last_turn(rec["chosen"], where, "chosen")
+        p_r, r_r = split_last_turn(rec["rejected"], where, "rejected")
+      except DataError as e:
+        self.bad_record(split, e)
+        continue
       turns = parse_turns(p_c)
-      mm, same = p_c != p_r, (p_c == p_r and r_c == r_r)
+      mm, same = p_c != p_r, (p_c == p_r and r_c.strip() == r_r.strip())
       n, mismatch, identical = n + 1, mismatch + mm, identical + same
       yield f"{os.path.basename(path)}:{lineno:09d}", {
           "prompt": p_c, "chosen": r_c, "rejected": r_r, "rejected_prompt": p_r,
           "turns": [{"role": r, "text": t} for r, t in turns],
           "prompt_mismatch": mm, "identical_responses": same, "line": lineno,
       }
+    self.finish_split(split)
     if n == 0:
-      raise DataError(f"{', '.join(paths)}: no records")
+      raise DataError(f"{', '.join(paths)}: no usable records ({self.skips(split).summary()})")
     counts = {"pairs": n, "prompt_mismatch": mismatch, "identical_responses": identical,
               "source": ", ".join(os.path.basename(p) for p in paths)}
     logging.info("%s %s: %s", self._pit_id, split, counts)

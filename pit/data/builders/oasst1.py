@@ -66,27 +66,40 @@ def _tree_from_nested(node: dict, where: str, name: str, counts: dict) -> dict:
   return msg
 
 
-def trees_from_nested_file(path: str, counts: dict) -> list[tuple[str, dict]]:
+def trees_from_nested_file(path: str, counts: dict, skips) -> list[tuple[str, dict]]:
+  """Trees of the nested file; a line with a bad message anywhere is skipped whole (recorded
+  in `skips`, a `records.SkipReport`)."""
   out = []
-  for where, _, rec in _base.read_rows(path):
-    tid = _base.field(rec, "message_tree_id", str, where, "message_tree_id")
-    root = _tree_from_nested(_base.field(rec, "prompt", dict, where, "prompt"), where, "prompt",
-                             counts)
+  for where, _, rec in _base.read_rows(path, skips):
+    try:
+      tid = _base.field(rec, "message_tree_id", str, where, "message_tree_id")
+      tree_counts = {"messages": 0}
+      root = _tree_from_nested(_base.field(rec, "prompt", dict, where, "prompt"), where, "prompt",
+                               tree_counts)
+    except DataError as e:
+      skips.skip_or_raise(e, "skip")
+      continue
+    counts["messages"] += tree_counts["messages"]
     out.append((tid, root))
   return out
 
 
-def trees_from_messages(paths: list[str], counts: dict) -> list[tuple[str, dict]]:
-  """Rebuild trees from flat messages linked by parent_id (in file order)."""
+def trees_from_messages(paths: list[str], counts: dict, skips) -> list[tuple[str, dict]]:
+  """Rebuild trees from flat messages linked by parent_id (in file order); a bad message is
+  skipped (recorded in `skips`) and its replies become orphans (counted)."""
   by_id, order, where_of = {}, [], {}
   for path in paths:
-    for where, _, rec in _base.read_rows(path):
-      m = _message(rec, where, "message")
-      m["tree_id"] = (_base.field(rec, "message_tree_id", str, where, "message_tree_id",
-                                  optional=True) if "message_tree_id" in rec else None)
-      if m["message_id"] in by_id:
-        raise DataError(f"{where}: field 'message_id' {m['message_id']!r} repeats "
-                        f"{where_of[m['message_id']]}")
+    for where, _, rec in _base.read_rows(path, skips):
+      try:
+        m = _message(rec, where, "message")
+        m["tree_id"] = (_base.field(rec, "message_tree_id", str, where, "message_tree_id",
+                                    optional=True) if "message_tree_id" in rec else None)
+        if m["message_id"] in by_id:
+          raise DataError(f"{where}: field 'message_id' {m['message_id']!r} repeats "
+                          f"{where_of[m['message_id']]}")
+      except DataError as e:
+        skips.skip_or_raise(e, "skip")
+        continue
       by_id[m["message_id"]], where_of[m["message_id"]] = m, where
       order.append(m)
       counts["messages"] += 1
@@ -178,9 +191,11 @@ class Oasst1(_base.PitBuilder):
     out = {}
     for group, paths in files.items():
       counts = {"messages": 0, "orphans": 0, "examples": 0}
-      trees = (trees_from_nested_file(paths[0], counts) if group == "trees"
-               else trees_from_messages(paths, counts))
       split = "train" if group == "trees" else group
+      skips = self.skips(split)
+      trees = (trees_from_nested_file(paths[0], counts, skips) if group == "trees"
+               else trees_from_messages(paths, counts, skips))
+      self.finish_split(split)
       examples = list(make(trees, counts))
       counts.update(trees=len(trees), dropped_messages=_count_dropped(trees))
       logging.info("%s %s: %s", self._pit_id, split, counts)

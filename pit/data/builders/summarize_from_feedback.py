@@ -23,7 +23,9 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from pit.data import records
 from pit.data.builders import _base
+from pit.data.builders._base import SOURCE_SKIPS
 from pit.data.records import DataError
 
 BASE_URL = "https://openaipublic.blob.core.windows.net/summarize-from-feedback/dataset/comparisons/"
@@ -111,19 +113,32 @@ class SummarizeFromFeedback(_base.PitBuilder):
                       len(missing), missing)
     # One validating pass to learn which splits have data (TFDS cannot write an
     # empty split); the generators read the files again.
+    # A bad record has no split of its own: it is recorded under the source's name
+    # ("comparisons") and reported with every split read.
     counts = {"train": 0, "validation": 0}
+    skips = self.skips(SOURCE_SKIPS)
     for path in files:
-      for where, _, rec in _base.read_rows(path):
-        counts[SPLIT_OF[convert(rec, where)["split"]]] += 1
+      for where, _, rec in _base.read_rows(path, skips):
+        try:
+          counts[SPLIT_OF[convert(rec, where)["split"]]] += 1
+        except DataError as e:
+          self.bad_record(SOURCE_SKIPS, e)
+    self.finish_split(SOURCE_SKIPS)
     self.set_stats("pairs", counts)
     self.set_stats("missing_files", missing)
+    if not any(counts.values()):
+      raise DataError(f"{self._pit_id}: no usable comparisons in {len(files)} file(s) "
+                      f"({skips.summary()})")
     return {s: self._generate_examples(s, files) for s, n in counts.items() if n}
 
   def _generate_examples(self, split, files):
     key = 0
     for path in files:
-      for where, line, rec in _base.read_rows(path):
-        ex = convert(rec, where)
+      for where, line, rec in _base.read_rows(path, records.SkipReport()):  # counted above
+        try:
+          ex = convert(rec, where)
+        except DataError:   # recorded by the counting pass
+          continue
         key += 1
         if SPLIT_OF[ex["split"]] == split:
           ex.update(file=os.path.basename(path), line=line)

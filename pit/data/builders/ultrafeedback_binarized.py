@@ -92,13 +92,18 @@ class UltrafeedbackBinarized(_base.PitBuilder):
   def _generate_examples(self, split, paths):
     n = mismatch = key = 0
     for path in paths:
-      for where, row, rec in _base.read_rows(path):
-        ex = convert(rec, where)
+      for where, row, rec in _base.read_rows(path, self.skips(split)):
+        try:
+          ex = convert(rec, where)
+        except DataError as e:
+          self.bad_record(split, e)
+          continue
         n, mismatch, key = n + 1, mismatch + ex["context_mismatch"], key + 1
         ex["row"] = row
         yield key, ex
+    self.finish_split(split)
     if n == 0:
-      raise DataError(f"{paths}: no records")
+      raise DataError(f"{paths}: no usable records ({self.skips(split).summary()})")
     counts = {"pairs": n, "context_mismatch": mismatch}
     logging.info("%s %s: %s", self._pit_id, split, counts)
     self.set_stats(split, counts)

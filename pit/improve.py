@@ -154,10 +154,18 @@ class RefineResult:
   scores: np.ndarray   # float64 [max_iters, n]: judge score parsed from the feedback (judge templates), else NaN
   stopped_at: np.ndarray  # int [n]: refinements the row received (max_iters if never stopped by feedback)
   active: list         # [max_iters]: rows asked for feedback in round t
+  judged: bool = False  # feedback came from a judge template (scores parsed)
 
   @property
   def final(self) -> list:
     return list(self.responses[-1])
+
+  @property
+  def unparsed_judgements(self) -> list[int]:
+    """Per round: judge-template feedback whose score could not be read (`parse_judge_score`
+    gave None); 0 for free-text feedback templates."""
+    return [int(sum(f is not None and np.isnan(s) for f, s in zip(fb_t, self.scores[t])))
+            if self.judged else 0 for t, fb_t in enumerate(self.feedback)]
 
 
 def _fill(template: str, **fields) -> str:
@@ -232,4 +240,9 @@ def self_refine(generate_fn: GenerateFn, prompts: Sequence[str], initial_respons
     responses.append(list(current))
     logging.info("self-refine round %d: %d asked for feedback, %d refined", t + 1,
                  active_counts[-1], len(live))
-  return RefineResult(responses, feedback, scores, stopped_at, active_counts)
+  n_bad = sum(int(np.sum(np.isnan(scores[t]) & np.array([f is not None for f in feedback[t]])))
+              for t in range(T)) if is_judge else 0
+  if n_bad:
+    logging.warning("self-refine: %d judgement(s) had no readable score (counted as no score, "
+                    "the row continues)", n_bad)
+  return RefineResult(responses, feedback, scores, stopped_at, active_counts, judged=is_judge)

@@ -33,7 +33,59 @@ JUDGE_PROMPT_COMPACT = "Judge, additive 0-5.\nUser: {instruction}\n<response>{re
 
 MAX_SCORE = 5.0
 _FIELD_RE = re.compile(r"\{(instruction|response)\}")
-_SCORE_RE = re.compile(r"score:\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+# The grammar of `parse_judge_score` (see its docstring).
+_DECOR = r"[\s*_`~\[\](){}<>\"']*"
+_LABEL_RE = re.compile(r"\bscore\b" + _DECOR + r"(?:[:=]|\bis\b)", re.IGNORECASE)
+_VALUE_RE = re.compile(
+    r"(?P<lead>[\s*_`~\[(<\"']*)"                      # markdown / brackets before the number
+    r"(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"  # any number-like token
+    r"(?P<scale>\s*(?:/|out\s+of)\s*(?P<den>\d+(?:\.\d+)?))?"  # "4/5", "4 out of 5"
+    r"(?P<trail>[*_`~\])>\"']*)")
+# After the value: nothing, or a boundary that cannot continue a number or a range.
+_AMBIGUOUS_TAIL_RE = re.compile(
+    r"^(?:\.\d|[\w-]|\s*(?:-|–|—|to|or|and|/|\+)\s*\d|\s*,\s*\d)", re.IGNORECASE)
+
+
+def parse_judge_score(text: str | None) -> float | None:
+  """The judge's final score in `text`, or None when there is none or it is ambiguous.
+
+  Grammar (case-insensitive), applied to the LAST score label in the text:
+    label  := the word "score", then optional markdown/brackets, then ":" | "=" | "is"
+              ("Score:", "**Score:**", "Total score =", "score is")
+    value  := optional markdown/brackets ("**", "[", "(", "`"), a plain decimal number
+              (digits with an optional fraction: "4", "4.5", "4."), an optional scale
+              "/5" or "out of 5" (a denominator other than 5 -> None), then optional
+              closing markdown/brackets
+    end    := the end of the text, whitespace, or punctuation such as "." "," ";" "!"
+  The value must be in [0, 5]. None (never a number) for: no label; a label with no
+  number ("Score: <total points>", "Score: five"); exponent or signed forms ("1e-1",
+  "-1", "+3"); ranges and alternatives ("3-4", "3 or 4", "3/4 to 4/5", "3, 4"); another
+  scale ("8/10"); values outside [0, 5]. The last label decides: an earlier valid score
+  is not used when the final one is ambiguous. Callers count None judgements (NaN
+  scores) and report them; they never become a number.
+
+  Source: the "Score: <total points>" format of Yuan et al. 2024 (Figure 2)."""
+  if not text:
+    return None
+  labels = list(_LABEL_RE.finditer(text))
+  if not labels:
+    return None
+  rest = text[labels[-1].end():]
+  m = _VALUE_RE.match(rest)
+  if not m:
+    return None
+  num = m.group("num")
+  if not re.fullmatch(r"\d+(?:\.\d*)?", num):   # signs, exponents, ".5"-style fragments
+    return None
+  if m.group("den") is not None and float(m.group("den")) != MAX_SCORE:
+    return None
+  tail = rest[m.end():]
+  if num.endswith(".") and tail[:1].isdigit():
+    return None
+  if _AMBIGUOUS_TAIL_RE.match(tail):
+    return None
+  k = float(num)
+  return k if math.isfinite(k) and 0.0 <= k <= MAX_SCORE else None
 
 
 def render_judge_prompt(instruction: str, response: str, compact: bool = False) -> str:
@@ -44,11 +96,3 @@ def render_judge_prompt(instruction: str, response: str, compact: bool = False) 
   return _FIELD_RE.sub(lambda m: values[m.group(1)], template)   # one pass: braces in text are safe
 
 
-def parse_judge_score(text: str) -> float | None:
-  """The last "Score: k" in `text` (k may be fractional); None when there is
-  none or it lies outside 0..5."""
-  hits = _SCORE_RE.findall(text or "")
-  if not hits:
-    return None
-  k = float(hits[-1])
-  return k if math.isfinite(k) and 0.0 <= k <= MAX_SCORE else None

@@ -19,6 +19,7 @@ scoring runs one jitted forward per (batch, length bucket); shapes are static.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional, Sequence
 
@@ -58,6 +59,7 @@ class LMJudge:
     self.buckets = tuple(length_buckets or default_buckets(mdef.cfg.max_seq_len, 16))
     self._forward = {}
     self._sampler = None
+    self.unparsed = 0   # pointwise judgements whose score could not be read (NaN)
 
   @classmethod
   def from_hf(cls, path: str, *, tokenizer_path: Optional[str] = None, mesh=None,
@@ -183,4 +185,9 @@ class LMJudge:
     for text in self.judge_texts(list(instructions), list(responses)):
       s = parse_judge_score(text)
       out.append(math.nan if s is None else float(s))
+    n_bad = sum(math.isnan(x) for x in out)
+    self.unparsed += n_bad
+    if n_bad:
+      logging.warning("LLM judge: %d of %d judgement(s) had no readable score (NaN, counted in "
+                      "LMJudge.unparsed)", n_bad, len(out))
     return np.asarray(out, np.float64)

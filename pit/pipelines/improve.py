@@ -176,6 +176,7 @@ def run(config, workdir: str):
     with np.errstate(all="ignore"):
       summary["mean_judge_score_per_round"] = [
           None if np.all(np.isnan(s)) else float(np.nanmean(s)) for s in res.scores]
+    summary["unparsed_judgements_per_round"] = res.unparsed_judgements
   oracle = None
   if sources.source_name(config.data) == "synthetic":
     from pit.data.synthetic import oracle_scores

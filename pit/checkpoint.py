@@ -1,4 +1,21 @@
-"""Orbax checkpoints: train state + data-iterator position, every N steps, keep K."""
+"""Orbax checkpoints that are verified on every restore.
+
+Each step holds two items: `state` (the PyTree: step, params, optimizer state) and
+`data` (JSON, committed atomically with the arrays): the data-iterator position,
+the last logged train metrics (so a rerun after a kill reports what an
+uninterrupted run reports) and per-leaf checksums of the state
+(`pit.integrity`, computed on device at save time). A restore checks, in order:
+the JSON item reads, the arrays' metadata reads and matches the model being
+restored, the arrays read, and their checksums equal the saved ones. A step that
+fails any check raises `CorruptCheckpointError` naming the directory, the step
+and the reason; `restore_latest` (what training resumes with) moves such a step
+aside to `<step>.corrupt` (kept for inspection, never read again) and falls back
+to the newest step that passes, or stops with every reason when none does. A
+checkpoint of another model (different parameter names or shapes) is not
+corruption: `IncompatibleCheckpointError`, nothing is moved.
+
+Checkpoints written before checksums existed restore with a warning.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,66 +25,212 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
+from pit import integrity
+from pit.errors import PitError
+
+FORMAT = 2          # JSON item layout: {"pit_checkpoint": 2, "iterator", "metrics", "checksums"}
+CORRUPT_SUFFIX = ".corrupt"
+
+
+class CheckpointError(PitError):
+  """A checkpoint that cannot be used; the message names directory and step."""
+
+
+class CorruptCheckpointError(CheckpointError):
+  def __init__(self, directory: str, step: int | None, reason: str):
+    self.directory, self.step, self.reason = directory, step, reason
+    super().__init__(f"checkpoint {directory} step {step} is corrupt or unreadable: {reason}")
+
+
+class IncompatibleCheckpointError(CheckpointError):
+  """The checkpoint was saved for another model or optimizer (not damage)."""
+
 
 class Checkpointer:
-  """Saves {state, data} under `directory`; resumes from the latest step."""
+  """Saves {state, data} under `directory` every `save_every` steps, keeps `keep`."""
 
-  def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = True):
+  def __init__(self, directory: str, *, save_every: int = 1, keep: int = 1,
+               async_save: bool = True, read_only: bool = False):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(int(save_every), 1), max_to_keep=max(int(keep), 1),
-        enable_async_checkpointing=async_save, create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "data"))
+    self._options = dict(save_every=save_every, keep=keep, async_save=async_save,
+                         read_only=read_only)
+    self._legacy_warned = False
+    self.manager = self._make_manager()
 
+  def _make_manager(self):
+    o = self._options
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(int(o["save_every"]), 1), max_to_keep=max(int(o["keep"]), 1),
+        enable_async_checkpointing=o["async_save"], create=not o["read_only"],
+        read_only=o["read_only"], cleanup_tmp_directories=not o["read_only"])
+    return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+  # ------------------------------------------------------------------ save
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: dict, *, force: bool = False) -> bool:
-    args = ocp.args.Composite(state=ocp.args.PyTreeSave(state),
-                              data=ocp.args.JsonSave(data_state))
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: dict, *, force: bool = False,
+           metrics: dict | None = None) -> bool:
+    """Saves `state` (async unless disabled) with its checksums, the iterator position
+    `data_state` and the last logged `metrics`. Returns whether a save was started."""
+    if not force and not self.manager.should_save(int(step)):
+      return False
+    meta = {"pit_checkpoint": FORMAT, "iterator": dict(data_state or {}),
+            "metrics": _json_metrics(metrics or {}),
+            "checksums": {"algorithm": integrity.ALGORITHM,
+                          "leaves": integrity.leaf_checksums(state)}}
+    args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(meta))
     return self.manager.save(int(step), args=args, force=force)
 
+  # ------------------------------------------------------------------ restore
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
-    """Restores into the shardings carried by `abstract_state` (ShapeDtypeStructs)."""
-    step = self._step(step)
-    args = ocp.args.Composite(state=_restore_args(abstract_state), data=ocp.args.JsonRestore())
-    restored = self.manager.restore(step, args=args)
-    logging.info("restored checkpoint step %d from %s", step, self.directory)
-    return restored["state"], dict(restored["data"] or {}), step
+    """(state, iterator state, step), verified; into the shardings of `abstract_state`
+    (ShapeDtypeStructs). Raises CorruptCheckpointError / IncompatibleCheckpointError."""
+    state, meta, step = self._restore(abstract_state, self._step(step), partial=False)
+    return state, meta["iterator"], step
+
+  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, dict, int] | None:
+    """What training resumes from: (state, iterator state, last metrics, step) of the
+    newest step that passes every check, or None when there is no checkpoint. Failing
+    steps are logged with their reason and moved aside (`<step>.corrupt`); when none
+    passes, raises CorruptCheckpointError listing every step's reason."""
+    steps = self.all_steps()
+    if not steps:
+      return None
+    failures = []
+    for step in reversed(steps):
+      try:
+        state, meta, step = self._restore(abstract_state, step, partial=False)
+      except CorruptCheckpointError as e:
+        logging.error("%s; falling back to an older checkpoint", e)
+        failures.append(f"step {step}: {e.reason}")
+        self.quarantine(step)
+        continue
+      if failures:
+        logging.warning("resuming from step %d of %s (skipped corrupt: %s)", step,
+                        self.directory, "; ".join(failures))
+      return state, meta["iterator"], meta["metrics"], step
+    raise CorruptCheckpointError(self.directory, steps[-1],
+                                 "no checkpoint here restores: " + "; ".join(failures) +
+                                 f" (moved aside as <step>{CORRUPT_SUFFIX}: the same "
+                                 "command now starts this training from the beginning)")
 
   def restore_params(self, abstract_params: Any, step: int | None = None,
                      allow_missing: Callable[[str], bool] | None = None) -> tuple[Any, int]:
-    """Restores only the `params` of a saved train state (no optimizer state is read).
-    A param the checkpoint lacks is an error, unless `allow_missing(top-level key)`:
-    then that key is left out of the result for the caller to fill."""
+    """Restores only the `params` of a saved train state (no optimizer state is read),
+    verified against the saved checksums. A param the checkpoint lacks is an error,
+    unless `allow_missing(top-level key)`: then that key is left out of the result for
+    the caller to fill. Never falls back to another step: the step asked for (default
+    the latest) is used or CorruptCheckpointError is raised."""
     step = self._step(step)
     if allow_missing is not None:
       saved = set(self.saved_param_keys(step))
       abstract_params = {k: v for k, v in abstract_params.items()
                          if k in saved or not allow_missing(k)}
-    args = ocp.args.Composite(state=_restore_args({"params": abstract_params}, partial=True))
-    restored = self.manager.restore(step, args=args)["state"]
+    restored, _, step = self._restore({"params": abstract_params}, step, partial=True)
     missing = [jax.tree_util.keystr(path) for path, leaf in
                jax.tree_util.tree_flatten_with_path(restored["params"])[0]
                if isinstance(leaf, jax.ShapeDtypeStruct)]
     if missing:  # partial restore leaves what the checkpoint lacks as abstract leaves
-      raise ValueError(f"checkpoint {self.directory} step {step} has no params{missing[0]} "
-                       f"(and {len(missing) - 1} more): it was saved for another model")
+      raise IncompatibleCheckpointError(
+          f"checkpoint {self.directory} step {step} has no params{missing[0]} "
+          f"(and {len(missing) - 1} more): it was saved for another model")
     return restored["params"], step
+
+  def is_intact(self, abstract_params: Any, step: int | None = None) -> bool:
+    """Whether `step` (default latest) restores its params and they match their checksums."""
+    try:
+      self.restore_params(abstract_params, step)
+    except CorruptCheckpointError as e:
+      logging.error("%s", e)
+      return False
+    return True
 
   def saved_param_keys(self, step: int | None = None) -> list[str]:
     """Top-level keys of the params saved at `step` (read from metadata, no arrays)."""
-    path = os.path.join(self.directory, str(self._step(step)), "state")
-    meta = ocp.PyTreeCheckpointer().metadata(path)
-    tree = getattr(meta, "item_metadata", meta)
-    return list(tree["params"].keys())
+    step = self._step(step)
+    return list(self._state_metadata(step)["params"].keys())
 
+  def quarantine(self, step: int) -> str | None:
+    """Moves a failing step aside (`<step>.corrupt`, numbered if taken); it is kept for
+    inspection and never read again. Returns the new path (process 0), else None."""
+    src = os.path.join(self.directory, str(step))
+    dst = None
+    if jax.process_index() == 0 and os.path.isdir(src):
+      dst, k = src + CORRUPT_SUFFIX, 1
+      while os.path.exists(dst):
+        dst, k = f"{src}{CORRUPT_SUFFIX}{k}", k + 1
+      os.rename(src, dst)
+      logging.warning("moved corrupt checkpoint %s to %s", src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"pit-quarantine-{self.directory}-{step}")
+    self.manager.close()
+    self.manager = self._make_manager()
+    return dst
+
+  # ------------------------------------------------------------------ internals
   def _step(self, step):
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    return step
+    return int(step)
+
+  def _state_metadata(self, step: int):
+    path = os.path.join(self.directory, str(step), "state")
+    try:
+      meta = ocp.PyTreeCheckpointer().metadata(path)
+      tree = getattr(meta, "item_metadata", meta)
+      tree = getattr(tree, "tree", tree)
+      dict(tree)
+    except Exception as e:  # noqa: BLE001 - any failure to read it is damage
+      raise CorruptCheckpointError(self.directory, step,
+                                   f"array metadata in {path} unreadable ({_reason(e)})") from e
+    return tree
+
+  def _restore(self, abstract, step: int, *, partial: bool):
+    meta = self._read_json(step)
+    saved = self._state_metadata(step)
+    cast = _check_compatible(self.directory, step, saved, abstract)
+    args = ocp.args.Composite(state=_restore_args(abstract, partial=partial))
+    try:
+      state = self.manager.restore(step, args=args)["state"]
+    except CheckpointError:
+      raise
+    except Exception as e:  # noqa: BLE001 - tensorstore, OS and format errors alike
+      raise CorruptCheckpointError(self.directory, step,
+                                   f"arrays unreadable ({_reason(e)})") from e
+    sums = meta.get("checksums")
+    if sums is None:
+      if not self._legacy_warned:
+        logging.warning("checkpoint %s step %d has no checksums (written before they "
+                        "existed): restored unverified", self.directory, step)
+        self._legacy_warned = True
+    else:
+      present = {k: v for k, v in _drop_abstract(state).items() if k not in cast}
+      problem = integrity.compare(sums.get("leaves", {}), integrity.leaf_checksums(present))
+      if problem:
+        raise CorruptCheckpointError(self.directory, step, problem)
+    logging.info("restored checkpoint step %d from %s", step, self.directory)
+    return state, meta, step
+
+  def _read_json(self, step: int) -> dict:
+    try:
+      raw = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+      data = raw["data"]
+    except Exception as e:  # noqa: BLE001
+      raise CorruptCheckpointError(
+          self.directory, step,
+          f"{os.path.join(self.directory, str(step), 'data')} unreadable ({_reason(e)})") from e
+    if not isinstance(data, dict):
+      raise CorruptCheckpointError(self.directory, step, "data item is not a JSON object")
+    if data.get("pit_checkpoint") is None:   # format 1: the iterator state alone
+      return {"iterator": dict(data), "metrics": {}, "checksums": None}
+    return {"iterator": dict(data.get("iterator") or {}), "metrics": dict(data.get("metrics") or {}),
+            "checksums": data.get("checksums")}
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -75,6 +238,57 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _reason(e: BaseException) -> str:
+  text = " ".join(str(e).split()) or type(e).__name__
+  return text if len(text) <= 300 else text[:150] + " ... " + text[-140:]
+
+
+def _json_metrics(metrics: dict) -> dict:
+  out = {}
+  for k, v in metrics.items():
+    try:
+      f = float(v)
+    except (TypeError, ValueError):
+      continue
+    out[k] = f if f == f and abs(f) != float("inf") else str(f)
+  return out
+
+
+def _drop_abstract(tree) -> dict:
+  """{path name: array} of the restored leaves (a partial restore leaves what the
+  checkpoint lacks as abstract leaves)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {integrity.path_name(p): x for p, x in leaves if not isinstance(x, jax.ShapeDtypeStruct)}
+
+
+def _check_compatible(directory: str, step: int, saved, abstract) -> set[str]:
+  """The saved params have the names and shapes of the target's (else another model).
+  Returns the leaves restored into another dtype (cast by Orbax: their bits differ from
+  the saved ones, so their checksums are not compared)."""
+  def flat(tree, prefix):
+    return {f"{prefix}/{integrity.path_name(p)}": x
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  target = abstract.get("params") if isinstance(abstract, dict) else getattr(abstract, "params", None)
+  if target is None or "params" not in saved:
+    return set()
+  want = flat(target, "params")
+  have = flat(saved["params"], "params")
+  cast = set()
+  for name, x in want.items():
+    if name not in have:
+      continue
+    shape = tuple(getattr(have[name], "shape", ()) or ())
+    if shape != tuple(x.shape):
+      raise IncompatibleCheckpointError(
+          f"checkpoint {directory} step {step} was saved for another model: {name} has "
+          f"shape {shape}, this model's is {tuple(x.shape)} (use another workdir, or the "
+          "config the checkpoint was written with)")
+    dtype = getattr(have[name], "dtype", None)
+    if dtype is not None and str(dtype) != str(x.dtype):
+      cast.add(name)
+  return cast
 
 
 def _restore_args(abstract, partial: bool = False):

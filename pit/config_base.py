@@ -20,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.pipeline = "sft"
   c.progress = True
+  c.rerun_from = ""   # multi-stage pipelines (pit): rerun this stage and every later one
   c.model = model_defaults()
   c.mesh = ml_collections.ConfigDict(dict(
       shape=(1, -1, 1), axis_names=DEFAULT_AXIS_NAMES,

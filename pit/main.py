@@ -21,11 +21,14 @@ class UsageError(Exception):
 
 
 def run(config, workdir: str):
+  """Runs `config.pipeline` in `workdir`, holding the workdir's lock (one run per workdir)."""
+  from pit import workdir_lock
   from pit.pipelines import PIPELINES, common  # jax imported only after flags parsed
   if config.pipeline not in PIPELINES:
     raise UsageError(f"unknown pipeline {config.pipeline!r}; choose one of {sorted(PIPELINES)}")
-  common.save_config(config, workdir)
-  return PIPELINES[config.pipeline](config, workdir)
+  with workdir_lock.hold(workdir):
+    common.save_config(config, workdir)
+    return PIPELINES[config.pipeline](config, workdir)
 
 
 def main(argv):
@@ -37,6 +40,8 @@ def main(argv):
     raise UsageError("--workdir is required")
   logging.set_verbosity(logging.INFO)
   _quiet_libraries()
+  from pit import preemption
+  preemption.handle_signals()
   run(_CONFIG.value, _WORKDIR.value)
 
 
@@ -54,22 +59,60 @@ def _quiet_libraries():
     handler.addFilter(_LibraryInfoFilter())
 
 
-def _fail(msg: str):
-  sys.stderr.write(f"pit: error: {msg}\n")
-  sys.exit(2)
+def _fail(msg: str, code: int = 2, kind: str = "error"):
+  sys.stderr.write(f"pit: {kind}: {msg}\n")
+  sys.exit(code)
+
+
+MAX_ERROR_CHARS = 400
+
+
+def _root_causes(e: BaseException) -> list[str]:
+  """The OS-level reasons (e.g. "No space left on device") anywhere in e's chain of
+  causes: libraries wrap them in long messages of their own."""
+  out, seen = [], set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.strerror:
+      out.append(e.strerror)
+    e = e.__cause__ or e.__context__
+  return out
 
 
 def _one_line(e: BaseException) -> str:
+  """One line for the terminal: the message's head (what failed, naming file/field) and
+  its tail (the cause) are both kept when it is long; an OS reason found in the chain of
+  causes is appended when the message lacks it."""
   lines = [line.strip() for line in str(e).splitlines() if line.strip()]
   if any(line.startswith("Traceback") for line in lines):  # keep the head and the cause
     lines = [lines[0].split(" Traceback")[0], lines[-1]]
-  text = " ".join(lines)
-  text = text or type(e).__name__
-  return text if len(text) <= 400 else text[:397] + "..."
+  text = " ".join(lines) or type(e).__name__
+  for reason in _root_causes(e):
+    if reason not in text:
+      text = f"{text} ({reason})"
+  if len(text) > MAX_ERROR_CHARS:
+    half = (MAX_ERROR_CHARS - 5) // 2
+    text = f"{text[:half]} ... {text[-half:]}"
+  return text
+
+
+def _resolve_config_arg(argv: list[str]) -> list[str]:
+  """`--config=PATH[:preset]`: a PATH that does not exist here may name a bundled config
+  (`configs/sft.py`, `sft.py` or `sft`), so the documented commands work from any folder."""
+  from pit import paths
+  out = []
+  for i, a in enumerate(argv):
+    if a.startswith("--config=") or (i and argv[i - 1] == "--config"):
+      flag, value = ("--config=", a[len("--config="):]) if a.startswith("--config=") else ("", a)
+      file_part, sep, preset = value.partition(":")
+      a = flag + paths.config_file(file_part) + sep + preset
+    out.append(a)
+  return out
 
 
 def _parse_flags(argv):
   overrides = [a.split("=", 1)[0].lstrip("-") for a in argv[1:] if a.startswith("--config.")]
+  argv = _resolve_config_arg(list(argv))
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -85,10 +128,14 @@ def entry():
     app.run(main, flags_parser=_parse_flags)
   except SystemExit:
     raise
-  except (UsageError, ValueError, OSError, KeyError) as e:
-    if os.environ.get("PIT_TRACEBACK"):
+  except Exception as e:  # noqa: BLE001
+    from pit.errors import PitError, Preempted
+    if os.environ.get("PIT_TRACEBACK") or not isinstance(
+        e, (PitError, UsageError, ValueError, OSError, KeyError)):
       raise
-    _fail(_one_line(e))
+    if isinstance(e, Preempted):
+      _fail(_one_line(e), e.exit_code, kind="stopped")
+    _fail(_one_line(e), getattr(e, "exit_code", 2))
 
 
 if __name__ == "__main__":

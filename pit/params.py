@@ -30,6 +30,11 @@ class ModelDef:
         lambda ax, a: NamedSharding(mesh, shd.logical_to_spec(ax.names, rules, mesh, a.shape)),
         self.axes, self.abstract_params, is_leaf=lambda x: isinstance(x, LogicalAxes))
 
+  def sharded_abstract(self, mesh: Mesh, rules) -> Params:
+    """ShapeDtypeStructs carrying each param's sharding on `mesh`: a restore target."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        self.abstract_params, self.shardings(mesh, rules))
+
 
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)

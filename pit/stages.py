@@ -1,79 +1,321 @@
-"""Multi-stage runs (PIT, Self-Rewarding M1→M2→M3, SER rounds) that never lose work.
+"""Multi-stage runs (PIT, Self-Rewarding M1→M2→M3, SER rounds) that never lose work
+and never reuse stale work.
 
-A stage is a named step with its own sub-directory of the run's workdir. When a
-stage finishes, `stage_done.json` (its summary) is written atomically; running
-the same command again skips finished stages and resumes the unfinished one
-from its own checkpoints (every trainer is resumable), so a run interrupted at
-any point continues where it stopped.
+A stage is a named step with its own sub-directory of the run's workdir, its
+resolved settings (the config it runs with) and the names of the stages it reads
+(`inputs`). Its fingerprint hashes its settings (less `IGNORED` fields, which do
+not change results), the fingerprints of its inputs and the contents of the files
+outside the workdir it reads (`files`). `run_stages`:
+
+  * skips a stage whose `stage_done.json` carries the current fingerprint;
+  * reruns a stage whose fingerprint changed (its settings, an input stage, an input
+    file), with a log line naming what changed; its old directory is moved to
+    WORKDIR/superseded/<stage>.<time>/ (kept, never read). Stages that read it see a
+    new input fingerprint and rerun too;
+  * resumes an unfinished stage with the same fingerprint from its own checkpoints
+    (every trainer is resumable); an unfinished stage with another fingerprint starts
+    afresh (its directory superseded);
+  * `rerun_from=NAME` reruns that stage and every later one;
+  * a stage that finds a finished stage's checkpoint corrupt (`CorruptCheckpointError`
+    under that stage's directory) moves that step aside and reopens that stage (its
+    trainer resumes from the newest good checkpoint, or from scratch, and trains to the
+    end), then continues: a damaged result is redone, never used.
+
+A stage reads other stages' directories only through `StageContext.input_dir`,
+which refuses a stage not declared in `inputs`: the declared inputs are exactly what
+flows, so the fingerprints cannot miss a dependency.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Any, Callable, Sequence
 
 import jax
+import ml_collections
+
+from pit import jsonio
 
 DONE_FILE = "stage_done.json"
+STARTED_FILE = "stage_started.json"
+SUPERSEDED_DIR = "superseded"
+# Settings that do not change what a stage computes: a change reruns nothing.
+IGNORED = ("progress", "rerun_from", "distributed", "mesh", "checkpoint.keep",
+           "checkpoint.async_save", "train.log_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+  """What a running stage sees: its directory and the directories of its inputs."""
+  workdir: str
+  name: str
+  dir: str
+  inputs: tuple[str, ...]
+
+  def input_dir(self, name: str) -> str:
+    """The directory of input stage `name` (must be declared in the stage's inputs)."""
+    if name not in self.inputs:
+      raise KeyError(f"stage {self.name} reads stage {name!r}, which is not among its declared "
+                     f"inputs {list(self.inputs)}")
+    return stage_dir(self.workdir, name)
+
+  def input_path(self, name: str, *parts: str) -> str:
+    return os.path.join(self.input_dir(name), *parts)
+
+  def input_summary(self, name: str) -> dict:
+    """The summary input stage `name` finished with."""
+    self.input_dir(name)
+    return read_summary(self.workdir, name)
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
   name: str
-  run: Callable[[str], dict]  # stage workdir -> JSON-serialisable summary
+  run: Callable[[StageContext], dict]   # -> JSON-serialisable summary
+  settings: Any = None                  # resolved config (ConfigDict / dict) it runs with
+  inputs: Sequence[str] | None = None   # stages it reads; None = every earlier stage
+  files: Sequence[str] = ()             # files or folders outside the workdir it reads
 
 
 def stage_dir(workdir: str, name: str) -> str:
   return os.path.join(workdir, name)
 
 
+def _read_json(path: str) -> dict | None:
+  try:
+    with open(path) as f:
+      rec = json.load(f)
+    return rec if isinstance(rec, dict) else None
+  except (OSError, ValueError):
+    return None
+
+
+def done_record(workdir: str, name: str) -> dict | None:
+  """The stage's completion record, or None (not done, or an unreadable record)."""
+  return _read_json(os.path.join(stage_dir(workdir, name), DONE_FILE))
+
+
 def is_done(workdir: str, name: str) -> bool:
-  return os.path.exists(os.path.join(stage_dir(workdir, name), DONE_FILE))
+  return done_record(workdir, name) is not None
 
 
 def read_summary(workdir: str, name: str) -> dict:
-  with open(os.path.join(stage_dir(workdir, name), DONE_FILE)) as f:
-    return json.load(f)["summary"]
+  rec = done_record(workdir, name)
+  if rec is None:
+    raise FileNotFoundError(f"stage {name} has not finished: no readable "
+                            f"{os.path.join(stage_dir(workdir, name), DONE_FILE)}")
+  return rec["summary"]
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes `path` so that a crash leaves either the old file or the new one."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=_jsonable)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  jsonio.write_atomic(path, obj)
 
 
-def _jsonable(x):
-  try:
-    return float(x)
-  except (TypeError, ValueError):
-    return str(x)
+# ------------------------------------------------------------------ settings
 
 
-def run_stages(workdir: str, stages: Sequence[Stage]) -> dict[str, dict]:
-  """Runs `stages` in order, skipping finished ones; returns every stage's summary."""
+def derive(config, pipeline: str, section: str | None, *, method: str = "pit",
+           keep: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """A stage's config: a copy of the root config with `pipeline` set, the override
+  section `config.<method>.<section>` merged in (unknown fields are an error naming
+  `<method>.<section>.<field>`), and the method section replaced by only the fields in
+  `keep` (what the stage reads of it), so the stage's fingerprint moves with exactly
+  those."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.pipeline = pipeline
+  msec = config.get(method, None)
+  overrides = msec.get(section, None) if (msec is not None and section) else None
+  if overrides is not None:
+    _merge(c, overrides, f"{method}.{section}")
+  if msec is not None:
+    c[method] = ml_collections.ConfigDict({k: msec[k] for k in keep})
+  return c
+
+
+def _merge(dst, src, path: str):
+  for key, value in src.items():
+    if key not in dst:
+      raise ValueError(f"{path}.{key}: no such config field to override")
+    if isinstance(value, ml_collections.ConfigDict):
+      if not isinstance(dst[key], ml_collections.ConfigDict):
+        raise ValueError(f"{path}.{key}: is a section here but not in the root config")
+      _merge(dst[key], value, f"{path}.{key}")
+    else:
+      dst[key] = value
+
+
+def clean_settings(settings: Any) -> dict:
+  """The settings as plain JSON, less the IGNORED fields."""
+  if settings is None:
+    return {}
+  d = settings.to_dict() if hasattr(settings, "to_dict") else dict(settings)
+  d = json.loads(jsonio.dumps(d))
+  for dotted in IGNORED:
+    node, parts = d, dotted.split(".")
+    for p in parts[:-1]:
+      node = node.get(p) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.pop(parts[-1], None)
+  return d
+
+
+def file_digest(path: str) -> str:
+  """Content hash of a file, or of every file under a folder (names and contents)."""
+  h = hashlib.sha256()
+  if os.path.isdir(path):
+    for root, dirs, files in os.walk(path):
+      dirs.sort()
+      for name in sorted(files):
+        p = os.path.join(root, name)
+        h.update(os.path.relpath(p, path).encode() + b"\0")
+        h.update(file_digest(p).encode())
+  elif os.path.exists(path):
+    with open(path, "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+  else:
+    h.update(b"<missing>")
+  return h.hexdigest()
+
+
+def fingerprint(settings: dict, inputs: dict[str, str], files: dict[str, str]) -> str:
+  blob = json.dumps({"settings": settings, "inputs": inputs, "files": files}, sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for k in sorted(set(old) | set(new)):
+      out += _diff(old.get(k, "<absent>"), new.get(k, "<absent>"), f"{prefix}{k}.")
+    return out
+  return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def _why_changed(old: dict, settings: dict, inputs: dict, files: dict) -> str:
+  reasons = _diff(old.get("settings", {}), settings)
+  if reasons:
+    shown = "; ".join(reasons[:4]) + (f"; and {len(reasons) - 4} more" if len(reasons) > 4 else "")
+    return f"its settings changed ({shown})"
+  changed = [k for k in inputs if old.get("inputs", {}).get(k) != inputs[k]]
+  if changed:
+    return f"input stage(s) {', '.join(changed)} changed"
+  changed = [k for k in files if old.get("files", {}).get(k) != files[k]]
+  if changed:
+    return f"input file(s) {', '.join(changed)} changed"
+  return "it was recorded by another version of PIT"
+
+
+def supersede(workdir: str, name: str) -> str | None:
+  """Moves a stage's directory to WORKDIR/superseded/<name>.<time>; returns the new path."""
+  d = stage_dir(workdir, name)
+  if not os.path.isdir(d) or jax.process_index() != 0:
+    return None
+  dst_root = os.path.join(workdir, SUPERSEDED_DIR)
+  os.makedirs(dst_root, exist_ok=True)
+  dst = os.path.join(dst_root, f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
+  k = 1
+  while os.path.exists(dst):
+    dst, k = f"{dst.rsplit('~', 1)[0]}~{k}", k + 1
+  shutil.move(d, dst)
+  return dst
+
+
+# ------------------------------------------------------------------ runner
+
+
+def run_stages(workdir: str, stages: Sequence[Stage], *, rerun_from: str = "") -> dict[str, dict]:
+  """Runs `stages` in order (see the module docstring); returns every stage's summary."""
+  from pit.checkpoint import CorruptCheckpointError
   names = [s.name for s in stages]
   if len(set(names)) != len(names):
     raise ValueError(f"stage names must be unique: {names}")
-  summaries = {}
-  for i, stage in enumerate(stages):
+  if rerun_from and rerun_from not in names:
+    raise ValueError(f"rerun_from: no stage {rerun_from!r} (stages: {', '.join(names)})")
+  forced = set(names[names.index(rerun_from):]) if rerun_from else set()
+  summaries: dict[str, dict] = {}
+  fps: dict[str, str] = {}
+  reopened: set[str] = set()
+  i = 0
+  while i < len(stages):
+    stage = stages[i]
     d = stage_dir(workdir, stage.name)
-    if is_done(workdir, stage.name):
-      logging.info("stage %d/%d %s: already done, skipping", i + 1, len(stages), stage.name)
-      summaries[stage.name] = read_summary(workdir, stage.name)
+    inputs = tuple(names[:i]) if stage.inputs is None else tuple(stage.inputs)
+    unknown = [n for n in inputs if n not in names[:i]]
+    if unknown:
+      raise ValueError(f"stage {stage.name}: inputs {unknown} are not earlier stages")
+    settings = clean_settings(stage.settings)
+    input_fps = {n: fps[n] for n in inputs}
+    files = {f: file_digest(f) for f in stage.files}
+    fp = fingerprint(settings, input_fps, files)
+    done = done_record(workdir, stage.name)
+    started = _read_json(os.path.join(d, STARTED_FILE))
+    where = f"stage {i + 1}/{len(stages)} {stage.name}"
+    if done is not None and done.get("fingerprint") == fp and stage.name not in forced:
+      logging.info("%s: already done, skipping", where)
+      summaries[stage.name], fps[stage.name] = done["summary"], fp
+      i += 1
       continue
-    logging.info("stage %d/%d %s: running in %s", i + 1, len(stages), stage.name, d)
+    old = done or started
+    if stage.name in forced:
+      forced.discard(stage.name)
+      if os.path.isdir(d):
+        moved = supersede(workdir, stage.name)
+        logging.warning("%s: rerunning (rerun_from=%s); previous results moved to %s", where,
+                        rerun_from, moved)
+    elif old is not None and old.get("fingerprint") != fp:
+      why = _why_changed(old, settings, input_fps, files)
+      moved = supersede(workdir, stage.name)
+      logging.warning("%s: rerunning because %s; it and every stage that reads it run again "
+                      "(previous results moved to %s)", where, why, moved)
+    elif started is not None:
+      logging.info("%s: resuming the unfinished stage in %s", where, d)
+    logging.info("%s: running in %s", where, d)
     os.makedirs(d, exist_ok=True)
+    if jax.process_index() == 0:
+      write_json_atomic(os.path.join(d, STARTED_FILE),
+                        {"stage": stage.name, "fingerprint": fp, "settings": settings,
+                         "inputs": input_fps, "files": files})
     t0 = time.time()
-    summary = stage.run(d) or {}
+    ctx = StageContext(workdir, stage.name, d, inputs)
+    try:
+      summary = stage.run(ctx) or {}
+    except CorruptCheckpointError as e:
+      owner = _owner(workdir, names[:i], e.directory)
+      if owner is None or owner in reopened:
+        raise
+      reopened.add(owner)
+      logging.error("%s: %s; reopening the finished stage %s to redo it", where, e, owner)
+      if e.step is not None:
+        from pit.checkpoint import Checkpointer
+        ck = Checkpointer(e.directory)
+        ck.quarantine(e.step)
+        ck.close()
+      if jax.process_index() == 0:
+        os.remove(os.path.join(stage_dir(workdir, owner), DONE_FILE))
+      i = names.index(owner)
+      continue
+    summary = json.loads(jsonio.dumps(summary))
     if jax.process_index() == 0:
       write_json_atomic(os.path.join(d, DONE_FILE),
-                        {"stage": stage.name, "seconds": time.time() - t0, "summary": summary})
-    summaries[stage.name] = json.loads(json.dumps(summary, default=_jsonable))
+                        {"stage": stage.name, "seconds": time.time() - t0, "summary": summary,
+                         "fingerprint": fp, "settings": settings, "inputs": input_fps,
+                         "files": files})
+    summaries[stage.name], fps[stage.name] = summary, fp
+    i += 1
   return summaries
+
+
+def _owner(workdir: str, names: Sequence[str], path: str) -> str | None:
+  """The stage whose directory holds `path`."""
+  path = os.path.abspath(path)
+  for n in names:
+    if path.startswith(os.path.abspath(stage_dir(workdir, n)) + os.sep):
+      return n
+  return None

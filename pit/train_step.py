@@ -122,6 +122,9 @@ def make_train_step(mdef: ModelDef, loss_fn: LossFn, optimizer: optax.GradientTr
     metrics = dict(metrics)
     metrics["loss"] = wloss / denom
     metrics["grad_norm"] = optax.global_norm(grads)
+    # One reduction over the new params: a finite loss can still overflow them.
+    metrics["params_finite"] = jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
     metrics["weight"] = weight
     if lr_schedule is not None:
       metrics["learning_rate"] = lr_schedule(state.step)

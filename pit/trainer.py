@@ -1,9 +1,24 @@
 """The one training loop: state creation or resumption, the generic train step,
-checkpoints, metrics and a progress bar. Every method's pipeline calls `train`."""
+checkpoints, metrics and a progress bar. Every method's pipeline calls `train`.
+
+Guarantees (BUILD_NOTES, "Failure behaviour"):
+  * resume: from the newest checkpoint that passes verification
+    (`Checkpointer.restore_latest`: corrupt steps are named and moved aside);
+  * one run per workdir (`pit.workdir_lock`);
+  * non-finite loss, gradient norm or parameters stop training with `NonFiniteError`
+    naming the first bad step; such a state is never saved, so the last good
+    checkpoints stay (checked before every save, log line and evaluation, without a
+    per-step host sync: the flags are gathered lazily);
+  * SIGTERM / SIGINT (`pit.preemption`): the current step finishes, a checkpoint is
+    saved at it, `Preempted` is raised (exit status 75), the same command resumes;
+  * the last logged train metrics are saved in every checkpoint, so a run resumed at
+    its final step returns the same `last_metrics` as an uninterrupted one.
+"""
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from typing import Any, Callable, Iterator
@@ -12,12 +27,17 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from pit import optim
+from pit import optim, preemption, workdir_lock
 from pit import sharding as shd
 from pit import train_step as ts
 from pit.checkpoint import Checkpointer
+from pit.errors import NonFiniteError, Preempted
 from pit.metrics import MetricsWriter
 from pit.params import ModelDef, init_params
+
+# Metrics that describe the machine, not the model: kept out of `last_metrics` so a
+# resumed run's summary equals an uninterrupted one's (they stay in metrics.jsonl).
+TIMING_METRICS = ("tokens_per_sec",)
 
 
 @dataclasses.dataclass
@@ -42,23 +62,37 @@ def train(config, workdir: str, mdef: ModelDef, loss_fn: ts.LossFn, data: Iterat
 
   config.train: steps, batch_size, accum_steps, log_every, eval_every, seed.
   config.checkpoint: every, keep, async_save.
-  Resumes from the latest checkpoint in workdir/checkpoints automatically.
+  Resumes from the latest good checkpoint in workdir/checkpoints automatically.
+
+  Raises NonFiniteError (non-finite loss / grad norm / params, naming the step),
+  Preempted (after SIGTERM / SIGINT, once the checkpoint is saved),
+  WorkdirLockedError, CorruptCheckpointError (no checkpoint restores).
   """
+  with workdir_lock.hold(workdir), preemption.training():
+    return _train(config, workdir, mdef, loss_fn, data, mesh=mesh, rules=rules, extra=extra,
+                  extra_shardings=extra_shardings, init_params_fn=init_params_fn,
+                  eval_fn=eval_fn, name=name)
+
+
+def _train(config, workdir, mdef, loss_fn, data, *, mesh, rules, extra, extra_shardings,
+           init_params_fn, eval_fn, name) -> TrainResult:
   tcfg, ccfg = config.train, config.checkpoint
   optimizer = optim.make_optimizer(config.optim)
   schedule = optim.learning_rate_schedule(config.optim)
   param_shardings = mdef.shardings(mesh, rules)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=ccfg.every,
                       keep=ccfg.keep, async_save=ccfg.get("async_save", True))
-  resumed_from = ckpt.latest_step()
-  if resumed_from is not None:
-    abs_state, state_shardings = ts.abstract_train_state(mdef.abstract_params, optimizer, mesh,
-                                                         param_shardings)
-    state, data_state, _ = ckpt.restore(abs_state, resumed_from)
+  abs_state, state_shardings = ts.abstract_train_state(mdef.abstract_params, optimizer, mesh,
+                                                       param_shardings)
+  restored = ckpt.restore_latest(abs_state)
+  last: dict = {}
+  if restored is not None:
+    state, data_state, last, resumed_from = restored
     if data_state and hasattr(data, "set_state"):
       data.set_state(data_state)
     logging.info("%s: resumed from step %d", name, resumed_from)
   else:
+    resumed_from = None
     params = init_params_fn() if init_params_fn else init_params(mdef, mesh, rules, int(tcfg.seed))
     state, state_shardings = ts.create_train_state(params, optimizer, mesh, param_shardings)
   step_fn = ts.make_train_step(mdef, loss_fn, optimizer, mesh, rules, state_shardings,
@@ -67,13 +101,14 @@ def train(config, workdir: str, mdef: ModelDef, loss_fn: ts.LossFn, data: Iterat
   writer = MetricsWriter(workdir, resume_step=resumed_from)
   start = int(jax.device_get(state.step))
   total = int(tcfg.steps)
-  last = {}
   bar = tqdm(total=total, initial=start, desc=name, dynamic_ncols=True,
              disable=jax.process_index() != 0 or not config.get("progress", True),
              mininterval=1.0)
   tokens_since, t_since = 0, time.perf_counter()
   prepare = getattr(data, "prepare", None)
   checkpointable = getattr(data, "checkpointable", None)
+  guard = _FiniteGuard(name, writer, ckpt)
+  stop_signal = None
   try:
     for step in range(start, total):
       if prepare is not None:
@@ -83,24 +118,75 @@ def train(config, workdir: str, mdef: ModelDef, loss_fn: ts.LossFn, data: Iterat
       batch = shd.put_batch(batch, mesh, rules)
       state, metrics = step_fn(state, batch, extra)
       done = step + 1
-      if done % int(tcfg.log_every) == 0 or done == total:
+      guard.add(done, metrics)
+      can_save = checkpointable is None or checkpointable()
+      stop_signal = stop_signal or preemption.requested()
+      stopping = stop_signal is not None and can_save
+      if done % int(tcfg.log_every) == 0 or done == total or stopping:
+        guard.check()
         metrics = jax.device_get(metrics)
+        metrics.pop("params_finite", None)   # checked by the guard; always true when logged
         if hasattr(data, "metrics"):
           metrics.update(data.metrics())
         dt = time.perf_counter() - t_since
         metrics["tokens_per_sec"] = tokens_since * jax.process_count() / max(dt, 1e-9)
-        last = writer.write(done, metrics, split="train")
-        bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}",
-                        tok_s=f"{last['tokens_per_sec']:.0f}")
+        logged = writer.write(done, metrics, split="train")
+        last = {k: v for k, v in logged.items() if k not in TIMING_METRICS}
+        bar.set_postfix(loss=f"{logged.get('loss', float('nan')):.4f}",
+                        tok_s=f"{logged['tokens_per_sec']:.0f}")
         tokens_since, t_since = 0, time.perf_counter()
       if eval_fn is not None and tcfg.get("eval_every", 0) and done % int(tcfg.eval_every) == 0:
+        guard.check()
         writer.write(done, eval_fn(state, done), split="eval")
-      if checkpointable is None or checkpointable():
+      if can_save:
         data_state = data.get_state() if hasattr(data, "get_state") else {}
-        ckpt.save(done, state, data_state, force=(done == total))
+        if ckpt.manager.should_save(done) or done == total or stopping:
+          guard.check()
+        ckpt.save(done, state, data_state, force=(done == total or stopping), metrics=last)
       bar.update(1)
+      if stopping:
+        ckpt.wait()
+        msg = (f"{name}: stopped by {stop_signal} after step {done} of {total}; checkpoint "
+               f"saved at step {done} in {ckpt.directory}: run the same command to resume")
+        logging.warning(msg)
+        raise Preempted(msg)
+    guard.check()
   finally:
     bar.close()
     ckpt.close()
     writer.close()
   return TrainResult(state, total - start, resumed_from, last)
+
+
+class _FiniteGuard:
+  """Collects each step's loss / grad norm / params-finite flag as device scalars and
+  checks them on the host only when asked (before a save, a log line, an evaluation
+  and at the end), so training keeps its asynchronous dispatch."""
+
+  KEYS = ("loss", "grad_norm", "params_finite")
+
+  def __init__(self, name: str, writer: MetricsWriter, ckpt: Checkpointer):
+    self.name, self.writer, self.ckpt = name, writer, ckpt
+    self.pending: list[tuple[int, dict]] = []
+
+  def add(self, step: int, metrics: dict):
+    self.pending.append((step, {k: metrics[k] for k in self.KEYS if k in metrics}))
+
+  def check(self):
+    pending, self.pending = jax.device_get(self.pending), []
+    for step, m in pending:
+      bad = [k for k in ("loss", "grad_norm") if k in m and not math.isfinite(float(m[k]))]
+      if "params_finite" in m and not bool(m["params_finite"]):
+        bad.append("params")
+      if bad:
+        self.ckpt.wait()
+        self.writer.write(step, {k: float(m[k]) for k in ("loss", "grad_norm") if k in m},
+                          split="train")
+        good = self.ckpt.all_steps()
+        raise NonFiniteError(
+            f"{self.name}: non-finite {', '.join(bad)} at step {step} "
+            f"(loss {float(m.get('loss', float('nan'))):.4g}, grad norm "
+            f"{float(m.get('grad_norm', float('nan'))):.4g}); training stopped, nothing after "
+            f"step {good[-1] if good else 0} was saved"
+            f"{f'; good checkpoints kept: {good}' if good else ''} in {self.ckpt.directory}. "
+            "Lower optim.learning_rate or check the data")

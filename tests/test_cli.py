@@ -117,7 +117,7 @@ def test_sigkill_midway_resumes_to_identical_params(tmp_path):
   r = _run(killed, *args, devices=8)
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(killed / "sft_summary.json"))
-  assert summary["resumed_from"] is not None and 16 <= summary["resumed_from"] < 40
+  assert summary["run"]["resumed_from"] is not None and 16 <= summary["run"]["resumed_from"] < 40
   p_ref, s_ref = _final_params(ref)
   p_res, s_res = _final_params(killed)
   assert s_ref == s_res == 40

@@ -225,7 +225,7 @@ def test_short_training_on_synthetic_pairs_beats_chance_and_scores_via_ppo_score
   with open(tmp_path / "gap_reward_summary.json") as f:
     assert json.load(f)["final_eval"] == summary["final_eval"]
   ev = summary["final_eval"]
-  assert summary["eval_pairs"] == 128 and summary["steps_run"] == 60
+  assert summary["eval_pairs"] == 128 and summary["run"]["steps_run"] == 60
   # chance: 0.5 per inequality and for the gap (60 steps of a 1-layer model: a
   # weak but real signal; configs/gap_reward.py:tiny reaches far more)
   assert ev["ordering_accuracy"] > 0.55, ev

@@ -66,7 +66,7 @@ def test_sigkill_midway_resumes_to_identical_params(tmp_path, pipeline):
   r = _run(pipeline, killed, *args)
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(killed / f"{pipeline}_summary.json"))
-  assert summary["resumed_from"] is not None and 4 <= summary["resumed_from"] < 12
+  assert summary["run"]["resumed_from"] is not None and 4 <= summary["run"]["resumed_from"] < 12
   assert summary["final_eval"]["pairs"] == 16
   p_ref, s_ref = _final_params(ref, pipeline)
   p_res, s_res = _final_params(killed, pipeline)
@@ -128,7 +128,7 @@ def test_synthetic_onpolicy_dpo_script(tmp_path):
   pairs = [json.loads(l) for l in open(wd / "pairs_train.jsonl")]
   assert pairs and all(p["chosen_score"] > p["rejected_score"] for p in pairs)
   summary = json.load(open(wd / "dpo" / "dpo_summary.json"))
-  assert summary["steps_run"] == 4 and summary["train_pairs"] == len(pairs)
+  assert summary["run"]["steps_run"] == 4 and summary["train_pairs"] == len(pairs)
   assert set(summary["oracle_before"]) == set(summary["oracle_after"]) == {
       "oracle_greedy", "oracle_sampled"}
   stamps = {p: os.stat(wd / "sft" / p).st_mtime_ns for p in
@@ -136,4 +136,4 @@ def test_synthetic_onpolicy_dpo_script(tmp_path):
   r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   assert stamps == {p: os.stat(wd / "sft" / p).st_mtime_ns for p in stamps}
-  assert json.load(open(wd / "dpo" / "dpo_summary.json"))["resumed_from"] == 4
+  assert json.load(open(wd / "dpo" / "dpo_summary.json"))["run"]["resumed_from"] == 4

@@ -7,6 +7,8 @@ import sys
 import ml_collections
 import pytest
 
+from pit import stages
+from pit.data import builders
 from pit.pipelines import pit as pit_pipeline
 from tests.conftest import REPO
 from tests.test_cli import _env
@@ -97,13 +99,13 @@ def test_hh_rlhf_data_stage_on_the_shared_file(shared_dir, tmp_path):
   c = _load("configs/hh_rlhf.py", "smoke")
   c.data.manual_dir = os.path.join(shared_dir, "data", "hh-rlhf")
   c.data.data_dir = str(tmp_path / "tfds")
-  stage = pit_pipeline.data_stage(c, str(tmp_path))
-  os.makedirs(tmp_path / "data")
-  summary = stage.run(str(tmp_path / "data"))
+  summary = stages.run_stages(str(tmp_path), [pit_pipeline.data_stage(c)])["data"]
   counts = summary["counts"]
   skipped = summary["data"]["train"]["records_skipped"]
-  assert counts["pairs_train"] + counts["pairs_eval"] + skipped == 1798  # 2 mismatched dropped
-  assert 0 < skipped < 10  # empty replies, counted rather than silently dropped
+  by_reason = summary["data"]["train"]["skipped_by_reason"]
+  assert counts["pairs_train"] + counts["pairs_eval"] + skipped == 1800  # every line accounted
+  assert by_reason[builders.MISMATCH] == 2        # lines 1255, 1689: counted, not silent
+  assert 0 < skipped - 2 < 10  # empty replies, counted rather than silently dropped
   row = json.loads((tmp_path / "data" / "pit_sft_train.jsonl").read_text().splitlines()[0])
   assert row["prompt"].startswith("\n\nHuman:") and row["prompt"].endswith("\n\nAssistant:")
   assert "Can you give a better response than that one?" in row["prompt"]

@@ -281,7 +281,7 @@ def test_ppo_cli_sigkill_resumes_to_identical_params(tmp_path):
   r = subprocess.run(cmd(killed), cwd=REPO, env=_env(2), capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(killed / "ppo_summary.json"))
-  assert summary["resumed_from"] is not None and 4 <= summary["resumed_from"] < 12
+  assert summary["run"]["resumed_from"] is not None and 4 <= summary["run"]["resumed_from"] < 12
   assert summary["rollouts"] == 6
   p_ref, s_ref = _final_policy(ref)
   p_res, s_res = _final_policy(killed)

@@ -1,40 +1,149 @@
-"""Multi-stage runs: finished stages are skipped, an interrupted one is re-run."""
+"""Multi-stage runs: finished stages are skipped, an interrupted one is re-run, a stage
+whose settings / inputs / files changed reruns with everything that reads it."""
 import json
 import os
 
+import ml_collections
 import pytest
 
 from pit import stages
 
 
+def _stages(calls, settings=None, fail=(), inputs=None, files=None):
+  """a -> b -> c, where b reads a and c reads b (a chain)."""
+  settings = settings or {}
+  inputs = inputs or {"a": (), "b": ("a",), "c": ("b",)}
+  files = files or {}
+
+  def make(name):
+    def run(ctx):
+      calls.append(name)
+      assert os.path.isdir(ctx.dir) and ctx.dir.endswith(name)
+      for i in ctx.inputs:
+        assert ctx.input_summary(i)["value"] >= 1
+      if name in fail:
+        raise RuntimeError(f"{name} crashed")
+      return {"value": len(name) + settings.get(name, {}).get("x", 0)}
+    return stages.Stage(name, run, settings=settings.get(name, {}), inputs=inputs[name],
+                        files=files.get(name, ()))
+  return [make(n) for n in ("a", "b", "c")]
+
+
 def test_finished_stages_are_skipped_and_a_failed_one_reruns(tmp_path):
   calls = []
-
-  def make(name, fail=False):
-    def run(d):
-      calls.append(name)
-      assert os.path.isdir(d) and d.endswith(name)
-      if fail:
-        raise RuntimeError(f"{name} crashed")
-      return {"value": len(name)}
-    return stages.Stage(name, run)
-
   with pytest.raises(RuntimeError, match="b crashed"):
-    stages.run_stages(str(tmp_path), [make("a"), make("b", fail=True), make("c")])
+    stages.run_stages(str(tmp_path), _stages(calls, fail=("b",)))
   assert calls == ["a", "b"]
   assert stages.is_done(str(tmp_path), "a") and not stages.is_done(str(tmp_path), "b")
-  out = stages.run_stages(str(tmp_path), [make("a"), make("bb"), make("c")])
-  assert calls == ["a", "b", "bb", "c"]  # "a" was not run again
-  assert out == {"a": {"value": 1}, "bb": {"value": 2}, "c": {"value": 1}}
+  out = stages.run_stages(str(tmp_path), _stages(calls))
+  assert calls == ["a", "b", "b", "c"]  # "a" was not run again
+  assert out == {"a": {"value": 1}, "b": {"value": 1}, "c": {"value": 1}}
   with open(tmp_path / "c" / stages.DONE_FILE) as f:
     assert json.load(f)["summary"] == {"value": 1}
+  stages.run_stages(str(tmp_path), _stages(calls))
+  assert calls == ["a", "b", "b", "c"]  # all done: nothing runs
+
+
+def test_changed_settings_rerun_that_stage_and_its_readers_only(tmp_path, caplog):
+  calls = []
+  wd = str(tmp_path)
+  stages.run_stages(wd, _stages(calls, settings={"b": {"x": 1}}))
+  assert calls == ["a", "b", "c"]
+  caplog.set_level("WARNING")
+  out = stages.run_stages(wd, _stages(calls, settings={"b": {"x": 2}}))
+  assert calls == ["a", "b", "c", "b", "c"]   # a kept, b changed, c reads b
+  assert out["b"] == {"value": 3}
+  assert "its settings changed (x: 1 -> 2)" in caplog.text
+  assert "input stage(s) b changed" in caplog.text
+  moved = os.listdir(tmp_path / stages.SUPERSEDED_DIR)
+  assert sorted(m.split(".")[0] for m in moved) == ["b", "c"]   # kept aside, not deleted
+  # A stage that does not read b keeps its result when b changes.
+  calls.clear()
+  independent = {"a": (), "b": ("a",), "c": ("a",)}
+  stages.run_stages(wd, _stages(calls, settings={"b": {"x": 2}}, inputs=independent))
+  assert calls == ["c"]   # c's inputs changed (a instead of b): rerun once
+  stages.run_stages(wd, _stages(calls, settings={"b": {"x": 5}}, inputs=independent))
+  assert calls == ["c", "b"]
+
+
+def test_ignored_fields_rerun_nothing_and_rerun_from_reruns_the_rest(tmp_path, caplog):
+  calls = []
+  wd = str(tmp_path)
+  base = ml_collections.ConfigDict({"train": {"steps": 3, "log_every": 1}, "progress": True,
+                                    "checkpoint": {"keep": 2, "every": 1}})
+  stages.run_stages(wd, _stages(calls, settings={"a": base}))
+  other = ml_collections.ConfigDict(base.to_dict())
+  other.train.log_every, other.progress, other.checkpoint.keep = 5, False, 9
+  stages.run_stages(wd, _stages(calls, settings={"a": other}))
+  assert calls == ["a", "b", "c"]
+  other.checkpoint.every = 2    # not ignored: where checkpoints fall changes what is kept
+  stages.run_stages(wd, _stages(calls, settings={"a": other}))
+  assert calls == ["a", "b", "c"] * 2
+  caplog.set_level("WARNING")
+  stages.run_stages(wd, _stages(calls, settings={"a": other}), rerun_from="b")
+  assert calls == ["a", "b", "c"] * 2 + ["b", "c"]
+  assert "rerunning (rerun_from=b)" in caplog.text
+  with pytest.raises(ValueError, match="rerun_from: no stage 'nope'"):
+    stages.run_stages(wd, _stages(calls), rerun_from="nope")
+
+
+def test_changed_input_file_reruns_and_unfinished_stage_with_new_settings_starts_afresh(tmp_path):
+  calls = []
+  src = tmp_path / "data.jsonl"
+  src.write_text("one\n")
+  wd = str(tmp_path / "run")
+  files = {"a": (str(src),)}
+  stages.run_stages(wd, _stages(calls, files=files))
+  stages.run_stages(wd, _stages(calls, files=files))
+  assert calls == ["a", "b", "c"]
+  src.write_text("two\n")
+  stages.run_stages(wd, _stages(calls, files=files))
+  assert calls == ["a", "b", "c"] * 2
+  # b crashes with settings x=1 (leaving partial work), then is run with x=2: fresh dir.
+  with pytest.raises(RuntimeError):
+    stages.run_stages(wd, _stages(calls, settings={"b": {"x": 1}}, files=files, fail=("b",)))
+  (tmp_path / "run" / "b" / "partial.bin").write_text("from x=1")
+  stages.run_stages(wd, _stages(calls, settings={"b": {"x": 2}}, files=files))
+  assert not (tmp_path / "run" / "b" / "partial.bin").exists()
+  # same settings after a crash: resumed in place (partial work kept for the trainer)
+  with pytest.raises(RuntimeError):
+    stages.run_stages(wd, _stages(calls, settings={"b": {"x": 3}}, files=files, fail=("b",)))
+  (tmp_path / "run" / "b" / "partial.bin").write_text("from x=3")
+  stages.run_stages(wd, _stages(calls, settings={"b": {"x": 3}}, files=files))
+  assert (tmp_path / "run" / "b" / "partial.bin").read_text() == "from x=3"
+
+
+def test_undeclared_reads_are_refused(tmp_path):
+  def sneaky(ctx):
+    return {"x": ctx.input_dir("a")}
+  with pytest.raises(KeyError, match="not among its declared inputs"):
+    stages.run_stages(str(tmp_path), [stages.Stage("a", lambda ctx: {}, inputs=()),
+                                      stages.Stage("b", sneaky, inputs=())])
+  with pytest.raises(ValueError, match="not earlier stages"):
+    stages.run_stages(str(tmp_path / "2"), [stages.Stage("a", lambda ctx: {}, inputs=("b",)),
+                                            stages.Stage("b", lambda ctx: {})])
 
 
 def test_duplicate_names_and_atomic_write(tmp_path):
   with pytest.raises(ValueError, match="unique"):
     stages.run_stages(str(tmp_path), [stages.Stage("x", dict), stages.Stage("x", dict)])
   path = str(tmp_path / "s.json")
-  stages.write_json_atomic(path, {"a": 1})
-  stages.write_json_atomic(path, {"a": 2})
-  assert json.load(open(path)) == {"a": 2}
+  stages.write_json_atomic(path, {"a": 1, "b": float("nan")})
+  stages.write_json_atomic(path, {"a": 2, "b": float("inf")})
+  assert json.load(open(path)) == {"a": 2, "b": "inf"}   # strict JSON, visible
   assert os.listdir(tmp_path) == ["s.json"]  # no temp files left behind
+
+
+def test_derive_keeps_only_the_declared_method_fields():
+  root = ml_collections.ConfigDict({
+      "pipeline": "pit", "train": {"steps": 1},
+      "pit": {"template": "plain", "original_temperature": 1.0,
+              "policy_sft": {"train": {"steps": 7}}}})
+  c = stages.derive(root, "sft", "policy_sft", keep=("template",))
+  assert c.pipeline == "sft" and c.train.steps == 7 and root.train.steps == 1
+  assert c.pit.to_dict() == {"template": "plain"}
+  with pytest.raises(AttributeError):
+    c.pit.original_temperature   # a field the stage did not declare is not there to read
+  root.pit.policy_sft.train.nope = 3
+  with pytest.raises(ValueError, match="pit.policy_sft.train.nope: no such config field"):
+    stages.derive(root, "sft", "policy_sft")

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 
 import jax
 import numpy as np
 
+from pit import jsonio
 from pit import sharding as shd
 from pit.data import batching, sources
 from pit.data.tokenizer import Tokenizer, make_tokenizer
@@ -51,9 +51,17 @@ def save_config(config, workdir: str) -> str:
 def write_summary(workdir: str, name: str, summary: dict):
   """WORKDIR/<name>_summary.json (process 0) and a log line."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f"{name}_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=float)
+    jsonio.write_atomic(os.path.join(workdir, f"{name}_summary.json"), summary)
   logging.info("%s done: %s", name, summary)
+
+
+def train_summary(result, **fields) -> dict:
+  """The summary of a trainer-based pipeline: `fields`, the last logged train metrics
+  (restored from the checkpoint on resume) and, under "run", what this invocation did
+  (`steps_run`, `resumed_from`). Everything outside "run" is the same whether or not the
+  run was interrupted and resumed."""
+  return {**fields, "final_train": result.last_metrics,
+          "run": {"steps_run": result.steps_run, "resumed_from": result.resumed_from}}
 
 
 def buckets(config) -> tuple[int, ...]:

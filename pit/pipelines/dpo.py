@@ -112,10 +112,9 @@ def run(config, workdir: str):
   result = train(config, workdir, rt.mdef, loss_fn, pair_iterator(rt, train_ex, config),
                  mesh=rt.mesh, rules=rt.rules, extra=extra, extra_shardings=extra_shardings,
                  eval_fn=eval_fn, init_params_fn=load_init, name="dpo")
-  summary.update({"steps_run": result.steps_run, "resumed_from": result.resumed_from,
-                  "train_pairs": len(train_ex), "eval_pairs": len(eval_ex),
-                  "reference": dcfg.reference, "loss": dcfg.loss, "data": report.as_dict(),
-                  "final_train": result.last_metrics})
+  summary.update(common.train_summary(result, train_pairs=len(train_ex),
+                                      eval_pairs=len(eval_ex), reference=dcfg.reference,
+                                      loss=dcfg.loss, data=report.as_dict()))
   if eval_fn is not None:
     summary["final_eval"] = eval_fn(result.state, int(config.train.steps))
   if sampler is not None:

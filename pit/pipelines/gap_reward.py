@@ -73,10 +73,8 @@ def run(config, workdir: str):
   result = train(config, workdir, rt.mdef, loss_fn, data, mesh=rt.mesh, rules=rt.rules,
                  init_params_fn=init_fn,
                  eval_fn=eval_fn, name="gap_reward")
-  summary = {"steps_run": result.steps_run, "resumed_from": result.resumed_from,
-             "template": template, "train_pairs": len(train_ex), "eval_pairs": len(eval_ex),
-             "final_train": result.last_metrics,
-             "data": report.as_dict()}
+  summary = common.train_summary(result, template=template, train_pairs=len(train_ex),
+                                 eval_pairs=len(eval_ex), data=report.as_dict())
   if eval_fn is not None:
     summary["final_eval"] = eval_fn(result.state, int(config.train.steps))
   common.write_summary(workdir, "gap_reward", summary)

@@ -28,12 +28,14 @@ def load_prompts(gcfg) -> list[str]:
 
 
 def restore_params_for_sampling(rt, checkpoint_dir: str):
-  ckpt = Checkpointer(checkpoint_dir, save_every=1, keep=1, async_save=False)
+  """(params, step) of the latest checkpoint in `checkpoint_dir`, verified against its
+  checksums (`pit.checkpoint`): a damaged one raises CorruptCheckpointError naming it."""
+  if not os.path.isdir(checkpoint_dir):
+    raise FileNotFoundError(f"no checkpoint in {checkpoint_dir} (not a directory)")
+  ckpt = Checkpointer(checkpoint_dir, read_only=True, async_save=False)
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        rt.mdef.abstract_params, rt.mdef.shardings(rt.mesh, rt.rules))
-  params, step = ckpt.restore_params(target)
+  params, step = ckpt.restore_params(rt.mdef.sharded_abstract(rt.mesh, rt.rules))
   ckpt.close()
   return params, step
 

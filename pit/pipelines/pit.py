@@ -53,26 +53,10 @@ REFERENCE_SOURCES = ("data", "policy")
 SYSTEMS = ("original", "original_greedy", "pit", "pit_no_stop", "pit_sft", "self_refine")
 
 
-def derive(config, pipeline: str, section: str) -> ml_collections.ConfigDict:
-  """A copy of the root config for one stage: `pipeline` set, `pit.<section>` merged in."""
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.pipeline = pipeline
-  overrides = config.pit.get(section, None)
-  if overrides is not None:
-    _merge(c, overrides, f"pit.{section}")
-  return c
-
-
-def _merge(dst, src, path: str):
-  for key, value in src.items():
-    if key not in dst:
-      raise ValueError(f"{path}.{key}: no such config field to override")
-    if isinstance(value, ml_collections.ConfigDict):
-      if not isinstance(dst[key], ml_collections.ConfigDict):
-        raise ValueError(f"{path}.{key}: is a section here but not in the root config")
-      _merge(dst[key], value, f"{path}.{key}")
-    else:
-      dst[key] = value
+def derive(config, pipeline: str, section: str | None, keep=()) -> ml_collections.ConfigDict:
+  """A stage's config: the root config with `pit.<section>` merged in and `pit` reduced to
+  the fields in `keep` (`pit.stages.derive`)."""
+  return stages.derive(config, pipeline, section, method="pit", keep=keep)
 
 
 def _check(config):
@@ -89,20 +73,36 @@ def _check(config):
 # ------------------------------------------------------------------------------ data
 
 
-def _path(workdir: str, stage: str, name: str) -> str:
-  return os.path.join(stages.stage_dir(workdir, stage), name)
-
-
 def _write_jsonl(path: str, rows) -> int:
-  with open(path, "w") as f:
+  """Writes `rows` as JSONL atomically (a crash leaves no half-written file)."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
     for r in rows:
       f.write(json.dumps(r) + "\n")
+  os.replace(tmp, path)
   return len(rows)
 
 
-def data_stage(config, workdir: str):
-  def run(d):
-    dcfg, pcfg = config.data, config.pit
+def _source_files(dcfg) -> list[str]:
+  """The files outside the workdir the data stage reads (hashed into its fingerprint)."""
+  src = sources.source_name(dcfg)
+  if src == "jsonl":
+    return [p for p in (dcfg.train_path, dcfg.eval_path) if p]
+  if src == "tfds" and dcfg.manual_dir:
+    return [dcfg.manual_dir]
+  return []
+
+
+def data_stage(config):
+  """Preference pairs (any `data.source`) -> the JSONL files every later stage reads:
+  pairs_{train,eval}, policy_sft_{train,eval} (x -> y_w), pit_sft_{train,eval}
+  (policy_prompt(x, y_l) -> y_w, the M_PIT SFT rows of Wang et al. 2023 §3.1) and
+  eval_set (the held-out prompts of inference and evaluation)."""
+  c = derive(config, "data", None, keep=("train_split", "eval_split", "template",
+                                         "max_eval_prompts"))
+
+  def run(ctx):
+    dcfg, pcfg, d = c.data, c.pit, ctx.dir
     reports = {"train": sources.DataReport(), "eval": sources.DataReport()}
     train = sources.load_pairs(dcfg, pcfg.train_split, report=reports["train"])
     if pcfg.eval_split:
@@ -134,128 +134,157 @@ def data_stage(config, workdir: str):
     for split, rep in reports.items():
       rep.log(f"pit data ({split})")
     return {"counts": counts, "data": {k: r.as_dict() for k, r in reports.items()}}
-  return stages.Stage(DATA, run)
+  return stages.Stage(DATA, run, settings=c, inputs=(), files=_source_files(config.data))
 
 
 # ------------------------------------------------------------------------------ training stages
 
 
-def _with_jsonl(c, workdir: str, train_file: str, eval_file: str):
+def _with_jsonl(c, ctx, train_file: str, eval_file: str):
+  """A copy of `c` reading the data stage's files (paths are filled at run time, so the
+  stage's settings, and its fingerprint, do not depend on where the workdir is)."""
+  c = ml_collections.ConfigDict(c.to_dict())
   c.data.source = "jsonl"
-  c.data.train_path = _path(workdir, DATA, train_file)
-  c.data.eval_path = _path(workdir, DATA, eval_file)
+  c.data.train_path = ctx.input_path(DATA, train_file)
+  c.data.eval_path = ctx.input_path(DATA, eval_file)
   c.data.prompt_format = "{prompt}"
   return c
 
 
-def sft_stage(config, workdir: str, name: str, stem: str):
-  def run(d):
-    c = _with_jsonl(derive(config, "sft", name), workdir, f"{stem}_train.jsonl", f"{stem}_eval.jsonl")
-    if name == PIT_SFT and config.pit.pit_sft_init_from_policy:
-      c.train.init_checkpoint = stages.stage_dir(workdir, POLICY)
-    common.save_config(c, d)
-    return sft_pipeline.run(c, d)
-  return stages.Stage(name, run)
+def sft_stage(config, name: str, stem: str):
+  """M_P (`policy_sft`: x -> y_w) or M_PIT^SFT (`pit_sft`: policy_prompt(x, y_l) -> y_w,
+  optionally from M_P's weights) by `pipeline=sft` on the data stage's files."""
+  init_from_policy = name == PIT_SFT and bool(config.pit.pit_sft_init_from_policy)
+  c = derive(config, "sft", name, keep=("pit_sft_init_from_policy",) if name == PIT_SFT else ())
+
+  def run(ctx):
+    rc = _with_jsonl(c, ctx, f"{stem}_train.jsonl", f"{stem}_eval.jsonl")
+    if init_from_policy:
+      rc.train.init_checkpoint = ctx.input_dir(POLICY)
+    common.save_config(rc, ctx.dir)
+    return sft_pipeline.run(rc, ctx.dir)
+  inputs = (DATA, POLICY) if init_from_policy else (DATA,)
+  return stages.Stage(name, run, settings=c, inputs=inputs)
 
 
-def reward_stage(config, workdir: str, name: str, pipeline: str, run_fn):
-  def run(d):
-    c = _with_jsonl(derive(config, pipeline, name), workdir, "pairs_train.jsonl", "pairs_eval.jsonl")
-    if c.model.head != "scalar":
-      raise ValueError(f"pit.{name}.model.head must be 'scalar', got {c.model.head!r}")
-    if pipeline == "gap_reward":
-      c.gap_reward.template = config.pit.template
-    init = {"reward": POLICY, "gap_reward": PIT_SFT}[pipeline]
-    if config.pit.reward_init_from_policies:  # the RM reads what M_P / M_PIT were trained on
-      getattr(c, pipeline).init_checkpoint = stages.stage_dir(workdir, init)
-    common.save_config(c, d)
-    return run_fn(c, d)
-  return stages.Stage(name, run)
+def reward_stage(config, name: str, pipeline: str, run_fn):
+  """The ordinary reward model (`reward`, an evaluation judge) or r_gap (`gap_reward`,
+  Wang et al. 2023 Eq. 1's orderings) on the data stage's pairs; trunks from M_P / M_PIT^SFT
+  with `pit.reward_init_from_policies`."""
+  keep = ("reward_init_from_policies",) + (("template",) if pipeline == "gap_reward" else ())
+  c = derive(config, pipeline, name, keep=keep)
+  if c.model.head != "scalar":
+    raise ValueError(f"pit.{name}.model.head must be 'scalar', got {c.model.head!r}")
+  if pipeline == "gap_reward":
+    c.gap_reward.template = config.pit.template
+  init = {"reward": POLICY, "gap_reward": PIT_SFT}[pipeline] \
+      if config.pit.reward_init_from_policies else None
+
+  def run(ctx):
+    rc = _with_jsonl(c, ctx, "pairs_train.jsonl", "pairs_eval.jsonl")
+    if init:  # the RM reads what M_P / M_PIT were trained on
+      getattr(rc, pipeline).init_checkpoint = ctx.input_dir(init)
+    common.save_config(rc, ctx.dir)
+    return run_fn(rc, ctx.dir)
+  return stages.Stage(name, run, settings=c, inputs=(DATA, init) if init else (DATA,))
 
 
 def rl_name(k: int) -> str:
   return f"rl_{k + 1}"
 
 
-def final_policy_dir(config, workdir: str) -> str:
-  """The last RL round's exported policy (WORKDIR/rl_K/policy), or M_PIT^SFT without RL."""
+def final_policy_stage(config) -> str:
+  """The stage holding the final M_PIT: the last RL round, or M_PIT^SFT without RL."""
   rounds = len(config.pit.rl_rounds)
-  if not rounds:
-    return stages.stage_dir(workdir, PIT_SFT)
-  return os.path.join(stages.stage_dir(workdir, rl_name(rounds - 1)), "policy")
+  return rl_name(rounds - 1) if rounds else PIT_SFT
 
 
-def _references(config, workdir: str, k: int, source: str, d: str):
+def policy_dir(ctx, stage: str) -> str:
+  """A policy stage's weights: an RL round's exported policy (<stage>/policy), else the
+  SFT stage's own checkpoints."""
+  return os.path.join(ctx.input_dir(stage), "policy") if stage.startswith("rl_") \
+      else ctx.input_dir(stage)
+
+
+def _references(c, ctx, k: int, source: str):
   """(prompts, references) of RL round k: every train pair twice (y_l and y_w as the
   reference) for 'data'; M_P's samples on the train prompts for 'policy' (written to
-  d/references.jsonl once, so a resumed round sees the same references)."""
-  pairs = read_pairs_jsonl(_path(workdir, DATA, "pairs_train.jsonl"))
-  if int(config.pit.max_rl_prompts) > 0:
-    pairs = pairs[:int(config.pit.max_rl_prompts)]
+  <stage>/references.jsonl once, so a resumed round sees the same references)."""
+  pairs = read_pairs_jsonl(ctx.input_path(DATA, "pairs_train.jsonl"))
+  if int(c.pit.max_rl_prompts) > 0:
+    pairs = pairs[:int(c.pit.max_rl_prompts)]
   if source == "data":
     return ([p.prompt for p in pairs] * 2, [p.rejected for p in pairs] + [p.chosen for p in pairs])
-  path = os.path.join(d, "references.jsonl")
+  path = os.path.join(ctx.dir, "references.jsonl")
   if not os.path.exists(path):
     prompts = sorted({p.prompt for p in pairs})
-    c = derive(config, "improve", "inference")
-    c.improve.temperature = float(config.pit.reference_temperature)
-    rt = common.setup(c)
-    gen = improve_pipeline.load_generate_fn(rt, c.improve, stages.stage_dir(workdir, POLICY),
-                                            "policy", seed_offset=1000 + k)
+    sc = ml_collections.ConfigDict({**c.to_dict(), "pipeline": "improve"})
+    sc.improve = c.reference_sampling
+    rt = common.setup(sc)
+    gen = improve_pipeline.load_generate_fn(rt, sc.improve, ctx.input_dir(POLICY), "policy",
+                                            seed_offset=1000 + k)
     refs = gen(prompts, 0)
     if jax.process_index() == 0:
-      tmp = path + ".tmp"
-      _write_jsonl(tmp, [{"prompt": p, "reference": r} for p, r in zip(prompts, refs)])
-      os.replace(tmp, path)
+      _write_jsonl(path, [{"prompt": p, "reference": r} for p, r in zip(prompts, refs)])
   rows = list(records.read_jsonl(path, ("prompt",)))
   return [r["prompt"] for r in rows], [str(r.get("reference", "")) for r in rows]
 
 
-def rl_stage(config, workdir: str, k: int, source: str):
-  def run(d):
-    c = derive(config, "ppo", "rl")
-    c.data.prompt_format = "{prompt}"
-    c.ppo.init_checkpoint_dir = stages.stage_dir(workdir, rl_name(k - 1) if k else PIT_SFT)
-    c.ppo.reference_checkpoint_dir = stages.stage_dir(workdir, PIT_SFT)
-    c.ppo.scorer = "gap_reward_model"
-    c.ppo.policy_template = config.pit.template
-    c.ppo.reward_model_dir = stages.stage_dir(workdir, GAP)
-    common.save_config(c, d)
-    prompts, refs = _references(config, workdir, k, source, d)
-    tmpl = config.pit.template
-    rt = common.setup(c)
-    mdef, params = scorers.load_reward_model(c.ppo.reward_model_dir, rt.mesh, rt.rules)
+def rl_stage(config, k: int, source: str):
+  """RL round k: PPO of M_PIT maximising r_gap(x, y, y_ref) - beta KL(M_PIT^RL || M_PIT^SFT)
+  (Wang et al. 2023 §3.3). Starts from the previous round's policy (round 1: M_PIT^SFT);
+  the KL reference is always M_PIT^SFT; y_ref from the data or from M_P's samples."""
+  c = derive(config, "ppo", "rl", keep=("template", "max_rl_prompts"))
+  c.pit.reference_source = source
+  c.data.prompt_format = "{prompt}"
+  c.ppo.scorer = "gap_reward_model"
+  c.ppo.policy_template = config.pit.template
+  if source == "policy":   # how M_P's references are sampled (the inference stage's settings)
+    c.reference_sampling = derive(config, "improve", "inference").improve
+    c.reference_sampling.temperature = float(config.pit.reference_temperature)
+  start = rl_name(k - 1) if k else PIT_SFT
+  inputs = (DATA, PIT_SFT, GAP) + ((start,) if k else ()) + ((POLICY,) if source == "policy" else ())
+
+  def run(ctx):
+    rc = ml_collections.ConfigDict(c.to_dict())
+    rc.ppo.init_checkpoint_dir = ctx.input_dir(start)
+    rc.ppo.reference_checkpoint_dir = ctx.input_dir(PIT_SFT)
+    rc.ppo.reward_model_dir = ctx.input_dir(GAP)
+    common.save_config(rc, ctx.dir)
+    prompts, refs = _references(rc, ctx, k, source)
+    tmpl = rc.pit.template
+    rt = common.setup(rc)
+    mdef, params = scorers.load_reward_model(rc.ppo.reward_model_dir, rt.mesh, rt.rules)
     scorer = gap_reward_scorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules, template=tmpl,
-                               max_len=int(c.ppo.reward_max_len or mdef.cfg.max_seq_len),
-                               batch_size=int(c.ppo.rollout_batch_size))
-    oracle = _oracle(config)
+                               max_len=int(rc.ppo.reward_max_len or mdef.cfg.max_seq_len),
+                               batch_size=int(rc.ppo.rollout_batch_size))
+    oracle = _oracle(rc)
     summary = ppo_pipeline.train_ppo(
-        c, d, rt, prompts=prompts, references=refs, scorer=scorer,
+        rc, ctx.dir, rt, prompts=prompts, references=refs, scorer=scorer,
         policy_text_fn=lambda x, ref: pit_format.policy_prompt(x, ref, tmpl),
         monitors={"oracle": oracle} if oracle is not None else None)
     return {**summary, "reference_source": source, "num_prompts": len(prompts)}
-  return stages.Stage(rl_name(k), run)
+  return stages.Stage(rl_name(k), run, settings=c, inputs=inputs)
 
 
 # ------------------------------------------------------------------------------ inference
 
 
-def _oracle(config):
-  return scorers.OracleScorer() if config.data.source == "synthetic" else None
+def _oracle(c):
+  return scorers.OracleScorer() if c.data.source == "synthetic" else None
 
 
-def _reward_scorer(config, workdir: str, rt):
-  mdef, params = scorers.load_reward_model(stages.stage_dir(workdir, REWARD), rt.mesh, rt.rules)
+def _reward_scorer(ctx, rt, batch_size: int):
+  mdef, params = scorers.load_reward_model(ctx.input_dir(REWARD), rt.mesh, rt.rules)
   return scorers.RewardModelScorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules,
                                    format_fn=scorers.template_format("{prompt}{response}"),
-                                   max_len=int(mdef.cfg.max_seq_len),
-                                   batch_size=int(config.improve.batch_size))
+                                   max_len=int(mdef.cfg.max_seq_len), batch_size=batch_size)
 
 
-def _gap_scorer(config, workdir: str, rt, c):
-  mdef, params = scorers.load_reward_model(stages.stage_dir(workdir, GAP), rt.mesh, rt.rules)
+def _gap_scorer(c, ctx, rt):
+  mdef, params = scorers.load_reward_model(ctx.input_dir(GAP), rt.mesh, rt.rules)
   return gap_reward_scorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules,
-                           template=config.pit.template, max_len=int(mdef.cfg.max_seq_len),
+                           template=c.pit.template, max_len=int(mdef.cfg.max_seq_len),
                            batch_size=int(c.improve.batch_size))
 
 
@@ -297,28 +326,38 @@ def _at_temperature(icfg, temperature) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({**icfg.to_dict(), "temperature": float(temperature)})
 
 
-def inference_stage(config, workdir: str):
-  def run(d):
-    c = derive(config, "improve", "inference")
+def inference_stage(config):
+  """The Original y_0 ~ M_P(.|x) and PIT's iterative improvement y_{t+1} = M_PIT(x, y_t)
+  with the gap-reward stopping rule (Wang et al. 2023 §3.4), without it, with M_PIT^SFT;
+  Self-Refine; sampled one-step improvements of M_PIT^RL vs M_PIT^SFT. Writes
+  outputs/<system>.json (AlpacaEval) and iterations.jsonl."""
+  c = derive(config, "improve", "inference",
+             keep=("template", "original_temperature", "sampled_eval_samples",
+                   "sampled_eval_temperature"))
+  final = final_policy_stage(config)
+  inputs = tuple(dict.fromkeys((DATA, POLICY, PIT_SFT, REWARD, GAP, final)))
+
+  def run(ctx):
+    d = ctx.dir
     rt = common.setup(c)
-    icfg, pcfg = c.improve, config.pit
-    rows = list(records.read_jsonl(_path(workdir, DATA, "eval_set.jsonl"), ("prompt", "chosen")))
+    icfg, pcfg = c.improve, c.pit
+    rows = list(records.read_jsonl(ctx.input_path(DATA, "eval_set.jsonl"), ("prompt", "chosen")))
     prompts = [r["prompt"] for r in rows]
-    policy_dir = stages.stage_dir(workdir, POLICY)
+    m_p_dir = ctx.input_dir(POLICY)
     samplers = {}   # one compiled sampler per model shape, shared by every system below
-    policy = improve_pipeline.load_generate_fn(rt, icfg, policy_dir, "policy", samplers=samplers)
+    policy = improve_pipeline.load_generate_fn(rt, icfg, m_p_dir, "policy", samplers=samplers)
     greedy_original = policy(prompts, 0)
     original = greedy_original
     if float(pcfg.original_temperature) != float(icfg.temperature):   # y_P ~ M_P(.|x)
       sample_cfg = _at_temperature(icfg, pcfg.original_temperature)
-      original = improve_pipeline.load_generate_fn(rt, sample_cfg, policy_dir, "policy",
+      original = improve_pipeline.load_generate_fn(rt, sample_cfg, m_p_dir, "policy",
                                                   samplers=samplers)(prompts, 0)
-    gap = _gap_scorer(config, workdir, rt, c)
+    gap = _gap_scorer(c, ctx, rt)
     tmpl, T = pcfg.template, int(icfg.max_iters)
     results = {}
-    for name, src, scorer in (("pit", final_policy_dir(config, workdir), gap),
-                              ("pit_no_stop", final_policy_dir(config, workdir), None),
-                              ("pit_sft", stages.stage_dir(workdir, PIT_SFT), gap)):
+    for name, src, scorer in (("pit", policy_dir(ctx, final), gap),
+                              ("pit_no_stop", policy_dir(ctx, final), None),
+                              ("pit_sft", ctx.input_dir(PIT_SFT), gap)):
       gen = improve_pipeline.load_generate_fn(rt, icfg, src, name, samplers=samplers)
       results[name] = improve.iterative_improve(gen, prompts, original, template=tmpl, max_iters=T,
                                                 gap_scorer=scorer, min_gain=float(icfg.min_gain))
@@ -345,15 +384,16 @@ def inference_stage(config, workdir: str):
                "original_temperature": float(pcfg.original_temperature),
                "pit_stopped_at": np.bincount(results["pit"].stopped_at, minlength=T + 1).tolist(),
                "pit_accepted_mean": float(results["pit"].accepted.mean()),
-               "self_refine_stopped_at": np.bincount(refine.stopped_at, minlength=T + 1).tolist()}
-    rm = _reward_scorer(config, workdir, rt)
-    judges = {k: v for k, v in (("oracle", _oracle(config)), ("reward_model", rm)) if v is not None}
+               "self_refine_stopped_at": np.bincount(refine.stopped_at, minlength=T + 1).tolist(),
+               "self_refine_unparsed_judgements": refine.unparsed_judgements}
+    rm = _reward_scorer(ctx, rt, int(icfg.batch_size))
+    judges = {k: v for k, v in (("oracle", _oracle(c)), ("reward_model", rm)) if v is not None}
     if int(pcfg.sampled_eval_samples) > 0:
       sample_cfg = _at_temperature(icfg, pcfg.sampled_eval_temperature)
       gens = {name: improve_pipeline.load_generate_fn(rt, sample_cfg, src, name, seed_offset=7,
                                                      samplers=samplers)
-              for name, src in (("pit", final_policy_dir(config, workdir)),
-                                ("pit_sft", stages.stage_dir(workdir, PIT_SFT)))}
+              for name, src in (("pit", policy_dir(ctx, final)),
+                                ("pit_sft", ctx.input_dir(PIT_SFT)))}
       summary["sampled_improvement"] = {
           "temperature": float(pcfg.sampled_eval_temperature),
           **sampled_improvement(gens, prompts, original, judges, template=tmpl,
@@ -364,7 +404,7 @@ def inference_stage(config, workdir: str):
       summary[f"{judge_name}_chosen"] = _mean_scores(scorer, prompts, [[r["chosen"] for r in rows]])[0]
       summary[f"{judge_name}_original_greedy"] = _mean_scores(scorer, prompts, [greedy_original])[0]
     return summary
-  return stages.Stage(INFER, run)
+  return stages.Stage(INFER, run, settings=c, inputs=inputs)
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -379,38 +419,44 @@ COMPARISONS = (("Original", "original", "y_w", "chosen"),
                ("PIT", "pit", "Original (greedy)", "original_greedy"))
 
 
-def _judges(config, workdir: str, rt):
+def _judges(c, ctx, rt):
   out = {}
-  if _oracle(config) is not None:
-    out["oracle"] = winrate.ScorerJudge(_oracle(config))
-  out["reward model"] = winrate.ScorerJudge(_reward_scorer(config, workdir, rt))
-  if config.pit.llm_judge_dir:
+  if _oracle(c) is not None:
+    out["oracle"] = winrate.ScorerJudge(_oracle(c))
+  out["reward model"] = winrate.ScorerJudge(_reward_scorer(ctx, rt, int(c.improve.batch_size)))
+  if c.pit.llm_judge_dir:
     from pit.eval.llm_judge import LMJudge
-    judge = LMJudge.from_hf(config.pit.llm_judge_dir, mesh=rt.mesh, rules=rt.rules)
+    judge = LMJudge.from_hf(c.pit.llm_judge_dir, mesh=rt.mesh, rules=rt.rules)
     out["LLM judge"] = judge.pairwise
   return out
 
 
-def _series(workdir: str, stage: str, key: str):
-  path = os.path.join(stages.stage_dir(workdir, stage), "metrics.jsonl")
+def _series(ctx, stage: str, key: str):
+  path = ctx.input_path(stage, "metrics.jsonl")
   if not os.path.exists(path):
     return [], []
   recs = [r for r in read_jsonl(path) if r.get("split") == "train" and key in r]
   return [r["step"] for r in recs], [r[key] for r in recs]
 
 
-def evaluate_stage(config, workdir: str, before: list[str]):
-  def run(d):
-    summaries = {name: stages.read_summary(workdir, name) for name in before}
-    c = derive(config, "improve", "inference")
+def evaluate_stage(config, before: list[str]):
+  """Win / lose / delta of every comparison, judged both ways round by each judge (the
+  oracle on the synthetic task, the ordinary RM, an LLM judge), AlpacaEval files and
+  WORKDIR/report.md with the stage figures and PNG plots."""
+  c = derive(config, "improve", "inference", keep=("dataset_name", "llm_judge_dir"))
+  rl_stages = [rl_name(k) for k in range(len(config.pit.rl_rounds))]
+
+  def run(ctx):
+    workdir = ctx.workdir
+    summaries = {name: ctx.input_summary(name) for name in before}
     rt = common.setup(c)
-    rows = list(records.read_jsonl(_path(workdir, DATA, "eval_set.jsonl"), ("prompt", "chosen")))
+    rows = list(records.read_jsonl(ctx.input_path(DATA, "eval_set.jsonl"), ("prompt", "chosen")))
     prompts = [r["prompt"] for r in rows]
     outs = {"chosen": [r["chosen"] for r in rows]}
     for name in SYSTEMS:
-      recs = alpaca_eval.read_outputs(_path(workdir, INFER, os.path.join("outputs", f"{name}.json")))
+      recs = alpaca_eval.read_outputs(ctx.input_path(INFER, "outputs", f"{name}.json"))
       outs[name] = [r.output for r in recs]
-    judges = _judges(config, workdir, rt)
+    judges = _judges(c, ctx, rt)
     table_rows, results = [], {}
     for name_a, key_a, name_b, key_b in COMPARISONS:
       by_judge = {}
@@ -419,17 +465,16 @@ def evaluate_stage(config, workdir: str, before: list[str]):
                              keep_texts=False)
         by_judge[jname] = r
         results[f"{name_a} vs {name_b} | {jname}"] = r.summary()
-      table_rows.append((config.pit.dataset_name, by_judge))
+      table_rows.append((c.pit.dataset_name, by_judge))
     table = report.winrate_table(table_rows)
-    infer = stages.read_summary(workdir, INFER)
+    infer = summaries[INFER]
     plots = {}
-    rl_stages = [rl_name(k) for k in range(len(config.pit.rl_rounds))]
     for key, title in (("score", "RL: gap reward of rollouts"), ("kl", "RL: KL to M_PIT^SFT"),
                        ("oracle_score", "RL: oracle score of rollouts")):
       series = {}
       offset = 0
       for s in rl_stages:
-        xs, ys = _series(workdir, s, key)
+        xs, ys = _series(ctx, s, key)
         if xs:
           series[s] = ([x + offset for x in xs], ys)
           offset += max(xs)
@@ -440,17 +485,17 @@ def evaluate_stage(config, workdir: str, before: list[str]):
       if by_iter:
         plots[f"{judge_name} score per inference iteration"] = {
             name: (list(range(len(v))), v) for name, v in by_iter.items() if v}
-    notes = _notes(config, workdir, summaries, infer)
+    notes = _notes(summaries, infer)
     if jax.process_index() == 0:
-      report.write_report(workdir, title=f"PIT run report: {config.pit.dataset_name}",
+      report.write_report(workdir, title=f"PIT run report: {c.pit.dataset_name}",
                           table_md="## Win / lose / Δ (%), judged both ways round\n\n" + table,
                           metrics=plots, notes=notes,
                           xlabels={t: "inference iteration" for t in plots if "iteration" in t})
       for name in SYSTEMS:
-        alpaca_eval.write_outputs(os.path.join(d, f"alpaca_eval_{name}.json"), prompts, outs[name],
-                                  generator=f"pit_{name}")
+        alpaca_eval.write_outputs(os.path.join(ctx.dir, f"alpaca_eval_{name}.json"), prompts,
+                                  outs[name], generator=f"pit_{name}")
     return {"winrates": results, "report": os.path.join(workdir, "report.md")}
-  return stages.Stage(EVAL, run)
+  return stages.Stage(EVAL, run, settings=c, inputs=tuple(before))
 
 
 def _final(summary: dict, key: str, fields) -> str:
@@ -458,7 +503,7 @@ def _final(summary: dict, key: str, fields) -> str:
   return ", ".join(f"{f} {vals[f]:.4g}" for f in fields if isinstance(vals.get(f), (int, float)))
 
 
-def _notes(config, workdir: str, summaries: dict, infer: dict) -> str:
+def _notes(summaries: dict, infer: dict) -> str:
   lines = ["## Stages\n", "| stage | key figures |", "|---|---|"]
   for name, s in summaries.items():
     if name == DATA:
@@ -507,21 +552,23 @@ def _notes(config, workdir: str, summaries: dict, infer: dict) -> str:
 # ------------------------------------------------------------------------------ entry
 
 
-def build_stages(config, workdir: str) -> list[stages.Stage]:
-  out = [data_stage(config, workdir),
-         sft_stage(config, workdir, POLICY, "policy_sft"),
-         sft_stage(config, workdir, PIT_SFT, "pit_sft"),
-         reward_stage(config, workdir, REWARD, "reward", reward_pipeline.run),
-         reward_stage(config, workdir, GAP, "gap_reward", gap_reward_pipeline.run)]
-  out += [rl_stage(config, workdir, k, src) for k, src in enumerate(config.pit.rl_rounds)]
-  out.append(inference_stage(config, workdir))
-  out.append(evaluate_stage(config, workdir, [s.name for s in out]))
+def build_stages(config) -> list[stages.Stage]:
+  """PIT's stages in order, each with its resolved settings and declared inputs."""
+  out = [data_stage(config),
+         sft_stage(config, POLICY, "policy_sft"),
+         sft_stage(config, PIT_SFT, "pit_sft"),
+         reward_stage(config, REWARD, "reward", reward_pipeline.run),
+         reward_stage(config, GAP, "gap_reward", gap_reward_pipeline.run)]
+  out += [rl_stage(config, k, src) for k, src in enumerate(config.pit.rl_rounds)]
+  out.append(inference_stage(config))
+  out.append(evaluate_stage(config, [s.name for s in out]))
   return out
 
 
 def run(config, workdir: str):
   _check(config)
-  done = stages.run_stages(workdir, build_stages(config, workdir))
+  done = stages.run_stages(workdir, build_stages(config),
+                           rerun_from=str(config.get("rerun_from", "") or ""))
   result = {"stages": list(done), "report": os.path.join(workdir, "report.md")}
   logging.info("pit done: report at %s", result["report"])
   return result

@@ -89,11 +89,16 @@ def _check(config, updates_per_rollout: int):
     raise ValueError(f"ppo.value_init: {pcfg.value_init!r} not in ('policy', 'random')")
 
 
-def export_policy(params, step: int, workdir: str):
+def export_policy(params, step: int, workdir: str, abstract_params=None):
   """Writes the policy alone to WORKDIR/policy/checkpoints (params only), so `generate`
-  (`generate.checkpoint_dir`) and later stages (`ppo.init_checkpoint_dir`) load it."""
+  (`generate.checkpoint_dir`) and later stages (`ppo.init_checkpoint_dir`) load it. An
+  export already there for `step` is kept if it verifies (`abstract_params` given),
+  else moved aside and written again."""
   ckpt = Checkpointer(os.path.join(workdir, "policy", "checkpoints"), save_every=1, keep=1,
                       async_save=False)
+  if (ckpt.latest_step() == step and abstract_params is not None
+      and not ckpt.is_intact(abstract_params, step)):
+    ckpt.quarantine(step)
   if ckpt.latest_step() != step:
     ckpt.save(step, {"params": params}, {"source": "ppo"}, force=True)
   ckpt.close()
@@ -164,9 +169,8 @@ def train_ppo(config, workdir: str, rt, *, prompts, references=None, scorer, pol
                               vf_coef=float(pcfg.vf_coef), ent_coef=float(pcfg.ent_coef))
   result = train(config, workdir, acdef, loss_fn, data, mesh=rt.mesh, rules=rt.rules,
                  init_params_fn=init_fn, name="ppo")
-  export_policy(result.state.params["policy"], int(config.train.steps), workdir)
-  summary = {"steps_run": result.steps_run, "resumed_from": result.resumed_from,
-             "rollouts": data.rollout, "final_kl_coef": data.kl.value,
-             "final_train": result.last_metrics}
+  export_policy(result.state.params["policy"], int(config.train.steps), workdir,
+                abstract_params=rt.mdef.sharded_abstract(rt.mesh, rt.rules))
+  summary = common.train_summary(result, rollouts=data.rollout, final_kl_coef=data.kl.value)
   common.write_summary(workdir, "ppo", summary)
   return summary

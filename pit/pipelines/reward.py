@@ -99,12 +99,9 @@ def trunk_from_lm_checkpoint(rt, checkpoint_dir: str, seed: int):
   above the checkpoint's) takes the LM's blocks as its lower blocks; each extra top block
   starts as the identity (its attention and MLP output projections zero), so training
   starts from exactly the LM trunk's features."""
-  shardings = rt.mdef.shardings(rt.mesh, rt.rules)
   head = ("score", "score_bias")
-  target = {k: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            rt.mdef.abstract_params[k], shardings[k])
-            for k in rt.mdef.abstract_params if k not in head}
-  ckpt = Checkpointer(checkpoint_dir, save_every=1, keep=1, async_save=False)
+  target = {k: v for k, v in rt.mdef.sharded_abstract(rt.mesh, rt.rules).items() if k not in head}
+  ckpt = Checkpointer(checkpoint_dir, read_only=True, async_save=False)
   trunk, step = ckpt.restore_params(target, allow_missing=lambda k: k.startswith("block_"))
   ckpt.close()
   extra = sorted((k for k in target if k not in trunk), key=lambda k: int(k.split("_")[1]))
@@ -136,9 +133,8 @@ def run(config, workdir: str):
   result = train(config, workdir, rt.mdef, loss_fn, pair_iterator(rt, train_ex, config),
                  mesh=rt.mesh, rules=rt.rules, eval_fn=eval_fn, init_params_fn=init_fn,
                  name="reward")
-  summary = {"steps_run": result.steps_run, "resumed_from": result.resumed_from,
-             "train_pairs": len(train_ex), "eval_pairs": len(eval_ex),
-             "data": report.as_dict(), "final_train": result.last_metrics}
+  summary = common.train_summary(result, train_pairs=len(train_ex), eval_pairs=len(eval_ex),
+                                 data=report.as_dict())
   if eval_fn is not None:
     summary["final_eval"] = eval_fn(result.state, int(config.train.steps))
   common.write_summary(workdir, "reward", summary)

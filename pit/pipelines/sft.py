@@ -73,9 +73,7 @@ def run(config, workdir: str):
     init_fn = lambda: restore_params_for_sampling(rt, init_dir)[0]
   result = train(config, workdir, rt.mdef, losses.sft_loss, data, mesh=rt.mesh, rules=rt.rules,
                  eval_fn=eval_fn, init_params_fn=init_fn, name="sft")
-  summary = {"steps_run": result.steps_run, "resumed_from": result.resumed_from,
-             "final_train": result.last_metrics,
-             "data": {k: r.as_dict() for k, r in reports.items()}}
+  summary = common.train_summary(result, data={k: r.as_dict() for k, r in reports.items()})
   if eval_fn is not None:
     summary["final_eval"] = eval_fn(result.state, int(config.train.steps))
   common.write_summary(workdir, "sft", summary)

@@ -123,11 +123,10 @@ def load_reward_model(rm_dir: str, mesh, rules):
     raise FileNotFoundError(f"ppo.reward_model_dir {rm_dir}: no config_*.json with model.head='scalar'")
   mdef = model_def(ModelConfig.from_config(model_cfg))
   ckpt_dir = os.path.join(rm_dir, "checkpoints")
-  ckpt = Checkpointer(ckpt_dir, save_every=1, keep=1, async_save=False)
+  ckpt = Checkpointer(ckpt_dir, read_only=True, async_save=False)
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        mdef.abstract_params, mdef.shardings(mesh, rules))
+  target = mdef.sharded_abstract(mesh, rules)
   params, _ = ckpt.restore_params(target)
   ckpt.close()
   return mdef, params

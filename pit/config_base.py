@@ -55,7 +55,7 @@ def ppo_defaults() -> ml_collections.ConfigDict:
       scorer="oracle",             # oracle | reward_model | gap_reward_model (needs references)
       reward_model_dir="",         # workdir with config_*.json (model.head='scalar') + checkpoints/
       reward_format="{prompt}{response}",  # {prompt} {response} [{reference}]
-      reward_max_len=0,            # 0 -> the reward model's max_seq_len
+      reward_max_len=0,            # 0 -> the data.max_len the reward model was trained with
       rollout_batch_size=64, max_new_tokens=32, temperature=1.0,
       max_prompt_len=64, prompt_buckets=(),
       epochs=2, gamma=1.0, lam=0.95, clip_ratio=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0,
@@ -85,7 +85,7 @@ def improve_defaults() -> ml_collections.ConfigDict:
       max_prompts=0,               # 0: all
       pit_checkpoint_dir="",       # M_PIT workdir (or its checkpoints/)
       gap_rm_dir="",               # optional gap reward model workdir (model.head='scalar')
-      gap_max_len=0,               # 0: the gap model's max_seq_len
+      gap_max_len=0,               # 0: the data.max_len the gap model was trained with
       min_gain=0.0,                # stop when r_gap(x,y_{t+1},y_t) - r_gap(x,y_t,y_t) <= min_gain
       template="plain",            # pit_format template: plain | chat | literal
       max_iters=3,

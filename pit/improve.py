@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pit.data import judge
+from pit.data import encoding, judge
 from pit.pit_format import policy_prompt
 
 GenerateFn = Callable[[Sequence[str], int], list]
@@ -52,19 +52,16 @@ JUDGE_TEMPLATES = ("judge", "judge_compact")
 def make_generate_fn(sampler, params, tokenizer, *, max_new_tokens: int, temperature: float = 0.0,
                      top_k: int = 0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
                      max_prompt_len: int = 0) -> GenerateFn:
-  """Text prompts -> decoded responses with `sampler`. Each prompt is
-  `[bos] + encode(text)` (as `pipeline=generate`); with `max_prompt_len` > 0 longer
-  prompts keep bos and their last tokens. Prompts go in chunks of `batch_size`
+  """Text prompts -> decoded responses with `sampler`. Each prompt is encoded by
+  `pit.data.encoding.prompt_ids` (as everywhere); with `max_prompt_len` > 0 longer
+  prompts keep their prefix and their last tokens. Prompts go in chunks of `batch_size`
   (the last chunk is padded with repeats so every chunk has one static shape)."""
   bs = int(batch_size)
   if bs <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
 
   def encode(text):
-    ids = [tokenizer.bos_id] + tokenizer.encode(text)
-    if max_prompt_len and len(ids) > max_prompt_len:
-      ids = [tokenizer.bos_id] + ids[len(ids) - int(max_prompt_len) + 1:]
-    return ids
+    return encoding.prompt_ids(tokenizer, text, int(max_prompt_len or 0))
 
   def generate(texts: Sequence[str], call: int = 0) -> list[str]:
     out = []

@@ -5,6 +5,7 @@ Every config field can be overridden: `--config.model.num_layers=4`.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -67,16 +68,22 @@ def _fail(msg: str, code: int = 2, kind: str = "error"):
 MAX_ERROR_CHARS = 400
 
 
+# OS reasons a long library message may bury in its middle (checked by name).
+_OS_REASONS = tuple(os.strerror(n) for n in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                             errno.EIO, errno.EMFILE, errno.ENOMEM))
+
+
 def _root_causes(e: BaseException) -> list[str]:
   """The OS-level reasons (e.g. "No space left on device") anywhere in e's chain of
-  causes: libraries wrap them in long messages of their own."""
+  causes or inside its messages: libraries wrap them in long messages of their own."""
   out, seen = [], set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
     if isinstance(e, OSError) and e.strerror:
       out.append(e.strerror)
+    out += [r for r in _OS_REASONS if r in str(e)]
     e = e.__cause__ or e.__context__
-  return out
+  return list(dict.fromkeys(out))
 
 
 def _one_line(e: BaseException) -> str:
@@ -87,12 +94,13 @@ def _one_line(e: BaseException) -> str:
   if any(line.startswith("Traceback") for line in lines):  # keep the head and the cause
     lines = [lines[0].split(" Traceback")[0], lines[-1]]
   text = " ".join(lines) or type(e).__name__
-  for reason in _root_causes(e):
-    if reason not in text:
-      text = f"{text} ({reason})"
+  reasons = _root_causes(e)
   if len(text) > MAX_ERROR_CHARS:
     half = (MAX_ERROR_CHARS - 5) // 2
     text = f"{text[:half]} ... {text[-half:]}"
+  for reason in reasons:   # never cut the reason away
+    if reason not in text:
+      text = f"{text} ({reason})"
   return text
 
 
@@ -130,9 +138,9 @@ def entry():
     raise
   except Exception as e:  # noqa: BLE001
     from pit.errors import PitError, Preempted
-    if os.environ.get("PIT_TRACEBACK") or not isinstance(
-        e, (PitError, UsageError, ValueError, OSError, KeyError)):
-      raise
+    expected = isinstance(e, (PitError, UsageError, ValueError, OSError, KeyError))
+    if os.environ.get("PIT_TRACEBACK") or not (expected or _root_causes(e)):
+      raise   # a bug: the traceback is the useful output
     if isinstance(e, Preempted):
       _fail(_one_line(e), e.exit_code, kind="stopped")
     _fail(_one_line(e), getattr(e, "exit_code", 2))

@@ -246,14 +246,7 @@ def run_stages(workdir: str, stages: Sequence[Stage], *, rerun_from: str = "") -
   while i < len(stages):
     stage = stages[i]
     d = stage_dir(workdir, stage.name)
-    inputs = tuple(names[:i]) if stage.inputs is None else tuple(stage.inputs)
-    unknown = [n for n in inputs if n not in names[:i]]
-    if unknown:
-      raise ValueError(f"stage {stage.name}: inputs {unknown} are not earlier stages")
-    settings = clean_settings(stage.settings)
-    input_fps = {n: fps[n] for n in inputs}
-    files = {f: file_digest(f) for f in stage.files}
-    fp = fingerprint(settings, input_fps, files)
+    inputs, settings, input_fps, files, fp = _identity(stages, i, fps)
     done = done_record(workdir, stage.name)
     started = _read_json(os.path.join(d, STARTED_FILE))
     where = f"stage {i + 1}/{len(stages)} {stage.name}"
@@ -310,6 +303,42 @@ def run_stages(workdir: str, stages: Sequence[Stage], *, rerun_from: str = "") -
     summaries[stage.name], fps[stage.name] = summary, fp
     i += 1
   return summaries
+
+
+def _identity(stages: Sequence[Stage], i: int, fps: dict[str, str]):
+  """(inputs, clean settings, input fingerprints, file digests, fingerprint) of stage i,
+  given the fingerprints of the stages before it."""
+  stage, names = stages[i], [s.name for s in stages]
+  inputs = tuple(names[:i]) if stage.inputs is None else tuple(stage.inputs)
+  unknown = [n for n in inputs if n not in names[:i]]
+  if unknown:
+    raise ValueError(f"stage {stage.name}: inputs {unknown} are not earlier stages")
+  settings = clean_settings(stage.settings)
+  input_fps = {n: fps[n] for n in inputs}
+  files = {f: file_digest(f) for f in stage.files}
+  return inputs, settings, input_fps, files, fingerprint(settings, input_fps, files)
+
+
+def fingerprints(stages: Sequence[Stage]) -> dict[str, str]:
+  """Every stage's fingerprint, computed without running anything (a fingerprint depends
+  on settings, input fingerprints and input files only, never on outputs)."""
+  fps: dict[str, str] = {}
+  for i, stage in enumerate(stages):
+    fps[stage.name] = _identity(stages, i, fps)[-1]
+  return fps
+
+
+def plan(workdir: str, stages: Sequence[Stage]) -> dict[str, str]:
+  """What `run_stages` would do with each stage: 'skip' (done with this fingerprint),
+  'resume' (unfinished, same fingerprint) or 'run'."""
+  out = {}
+  for name, fp in fingerprints(stages).items():
+    done = done_record(workdir, name)
+    started = _read_json(os.path.join(stage_dir(workdir, name), STARTED_FILE))
+    out[name] = ("skip" if done is not None and done.get("fingerprint") == fp else
+                 "resume" if done is None and started and started.get("fingerprint") == fp
+                 else "run")
+  return out
 
 
 def _owner(workdir: str, names: Sequence[str], path: str) -> str | None:

@@ -15,8 +15,8 @@ TOK = ByteTokenizer()
 def _examples(n=21, seed=0, stats=None):
   rng = np.random.default_rng(seed)
   word = lambda k: "".join(chr(97 + c) for c in rng.integers(0, 26, k))
-  return [batching.make_example(TOK.encode(word(rng.integers(1, 40))),
-                                TOK.encode(word(rng.integers(1, 60))), bos_id=TOK.bos_id,
+  return [batching.make_example([TOK.bos_id] + TOK.encode(word(rng.integers(1, 40))),
+                                TOK.encode(word(rng.integers(1, 60))),
                                 eos_id=TOK.eos_id, max_len=64, max_response_len=40, stats=stats)
           for _ in range(n)]
 
@@ -49,8 +49,13 @@ def test_truncation_counts_and_bounds():
   assert (stats.responses_cut, stats.prompts_cut) == (want_r, want_p) and want_r > 0
   assert max(len(e.tokens) for e in ex) <= 64
   assert all(e.tokens[0] == TOK.bos_id and e.tokens[-1] == TOK.eos_id for e in ex)
-  with pytest.raises(ValueError, match="max_response_len=64 must be smaller than data.max_len=64"):
-    batching.make_example([1], [2], bos_id=0, eos_id=1, max_len=64, max_response_len=64)
+  with pytest.raises(ValueError, match="max_response_len=64 must be at least 1 and leave room in "
+                     "data.max_len=64 for the 1 prefix"):
+    batching.make_example([0, 1], [2], eos_id=1, max_len=64, max_response_len=64)
+  # no prefix (e.g. a Qwen tokenizer): the whole length may go to the response
+  ex = batching.make_example([5, 6, 7], [8] * 10, eos_id=1, max_len=4, max_response_len=4,
+                             keep_prefix=0)
+  assert ex.tokens.tolist() == [8, 8, 8, 1]
 
 
 def test_padding_to_buckets_and_seeded_order():

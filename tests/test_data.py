@@ -37,7 +37,7 @@ def test_bad_line_names_file_line_and_field(tmp_path, line, needle):
 
 def test_truncation_keeps_prompt_end_and_cuts_response():
   stats = batching.TruncationStats()
-  ex = batching.make_example(list(range(10, 40)), list(range(100, 150)), bos_id=1, eos_id=2,
+  ex = batching.make_example([1] + list(range(10, 40)), list(range(100, 150)), eos_id=2,
                              max_len=32, max_response_len=20, stats=stats)
   assert len(ex.tokens) == 32
   assert ex.tokens[0] == 1 and ex.tokens[-1] == 2
@@ -49,7 +49,7 @@ def test_truncation_keeps_prompt_end_and_cuts_response():
 
 
 def test_collate_shifts_targets_and_masks_prompt():
-  ex = batching.make_example([5, 6], [7, 8], bos_id=1, eos_id=2, max_len=16, max_response_len=8)
+  ex = batching.make_example([1, 5, 6], [7, 8], eos_id=2, max_len=16, max_response_len=8)
   b = batching.collate([ex], 8, pad_id=0)
   assert list(b["inputs"][0, :5]) == [1, 5, 6, 7, 8]
   assert list(b["targets"][0, :5]) == [5, 6, 7, 8, 2]
@@ -59,8 +59,8 @@ def test_collate_shifts_targets_and_masks_prompt():
 
 def _examples(n=50):
   rng = np.random.default_rng(0)
-  return [batching.make_example(list(rng.integers(3, 50, rng.integers(1, 20))),
-                                list(rng.integers(3, 50, rng.integers(1, 30))), bos_id=1,
+  return [batching.make_example([1] + list(rng.integers(3, 50, rng.integers(1, 20))),
+                                list(rng.integers(3, 50, rng.integers(1, 30))),
                                 eos_id=2, max_len=64, max_response_len=40) for _ in range(n)]
 
 

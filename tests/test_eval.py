@@ -345,10 +345,10 @@ def plain_chat(text):  # the plain HH template, written out independently of pit
 
 def hf_choice_logprobs(model, fast, question, first, second):
   text = plain_chat(llm_judge.PAIRWISE_TEMPLATE.format(instruction=question, first=first, second=second))
-  base = [fast.bos_token_id] + fast.encode(text, add_special_tokens=False)
+  base = fast.encode(text)   # as HF tokenizes a prompt (this tokenizer adds no bos itself)
   out = []
   for c in (" A", " B"):
-    ids = [fast.bos_token_id] + fast.encode(text + c, add_special_tokens=False)
+    ids = fast.encode(text + c)
     assert ids[:-1] == base  # one-token choices here
     with torch.no_grad():
       logits = model(input_ids=torch.tensor([ids])).logits[0, -2].double()
@@ -384,7 +384,7 @@ def test_pointwise_llm_judge_generates_greedily_like_hf(judge_dir, tmp_path):
   texts = judge.judge_texts(QUESTIONS[:3], GOOD[:3])
   for q, r, got in zip(QUESTIONS, GOOD, texts):
     prompt = plain_chat(judge_prompts.render_judge_prompt(q, r, compact=True))
-    ids = [fast.bos_token_id] + fast.encode(prompt, add_special_tokens=False)
+    ids = fast.encode(prompt)
     out = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False, num_beams=1,
                          eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
     new = out[0, len(ids):].tolist()
@@ -431,8 +431,8 @@ def test_llm_judge_batches_and_pads_exactly(judge_dir):
   for q, a, b in zip(qs, GOOD, BAD):
     text = llm_judge.PAIRWISE_TEMPLATE.format(instruction=q, first=a, second=b)
     for choice in (" A B", " B"):
-      seqs.append([tok.bos_id] + tok.encode(text + choice))
-      starts.append(1 + len(tok.encode(text)))
+      seqs.append(tok.sequence_prefix + tok.encode(text + choice))
+      starts.append(len(tok.sequence_prefix) + len(tok.encode(text)))
   L = max(map(len, seqs))
   ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (len(seqs), L)).astype(np.int32)
   for i, t in enumerate(seqs):

@@ -87,7 +87,7 @@ def test_gap_examples_use_the_sft_truncation_policy():
   ex = gap_batching.make_gap_example(p, TOK, template="plain", prompt_format="{prompt}",
                                      max_len=40, max_response_len=12, stats=stats)
   for (prompt, resp), e in zip(gap_batching.gap_texts(p, "plain"), ex.rows):
-    ref = batching.make_example(TOK.encode(prompt), TOK.encode(resp), bos_id=TOK.bos_id,
+    ref = batching.make_example([TOK.bos_id] + TOK.encode(prompt), TOK.encode(resp),
                                 eos_id=TOK.eos_id, max_len=40, max_response_len=12)
     np.testing.assert_array_equal(e.tokens, ref.tokens)
     np.testing.assert_array_equal(e.target_mask, ref.target_mask)

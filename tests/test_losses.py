@@ -58,7 +58,7 @@ def test_pair_examples_use_the_sft_truncation_policy():
   p = PreferencePair("x" * 30, "y" * 30, "z", 1.5)
   ex = pair_batching.make_pair_example(p, TOK, prompt_format="{prompt}", max_len=24,
                                        max_response_len=10)
-  ref_c = batching.make_example(TOK.encode("x" * 30), TOK.encode("y" * 30), bos_id=TOK.bos_id,
+  ref_c = batching.make_example([TOK.bos_id] + TOK.encode("x" * 30), TOK.encode("y" * 30),
                                 eos_id=TOK.eos_id, max_len=24, max_response_len=10)
   np.testing.assert_array_equal(ex.chosen.tokens, ref_c.tokens)
   np.testing.assert_array_equal(ex.chosen.target_mask, ref_c.target_mask)

@@ -94,10 +94,10 @@ def test_hf_directory_loads_offline_renders_chat_and_round_trips(tmp_path, monke
     assert tok.decode(ids) == text
     assert tok.decode([tok.bos_id] + ids + [tok.eos_id] + tok.encode("junk")) == text
   chat = tok.render_chat([("user", "hi"), ("assistant", "hello"), ("user", "bye")])
-  assert chat == ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
-                  "<|im_start|>user\nbye<|im_end|>\n<|im_start|>assistant\n")  # bos dropped
+  assert chat == ("<s><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
+                  "<|im_start|>user\nbye<|im_end|>\n<|im_start|>assistant\n")  # verbatim
   assert tok.render_chat([("user", "hi")], add_generation_prompt=False) == \
-      "<|im_start|>user\nhi<|im_end|>\n"
+      "<s><|im_start|>user\nhi<|im_end|>\n"
   ids = tok.encode(chat)
   im_start = tok.tok.convert_tokens_to_ids("<|im_start|>")
   assert ids.count(im_start) == 4  # template markers are single special tokens
@@ -121,3 +121,85 @@ def test_make_tokenizer_errors_name_the_missing_file(tmp_path):
   assert isinstance(tk.make_tokenizer(_cfg(kind="byte")), tk.ByteTokenizer)
   with pytest.raises(FileNotFoundError, match="corpus not found"):
     tk.train_sentencepiece(str(tmp_path / "none.txt"), 300, str(tmp_path / "x"))
+
+
+# ------------------------------------------------ chat templates: the ids transformers gives
+
+TEMPLATES = {
+    # name: (specials, bos, eos, tokenizer adds bos itself, chat template)
+    "llama2": (["<unk>", "<s>", "</s>"], "<s>", "</s>", True,
+               "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token }}[INST] "
+               "{{ m['content'] }} [/INST]{% else %} {{ m['content'] }} {{ eos_token }}{% endif %}"
+               "{% endfor %}"),
+    "llama3": (["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                "<|eot_id|>"], "<|begin_of_text|>", "<|eot_id|>", True,
+               "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}"
+               "<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>{% endfor %}"
+               "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+               "{% endif %}"),
+    "chatml": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|im_end|>", False,
+               "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
+    "gemma": (["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>", True,
+              "{{ bos_token }}{% for m in messages %}<start_of_turn>"
+              "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] }}"
+              "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n"
+              "{% endif %}"),
+}
+
+
+def _styled_dir(tmp_path, style):
+  """A local HF directory shaped like `style`'s real tokenizer: its specials, whether its
+  post-processor puts bos in front, and its chat template."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+  from transformers import PreTrainedTokenizerFast
+  specials, bos, eos, adds_bos, template = TEMPLATES[style]
+  t = Tokenizer(models.BPE(unk_token=specials[0]))
+  t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  t.decoder = decoders.ByteLevel()
+  t.train_from_iterator(CORPUS, trainers.BpeTrainer(
+      vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  if adds_bos:
+    t.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, t.token_to_id(bos))])
+  kw = dict(eos_token=eos, unk_token=specials[0])
+  if bos:
+    kw["bos_token"] = bos
+  fast = PreTrainedTokenizerFast(tokenizer_object=t, additional_special_tokens=specials, **kw)
+  fast.chat_template = template
+  d = tmp_path / style
+  fast.save_pretrained(str(d))
+  return str(d)
+
+
+def _hf_chat_ids(path, msgs):
+  from transformers import AutoTokenizer
+  ref = AutoTokenizer.from_pretrained(path, local_files_only=True)
+  out = ref.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+  return list(out["input_ids"] if hasattr(out, "keys") else out), ref
+
+
+@pytest.mark.parametrize("style", sorted(TEMPLATES))
+def test_chat_prompts_get_exactly_the_template_ids(tmp_path, style):
+  """A prompt rendered with a model's chat template is encoded to the ids
+  `apply_chat_template(..., tokenize=True)` gives: no extra bos (Llama) and no eos standing in
+  for a missing bos (Qwen's ChatML); plain prompts get what the tokenizer itself adds."""
+  from pit.data import encoding
+  path = _styled_dir(tmp_path, style)
+  tok = tk.HFTokenizer(path)
+  for turns in ([("user", "the quick brown fox")],
+                [("user", "hi"), ("assistant", "hello there"), ("user", "sort 3 1 2")]):
+    msgs = [{"role": r, "content": c} for r, c in turns]
+    want, ref = _hf_chat_ids(path, msgs)
+    assert encoding.prompt_ids(tok, tok.render_chat(turns)) == want, style
+    # every path that builds a sequence from this prompt starts with the same ids
+    ex = encoding.example(tok, tok.render_chat(turns), " fine", max_len=256, max_response_len=64)
+    assert ex.tokens.tolist()[:len(want)] == want
+    assert ex.tokens.tolist()[len(want):] == tok.encode(" fine") + [tok.eos_id]
+  # plain text: the tokenizer's own prefix (its post-processor), exactly like ref(text)
+  assert encoding.prompt_ids(tok, "the lazy dog") == ref("the lazy dog")["input_ids"]
+  if style == "chatml":
+    assert tok.sequence_prefix == [] and want[0] == ref.convert_tokens_to_ids("<|im_start|>")
+  else:
+    assert tok.sequence_prefix == [ref.bos_token_id]
+    assert want.count(ref.bos_token_id) == (2 if style == "llama2" else 1)  # one per [INST]

@@ -1,7 +1,8 @@
 """Tokenised examples -> fixed-shape batches in a few length buckets.
 
-Truncation policy (`make_example`): an example is `[bos] prompt response [eos]`
-with the loss on response + eos. A response longer than
+Truncation policy (`make_example`): an example is `[prefix] prompt response [eos]`
+(prefix: the tokenizer's sequence start, e.g. bos; `pit.data.encoding` builds every
+example) with the loss on response + eos. A response longer than
 `data.max_response_len` tokens (eos included) is cut at that length, its eos
 kept; then a prompt that does not fit in the remaining `data.max_len` keeps its
 *end* (the most recent turns, which the response answers) after the bos. Text
@@ -49,27 +50,30 @@ class TruncationStats:
     return dataclasses.asdict(self)
 
 
-def make_example(prompt_ids: Sequence[int], response_ids: Sequence[int], *, bos_id: int,
-                 eos_id: int, max_len: int, max_response_len: int,
+def make_example(prompt_ids: Sequence[int], response_ids: Sequence[int], *, eos_id: int,
+                 max_len: int, max_response_len: int, keep_prefix: int = 1,
                  stats: TruncationStats | None = None) -> Example:
-  """[bos] prompt response [eos]; loss on response and eos.
+  """prompt response [eos]; loss on response and eos. `prompt_ids` start with the
+  sequence prefix (e.g. [bos]); callers build them with `pit.data.encoding`.
 
   Truncation policy: the response is cut to `max_response_len` tokens (eos
-  kept); then the prompt keeps its *end* so the whole fits in `max_len`.
+  kept); then the prompt keeps its first `keep_prefix` ids (the prefix) and its
+  *end* so the whole fits in `max_len`.
   """
-  if max_response_len >= max_len:
-    raise ValueError(f"data.max_response_len={max_response_len} must be smaller than "
-                     f"data.max_len={max_len} (room is needed for bos and the prompt)")
+  keep_prefix = int(keep_prefix)
+  if max_response_len > max_len - keep_prefix or max_response_len < 1:
+    raise ValueError(f"data.max_response_len={max_response_len} must be at least 1 and leave "
+                     f"room in data.max_len={max_len} for the {keep_prefix} prefix token(s) "
+                     "(bos) and the prompt")
   response = list(response_ids) + [eos_id]
   if len(response) > max_response_len:
     response = response[:max_response_len - 1] + [eos_id]
     if stats: stats.responses_cut += 1
-  prompt = [bos_id] + list(prompt_ids)
+  prompt = list(prompt_ids)
   room = max_len - len(response)
-  if room < 1:
-    raise ValueError(f"max_len={max_len} leaves no room for the prompt (response {len(response)})")
   if len(prompt) > room:
-    prompt = [bos_id] + prompt[len(prompt) - room + 1:]
+    tail = room - keep_prefix
+    prompt = prompt[:keep_prefix] + (prompt[len(prompt) - tail:] if tail > 0 else [])
     if stats: stats.prompts_cut += 1
   tokens = np.asarray(prompt + response, np.int32)
   mask = np.zeros(len(tokens), bool)

@@ -9,9 +9,10 @@ order along axis 1 (`GAP_ROWS`):
 
 The prompt part of a row is `pit_format.policy_prompt(prompt_format(x), ref,
 template)`, its response part the scored response, made into
-[bos prompt response eos] by `batching.make_example` (the SFT / pair truncation
-policy: the response is cut to max_response_len, then the prompt, which holds
-the reference, keeps its end). Rows are collated by `batching.collate` in the
+[prefix prompt response eos] by `pit.data.encoding.example` (the encoding and
+truncation of SFT, pairs and every scorer: the response is cut to max_response_len,
+then the prompt, which holds the reference, keeps its prefix and its end; the gap RM
+scorer encodes (policy_prompt(x, y_ref), y) through the same function). Rows are collated by `batching.collate` in the
 next-token format of `pair_batching.collate_pairs`, as [B, 4, L] with a
 per-pair `weight` (0 for eval padding) and `margin`; the bucket holds the whole
 token row so the model reads r_gap at the final eos (`pit.losses.full_sequences`).
@@ -26,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from pit import pit_format
-from pit.data import batching, pair_batching
+from pit.data import batching, encoding, pair_batching
 from pit.data.pairs import PreferencePair
 
 GAP_ROWS = ("wl", "ww", "ll", "lw")
@@ -49,9 +50,8 @@ class GapExample:
 def make_gap_example(pair: PreferencePair, tokenizer, *, template: str, prompt_format: str,
                      max_len: int, max_response_len: int,
                      stats: batching.TruncationStats | None = None) -> GapExample:
-  kw = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, max_len=max_len,
-            max_response_len=max_response_len, stats=stats)
-  rows = tuple(batching.make_example(tokenizer.encode(p), tokenizer.encode(y), **kw)
+  kw = dict(max_len=max_len, max_response_len=max_response_len, stats=stats)
+  rows = tuple(encoding.example(tokenizer, p, y, **kw)
                for p, y in gap_texts(pair, template, prompt_format))
   return GapExample(rows, float(pair.margin))
 

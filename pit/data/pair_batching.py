@@ -1,8 +1,8 @@
 """Preference pairs -> fixed-shape bucketed pair batches.
 
-Each pair becomes two `batching.Example`s, [bos prompt chosen eos] and
-[bos prompt rejected eos], made by `batching.make_example` (the same
-truncation policy as SFT). `collate_pairs` stacks them as [B, 2, L]
+Each pair becomes two `batching.Example`s, [prefix prompt chosen eos] and
+[prefix prompt rejected eos], made by `pit.data.encoding.example` (the same
+encoding and truncation as SFT and every scorer). `collate_pairs` stacks them as [B, 2, L]
 (index 0 chosen, 1 rejected) in the next-token format of `batching.collate`,
 with a per-pair `margin` and `weight` (1 for real pairs, 0 for eval padding)
 and, when the pairs carry them, precomputed reference log-probs `ref_logps`.
@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pit.data import batching
+from pit.data import batching, encoding
 from pit.data.pairs import PreferencePair
 
 
@@ -33,11 +33,10 @@ class PairExample:
 def make_pair_example(pair: PreferencePair, tokenizer, *, prompt_format: str, max_len: int,
                       max_response_len: int,
                       stats: batching.TruncationStats | None = None) -> PairExample:
-  prompt_ids = tokenizer.encode(prompt_format.format(prompt=pair.prompt))
-  kw = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, max_len=max_len,
-            max_response_len=max_response_len, stats=stats)
-  return PairExample(batching.make_example(prompt_ids, tokenizer.encode(pair.chosen), **kw),
-                     batching.make_example(prompt_ids, tokenizer.encode(pair.rejected), **kw),
+  prompt = prompt_format.format(prompt=pair.prompt)
+  kw = dict(max_len=max_len, max_response_len=max_response_len, stats=stats)
+  return PairExample(encoding.example(tokenizer, prompt, pair.chosen, **kw),
+                     encoding.example(tokenizer, prompt, pair.rejected, **kw),
                      float(pair.margin))
 
 

@@ -10,12 +10,19 @@ Kinds (`config.tokenizer.kind`, `make_tokenizer`):
                    offline; its `chat_template` renders chats.
 
 Conventions shared by every kind (the pipelines rely on them):
-  * `encode(text)` adds no special tokens; pipelines put `bos_id` in front of a
-    prompt and `eos_id` after a response themselves.
+  * `encode(text)` adds no special tokens.
+  * `encode_prompt_parts(text)` -> (prefix, body): the ids a sequence starts with
+    (`sequence_prefix`: [bos] for byte / SentencePiece; for HF what the tokenizer
+    itself puts in front, e.g. <s> for Llama, nothing for Qwen or GPT-2) and the
+    prompt's ids. Text that begins with a special token was rendered by a chat
+    template and is encoded exactly as written (no second bos), so a prompt gets
+    the ids `apply_chat_template(..., tokenize=True)` gives. Every trainer,
+    sampler and scorer encodes through `pit.data.encoding`, which uses this.
+  * a response is `encode(response) + [eos_id]`.
   * `decode(ids)` stops at the first `eos_id` and drops pad/bos/other specials.
   * `render_chat(turns)` turns [(role, text), ...] into one prompt string. HF
-    directories with a chat template use it; everything else uses the plain
-    HH-RLHF template `PLAIN_CHAT` ("\\n\\nHuman: ...\\n\\nAssistant: ...").
+    directories with a chat template use it verbatim; everything else uses the
+    plain HH-RLHF template `PLAIN_CHAT` ("\\n\\nHuman: ...\\n\\nAssistant: ...").
 
 Train a SentencePiece model from the command line:
   python -m pit.data.tokenizer --input corpus.txt --vocab_size 4000 --model_prefix out/spm
@@ -39,8 +46,10 @@ class Tokenizer(Protocol):
   pad_id: int
   bos_id: int
   eos_id: int
+  sequence_prefix: list[int]
 
   def encode(self, text: str) -> list[int]: ...
+  def encode_prompt_parts(self, text: str) -> tuple[list[int], list[int]]: ...
   def decode(self, ids: Sequence[int]) -> str: ...
   def render_chat(self, turns: Sequence[Turn], add_generation_prompt: bool = True) -> str: ...
 
@@ -88,9 +97,13 @@ class ByteTokenizer:
   def __init__(self):
     self.pad_id, self.bos_id, self.eos_id = 256, 257, 258
     self.vocab_size = 259
+    self.sequence_prefix = [self.bos_id]
 
   def encode(self, text: str) -> list[int]:
     return list(text.encode("utf-8"))
+
+  def encode_prompt_parts(self, text: str) -> tuple[list[int], list[int]]:
+    return list(self.sequence_prefix), self.encode(text)
 
   def decode(self, ids: Sequence[int]) -> str:
     return bytes(content_ids(ids, self.eos_id, (), 256)).decode("utf-8", errors="replace")
@@ -158,9 +171,13 @@ class SentencePieceTokenizer:
     pad = int(self.sp.pad_id())
     self.pad_id = pad if pad >= 0 else max(int(self.sp.unk_id()), 0)
     self._drop = {self.pad_id, self.bos_id}
+    self.sequence_prefix = [self.bos_id]
 
   def encode(self, text: str) -> list[int]:
     return list(self.sp.encode(text, out_type=int))
+
+  def encode_prompt_parts(self, text: str) -> tuple[list[int], list[int]]:
+    return list(self.sequence_prefix), self.encode(text)
 
   def decode(self, ids: Sequence[int]) -> str:
     return self.sp.decode(content_ids(ids, self.eos_id, self._drop, self.vocab_size))
@@ -173,10 +190,14 @@ class SentencePieceTokenizer:
 class HFTokenizer:
   """A local Hugging Face tokenizer directory, loaded with `local_files_only`.
 
-  Missing specials: no pad -> eos pads (masked anyway); no bos -> eos is put in
-  front of prompts (GPT-2/Qwen convention). `render_chat` uses the directory's
-  `chat_template` (a leading bos string it renders is dropped, because the
-  pipelines add `bos_id` themselves) or, without one, the plain template.
+  Sequences start with what the tokenizer itself adds (`sequence_prefix`, found by
+  encoding a probe with and without special tokens): <s> for Llama, <bos> for Gemma,
+  nothing for Qwen and GPT-2. Prompts rendered by the chat template (text beginning
+  with a special token) are encoded exactly as written, so their ids equal
+  `apply_chat_template(..., tokenize=True)`. No pad -> eos pads (masked anyway);
+  `bos_id` is the bos token, else the first prefix id, else eos (nothing prepends it).
+  `render_chat` returns the directory's `chat_template` output verbatim or, without a
+  template, the plain HH template.
   """
 
   def __init__(self, path: str):
@@ -195,13 +216,28 @@ class HFTokenizer:
     if t.eos_token_id is None:
       raise ValueError(f"{path}: tokenizer defines no eos_token (set it in tokenizer_config.json)")
     self.eos_id = int(t.eos_token_id)
-    self.bos_id = int(t.bos_token_id) if t.bos_token_id is not None else self.eos_id
+    self.sequence_prefix = _special_prefix(t)
+    self.bos_id = (int(t.bos_token_id) if t.bos_token_id is not None else
+                   self.sequence_prefix[0] if self.sequence_prefix else self.eos_id)
     self.pad_id = int(t.pad_token_id) if t.pad_token_id is not None else self.eos_id
     self.vocab_size = len(t)
     self._special = set(int(i) for i in t.all_special_ids)
+    added = getattr(t, "added_tokens_decoder", {}) or {}
+    self._special_texts = sorted(
+        {str(s) for s in t.all_special_tokens} |
+        {str(a.content) for a in added.values() if getattr(a, "special", False)}, key=len,
+        reverse=True)
 
   def encode(self, text: str) -> list[int]:
     return list(self.tok.encode(text, add_special_tokens=False))
+
+  def encode_prompt_parts(self, text: str) -> tuple[list[int], list[int]]:
+    if any(text.startswith(s) for s in self._special_texts if s):   # a chat template's output
+      ids = self.encode(text)
+      bos = self.tok.bos_token_id
+      k = 1 if ids and bos is not None and ids[0] == int(bos) else 0
+      return ids[:k], ids[k:]
+    return list(self.sequence_prefix), self.encode(text)
 
   def decode(self, ids: Sequence[int]) -> str:
     return self.tok.decode(content_ids(ids, self.eos_id, self._special), skip_special_tokens=True)
@@ -210,12 +246,20 @@ class HFTokenizer:
     if not self.tok.chat_template:
       return render_plain_chat(turns, add_generation_prompt)
     msgs = [{"role": _role(r), "content": text} for r, text in turns]
-    out = self.tok.apply_chat_template(msgs, tokenize=False,
-                                       add_generation_prompt=add_generation_prompt)
-    bos = self.tok.bos_token
-    if bos and out.startswith(bos):
-      out = out[len(bos):]
-    return out
+    return self.tok.apply_chat_template(msgs, tokenize=False,
+                                        add_generation_prompt=add_generation_prompt)
+
+
+def _special_prefix(tok) -> list[int]:
+  """The ids a HF tokenizer puts in front of a text by itself (its post-processor's
+  prefix): encode a probe with and without special tokens and take what precedes it."""
+  probe = "probe text"
+  plain = list(tok.encode(probe, add_special_tokens=False))
+  full = list(tok.encode(probe, add_special_tokens=True))
+  for i in range(len(full) - len(plain) + 1):
+    if full[i:i + len(plain)] == plain:
+      return full[:i]
+  return []
 
 
 def make_tokenizer(cfg) -> Tokenizer:

@@ -14,7 +14,7 @@ Two modes:
   in `ScorerJudge`, dropped by `rm_agreement` callers).
 
 Prompts are wrapped in the tokenizer's chat template when `chat=True` (instruct
-models) and always start with `bos_id` (the pipelines' convention). Choice
+models) and are encoded by `pit.data.encoding.prompt_ids` (as everywhere). Choice
 scoring runs one jitted forward per (batch, length bucket); shapes are static.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 
 from pit import hf_convert
 from pit import sharding as shd
+from pit.data import encoding
 from pit.data.batching import bucket_length, default_buckets
 from pit.losses import token_logprobs
 from pit.params import ModelDef, model_def
@@ -84,7 +85,7 @@ class LMJudge:
     return self.render(self.template.format(instruction=instruction, first=first, second=second))
 
   def _ids(self, text: str) -> list[int]:
-    return [self.tok.bos_id] + list(self.tok.encode(text))
+    return encoding.prompt_ids(self.tok, text)
 
   def choice_sequences(self, prompt_text: str) -> list[tuple[list[int], int]]:
     """Per choice: (token ids of prompt + choice, number of prompt tokens)."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from pit import jsonio
 from pit import sharding as shd
-from pit.data import batching, sources
+from pit.data import batching, encoding, sources
 from pit.data.tokenizer import Tokenizer, make_tokenizer
 from pit.model import ModelConfig
 from pit.params import ModelDef, model_def
@@ -91,14 +91,11 @@ def load_sft_examples(path: str, config, tokenizer, stats=None, *, split: str = 
   max_len, max_resp = int(config.data.max_len), int(config.data.max_response_len)
   for rec in recs:
     if "text" in rec:
-      prompt_ids, response_ids = [], tokenizer.encode(rec["text"])
-      resp_cap = max_len - 1
+      examples.append(encoding.text_example(tokenizer, rec["text"], max_len=max_len, stats=stats))
     else:
-      prompt_ids = tokenizer.encode(config.data.prompt_format.format(prompt=rec["prompt"]))
-      response_ids, resp_cap = tokenizer.encode(rec["response"]), max_resp
-    examples.append(batching.make_example(
-        prompt_ids, response_ids, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
-        max_len=max_len, max_response_len=resp_cap, stats=stats))
+      examples.append(encoding.example(
+          tokenizer, config.data.prompt_format.format(prompt=rec["prompt"]), rec["response"],
+          max_len=max_len, max_response_len=max_resp, stats=stats))
   logging.info("%s: %d examples", what, len(examples))
   report.log(what)
   return examples

@@ -25,7 +25,7 @@ import numpy as np
 
 from pit import losses
 from pit import sharding as shd
-from pit.data import pair_batching
+from pit.data import encoding, pair_batching
 from pit.params import init_params
 from pit.pipelines import common
 from pit.pipelines.generate import restore_params_for_sampling
@@ -62,7 +62,7 @@ def oracle_eval(rt, params, config, sampler: Sampler) -> dict:
   dcfg = config.dpo
   prompts = synthetic.eval_prompts(int(dcfg.oracle_eval_prompts), int(config.data.seed))
   tok = rt.tokenizer
-  ids = [[tok.bos_id] + tok.encode(config.data.prompt_format.format(prompt=p)) for p in prompts]
+  ids = encoding.prompts_ids(tok, [config.data.prompt_format.format(prompt=p) for p in prompts])
   out = {}
   for name, temp in (("greedy", 0.0), ("sampled", 1.0)):
     gen = sampler.generate(params, ids, max_new_tokens=int(config.generate.max_new_tokens),

@@ -13,7 +13,7 @@ import os
 import jax
 
 from pit.checkpoint import Checkpointer
-from pit.data import records
+from pit.data import encoding, records
 from pit.pipelines import common
 from pit.sampler import Sampler
 
@@ -60,7 +60,7 @@ def run(config, workdir: str):
   bs = int(gcfg.batch_size)
   for start in range(0, len(jobs), bs):
     chunk = jobs[start:start + bs]
-    ids = [[tok.bos_id] + tok.encode(config.data.prompt_format.format(prompt=p)) for p, _ in chunk]
+    ids = encoding.prompts_ids(tok, [config.data.prompt_format.format(prompt=p) for p, _ in chunk])
     out = sampler.generate(params, ids, max_new_tokens=int(gcfg.max_new_tokens),
                            temperature=float(gcfg.temperature), top_k=int(gcfg.top_k),
                            top_p=float(gcfg.top_p), seed=int(gcfg.seed) + start)

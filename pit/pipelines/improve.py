@@ -34,7 +34,7 @@ from pit.params import model_def
 from pit.pipelines import common
 from pit.pipelines.generate import restore_params_for_sampling
 from pit.rl import scorers
-from pit.rl.gap_scorer import gap_reward_scorer
+from pit.rl.gap_scorer import gap_reward_scorer_from_dir
 from pit.sampler import Sampler
 
 METHODS = ("pit", "self_refine")
@@ -114,10 +114,9 @@ def _gap_scorer(config, rt):
   icfg = config.improve
   if not icfg.gap_rm_dir:
     return None
-  mdef, params = scorers.load_reward_model(icfg.gap_rm_dir, rt.mesh, rt.rules)
-  return gap_reward_scorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules, template=icfg.template,
-                           max_len=int(icfg.gap_max_len or mdef.cfg.max_seq_len),
-                           batch_size=int(icfg.batch_size))
+  return gap_reward_scorer_from_dir(icfg.gap_rm_dir, rt.tokenizer, rt.mesh, rt.rules,
+                                    template=icfg.template, max_len=int(icfg.gap_max_len),
+                                    batch_size=int(icfg.batch_size))
 
 
 def refine_templates(icfg):

@@ -45,11 +45,14 @@ from pit.pipelines import ppo as ppo_pipeline
 from pit.pipelines import reward as reward_pipeline
 from pit.pipelines import sft as sft_pipeline
 from pit.rl import scorers
-from pit.rl.gap_scorer import gap_reward_scorer
+from pit.rl.gap_scorer import gap_reward_scorer_from_dir
 
 DATA, POLICY, PIT_SFT, REWARD, GAP, INFER, EVAL = (
     "data", "policy_sft", "pit_sft", "reward", "gap_reward", "inference", "evaluate")
 REFERENCE_SOURCES = ("data", "policy")
+# The `improve` fields that decide how M_P's references are sampled in a 'policy' RL round.
+REFERENCE_SAMPLING = ("max_new_tokens", "top_k", "top_p", "seed", "batch_size", "max_prompt_len",
+                      "prompt_buckets")
 SYSTEMS = ("original", "original_greedy", "pit", "pit_no_stop", "pit_sft", "self_refine")
 
 
@@ -219,7 +222,7 @@ def _references(c, ctx, k: int, source: str):
   if not os.path.exists(path):
     prompts = sorted({p.prompt for p in pairs})
     sc = ml_collections.ConfigDict({**c.to_dict(), "pipeline": "improve"})
-    sc.improve = c.reference_sampling
+    sc.improve.update(c.reference_sampling.to_dict())
     rt = common.setup(sc)
     gen = improve_pipeline.load_generate_fn(rt, sc.improve, ctx.input_dir(POLICY), "policy",
                                             seed_offset=1000 + k)
@@ -239,8 +242,9 @@ def rl_stage(config, k: int, source: str):
   c.data.prompt_format = "{prompt}"
   c.ppo.scorer = "gap_reward_model"
   c.ppo.policy_template = config.pit.template
-  if source == "policy":   # how M_P's references are sampled (the inference stage's settings)
-    c.reference_sampling = derive(config, "improve", "inference").improve
+  if source == "policy":   # how M_P's references are sampled (the inference stage's sampler)
+    sampling = derive(config, "improve", "inference").improve
+    c.reference_sampling = {k: sampling[k] for k in REFERENCE_SAMPLING}
     c.reference_sampling.temperature = float(config.pit.reference_temperature)
   start = rl_name(k - 1) if k else PIT_SFT
   inputs = (DATA, PIT_SFT, GAP) + ((start,) if k else ()) + ((POLICY,) if source == "policy" else ())
@@ -254,10 +258,9 @@ def rl_stage(config, k: int, source: str):
     prompts, refs = _references(rc, ctx, k, source)
     tmpl = rc.pit.template
     rt = common.setup(rc)
-    mdef, params = scorers.load_reward_model(rc.ppo.reward_model_dir, rt.mesh, rt.rules)
-    scorer = gap_reward_scorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules, template=tmpl,
-                               max_len=int(rc.ppo.reward_max_len or mdef.cfg.max_seq_len),
-                               batch_size=int(rc.ppo.rollout_batch_size))
+    scorer = gap_reward_scorer_from_dir(rc.ppo.reward_model_dir, rt.tokenizer, rt.mesh, rt.rules,
+                                        template=tmpl, max_len=int(rc.ppo.reward_max_len),
+                                        batch_size=int(rc.ppo.rollout_batch_size))
     oracle = _oracle(rc)
     summary = ppo_pipeline.train_ppo(
         rc, ctx.dir, rt, prompts=prompts, references=refs, scorer=scorer,
@@ -275,17 +278,14 @@ def _oracle(c):
 
 
 def _reward_scorer(ctx, rt, batch_size: int):
-  mdef, params = scorers.load_reward_model(ctx.input_dir(REWARD), rt.mesh, rt.rules)
-  return scorers.RewardModelScorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules,
-                                   format_fn=scorers.template_format("{prompt}{response}"),
-                                   max_len=int(mdef.cfg.max_seq_len), batch_size=batch_size)
+  return scorers.reward_model_scorer(ctx.input_dir(REWARD), rt.tokenizer, rt.mesh, rt.rules,
+                                     format_fn=scorers.template_format("{prompt}{response}"),
+                                     batch_size=batch_size)
 
 
 def _gap_scorer(c, ctx, rt):
-  mdef, params = scorers.load_reward_model(ctx.input_dir(GAP), rt.mesh, rt.rules)
-  return gap_reward_scorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules,
-                           template=c.pit.template, max_len=int(mdef.cfg.max_seq_len),
-                           batch_size=int(c.improve.batch_size))
+  return gap_reward_scorer_from_dir(ctx.input_dir(GAP), rt.tokenizer, rt.mesh, rt.rules,
+                                    template=c.pit.template, batch_size=int(c.improve.batch_size))
 
 
 def _mean_scores(scorer, prompts, responses_by_iter) -> list[float]:

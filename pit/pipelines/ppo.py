@@ -48,19 +48,17 @@ def make_scorer(config, rt):
   if pcfg.scorer == "oracle":
     return scorers.OracleScorer()
   if pcfg.scorer == "gap_reward_model":  # PIT's r_gap(x, y, y_ref): needs references
-    from pit.rl.gap_scorer import gap_reward_scorer
-    mdef, params = scorers.load_reward_model(pcfg.reward_model_dir, rt.mesh, rt.rules)
-    return gap_reward_scorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules,
-                             template=pcfg.policy_template or "plain",
-                             prompt_format=config.data.prompt_format,
-                             max_len=int(pcfg.reward_max_len or mdef.cfg.max_seq_len),
-                             batch_size=int(pcfg.rollout_batch_size))
+    from pit.rl.gap_scorer import gap_reward_scorer_from_dir
+    return gap_reward_scorer_from_dir(pcfg.reward_model_dir, rt.tokenizer, rt.mesh, rt.rules,
+                                      template=pcfg.policy_template or "plain",
+                                      prompt_format=config.data.prompt_format,
+                                      max_len=int(pcfg.reward_max_len),
+                                      batch_size=int(pcfg.rollout_batch_size))
   if pcfg.scorer == "reward_model":
-    mdef, params = scorers.load_reward_model(pcfg.reward_model_dir, rt.mesh, rt.rules)
     fmt = scorers.template_format(pcfg.reward_format, config.data.prompt_format)
-    return scorers.RewardModelScorer(mdef, params, rt.tokenizer, rt.mesh, rt.rules, format_fn=fmt,
-                                     max_len=int(pcfg.reward_max_len or mdef.cfg.max_seq_len),
-                                     batch_size=int(pcfg.rollout_batch_size))
+    return scorers.reward_model_scorer(pcfg.reward_model_dir, rt.tokenizer, rt.mesh, rt.rules,
+                                       format_fn=fmt, max_len=int(pcfg.reward_max_len),
+                                       batch_size=int(pcfg.rollout_batch_size))
   raise ValueError(f"ppo.scorer: {pcfg.scorer!r} not in ('oracle', 'reward_model', "
                    "'gap_reward_model')")
 

@@ -8,13 +8,14 @@ from pit.rl import scorers
 
 
 def gap_format(template: str = "plain", prompt_format: str = "{prompt}") -> scorers.FormatFn:
-  """format_fn(x, y, y_ref) = gap_input(prompt_format(x), y, y_ref, template)."""
+  """format_fn(x, y, y_ref) = (policy_prompt(prompt_format(x), y_ref, template), y): the
+  (prompt, response) of `pit.data.gap_batching`'s training rows."""
   pit_format.template(template)
 
   def fmt(prompt, response, reference):
     if reference is None:
       raise ValueError("the gap reward model r_gap(x, y, y_ref) needs reference responses")
-    return pit_format.gap_input(prompt_format.format(prompt=prompt), response, reference, template)
+    return pit_format.policy_prompt(prompt_format.format(prompt=prompt), reference, template), response
   return fmt
 
 
@@ -26,3 +27,13 @@ def gap_reward_scorer(mdef, params, tokenizer, mesh, rules, *, template: str = "
   return scorers.RewardModelScorer(mdef, params, tokenizer, mesh, rules,
                                    format_fn=gap_format(template, prompt_format), max_len=max_len,
                                    batch_size=batch_size, buckets=buckets)
+
+
+def gap_reward_scorer_from_dir(rm_dir: str, tokenizer, mesh, rules, *, template: str = "plain",
+                               prompt_format: str = "{prompt}", batch_size: int = 32,
+                               max_len: int = 0) -> scorers.RewardModelScorer:
+  """`gap_reward_scorer` for the gap reward model in workdir `rm_dir`, truncating rows as
+  it was trained (`scorers.reward_model_scorer`)."""
+  return scorers.reward_model_scorer(rm_dir, tokenizer, mesh, rules,
+                                     format_fn=gap_format(template, prompt_format),
+                                     batch_size=batch_size, max_len=max_len)

@@ -22,6 +22,7 @@ import numpy as np
 
 from pit import ppo
 from pit import sharding as shd
+from pit.data import encoding
 from pit.data.batching import bucket_length, default_buckets
 
 
@@ -125,10 +126,8 @@ class Rollouts:
     return out
 
   def _encode_prompt(self, prompt: str, reference: str | None) -> list[int]:
-    ids = [self.tok.bos_id] + self.tok.encode(self.policy_text(prompt, reference))
-    if len(ids) > self.max_prompt_len:  # keep the end (where the response starts)
-      ids = [self.tok.bos_id] + ids[len(ids) - self.max_prompt_len + 1:]
-    return ids
+    # keeps the prefix and the end (where the response starts) when too long
+    return encoding.prompt_ids(self.tok, self.policy_text(prompt, reference), self.max_prompt_len)
 
   def _forward_impl(self, params, ref_params, batch):
     with shd.axis_rules(self.mesh, self.rules):

@@ -3,9 +3,13 @@
 Interface: `scorer(prompts, responses, references=None) -> np.ndarray [n] float32`.
 
 - `RewardModelScorer`: a scalar-head Transformer (`head='scalar'`) read at the
-  last non-pad token. Its input text is built by a formatting function of
-  (prompt, response, reference), so a gap reward model r_gap(x, y, y_ref), whose
-  input holds both responses, plugs in with a different template.
+  last non-pad token (the eos). A formatting function of (prompt, response,
+  reference) gives the (prompt part, response part) texts, which are encoded by
+  `pit.data.encoding.example` with the lengths the model was trained with, so the
+  model scores exactly the token rows it was trained on; a gap reward model
+  r_gap(x, y, y_ref), whose prompt part holds the reference, plugs in with a
+  different format (`pit.rl.gap_scorer`). `reward_model_scorer(dir, ...)` builds
+  one from a reward-model workdir.
 - `OracleScorer`: any Python function of (prompts, responses), by default the
   synthetic task's `pit.data.synthetic.oracle_scores`.
 """
@@ -21,25 +25,33 @@ import numpy as np
 
 from pit import sharding as shd
 from pit.checkpoint import Checkpointer
+from pit.data import encoding
 from pit.data.batching import bucket_length, default_buckets
 from pit.model import ModelConfig, gather_last
 from pit.params import model_def
 
-FormatFn = Callable[[str, str, "str | None"], str]
+# (prompt, response, reference) -> (prompt part, response part) of the scored sequence.
+FormatFn = Callable[[str, str, "str | None"], tuple[str, str]]
 
 
 def template_format(template: str, prompt_format: str = "{prompt}") -> FormatFn:
   """Formatting function from a template with {prompt}, {response} and optionally
-  {reference}; the prompt is first rendered with `prompt_format`."""
-  if "{response}" not in template:
-    raise ValueError(f"ppo.reward_format {template!r} must contain {{response}}")
+  {reference}; the prompt is first rendered with `prompt_format`. The template's text
+  before {response} is the prompt part, {response} and what follows the response part."""
+  if template.count("{response}") != 1:
+    raise ValueError(f"ppo.reward_format {template!r} must contain {{response}} once")
   needs_ref = "{reference}" in template
+  head, tail = template.split("{response}")
+  if "{prompt}" in tail or "{reference}" in tail:
+    raise ValueError(f"ppo.reward_format {template!r}: {{prompt}} and {{reference}} must come "
+                     "before {response}")
 
   def fmt(prompt, response, reference):
     if needs_ref and reference is None:
       raise ValueError("ppo.reward_format uses {reference} but no reference responses were given")
-    return template.format(prompt=prompt_format.format(prompt=prompt), response=response,
-                           reference=reference if reference is not None else "")
+    fields = dict(prompt=prompt_format.format(prompt=prompt),
+                  reference=reference if reference is not None else "")
+    return head.format(**fields), response + tail.format(**fields)
   return fmt
 
 
@@ -59,19 +71,24 @@ class OracleScorer:
 
 
 class RewardModelScorer:
-  """Scores `[bos] format(prompt, response, reference) [eos]` with a scalar-head model.
+  """Scores the row `pit.data.encoding.example(prompt part, response part)` of
+  `format_fn(prompt, response, reference)` with a scalar-head model, read at its eos.
 
-  Sequences keep their end when longer than `max_len`; they are right-padded to a
-  length bucket and scored in fixed-size batches (one compilation per bucket).
+  `max_len` / `max_response_len`: the truncation of the rows (give the lengths the
+  model was trained with, as `reward_model_scorer` does, so scored rows equal training
+  rows); `max_response_len` 0 -> all of max_len but the prefix. Rows are right-padded
+  to a length bucket and scored in fixed-size batches (one compilation per bucket).
   """
 
   def __init__(self, mdef, params, tokenizer, mesh, rules, *, format_fn: FormatFn,
-               max_len: int, batch_size: int = 32, buckets: Sequence[int] | None = None):
+               max_len: int, batch_size: int = 32, buckets: Sequence[int] | None = None,
+               max_response_len: int = 0):
     if mdef.cfg.head != "scalar":
       raise ValueError(f"reward model must have model.head='scalar', got {mdef.cfg.head!r}")
     self.mdef, self.params, self.tok = mdef, params, tokenizer
     self.mesh, self.rules, self.format_fn = mesh, tuple(rules), format_fn
     self.max_len = int(max_len)
+    self.max_response_len = int(max_response_len) or self.max_len - len(tokenizer.sequence_prefix)
     self.buckets = tuple(buckets or default_buckets(self.max_len, 32))
     m = shd.data_parallel_size(mesh, self.rules)
     self.batch_size = -(-int(batch_size) // m) * m
@@ -82,16 +99,17 @@ class RewardModelScorer:
         return gather_last(values_BL, mask_BL)
     self._score = jax.jit(score)
 
-  def encode(self, text: str) -> list[int]:
-    ids = [self.tok.bos_id] + self.tok.encode(text) + [self.tok.eos_id]
-    return ids if len(ids) <= self.max_len else [self.tok.bos_id] + ids[len(ids) - self.max_len + 1:]
+  def encode(self, prompt_part: str, response_part: str) -> list[int]:
+    """The token row scored for one (prompt part, response part)."""
+    return encoding.sequence_ids(self.tok, prompt_part, response_part, max_len=self.max_len,
+                                 max_response_len=self.max_response_len)
 
   def __call__(self, prompts, responses, references=None) -> np.ndarray:
     n = len(prompts)
     if len(responses) != n or (references is not None and len(references) != n):
       raise ValueError("prompts, responses and references differ in length")
     refs = references if references is not None else [None] * n
-    seqs = [self.encode(self.format_fn(p, r, ref)) for p, r, ref in zip(prompts, responses, refs)]
+    seqs = [self.encode(*self.format_fn(p, r, ref)) for p, r, ref in zip(prompts, responses, refs)]
     out = np.zeros(n, np.float32)
     bs = self.batch_size
     for start in range(0, n, bs):
@@ -107,21 +125,23 @@ class RewardModelScorer:
     return out
 
 
+def reward_model_config(rm_dir: str) -> dict:
+  """The config a reward model was trained with: the `config_*.json` of its workdir
+  whose model.head is 'scalar'."""
+  if not rm_dir or not os.path.isdir(rm_dir):
+    raise FileNotFoundError(f"ppo.reward_model_dir: not a directory: {rm_dir!r}")
+  for path in sorted(glob.glob(os.path.join(rm_dir, "config_*.json"))):
+    with open(path) as f:
+      cfg = json.load(f)
+    if cfg.get("model", {}).get("head") == "scalar":
+      return cfg
+  raise FileNotFoundError(f"ppo.reward_model_dir {rm_dir}: no config_*.json with model.head='scalar'")
+
+
 def load_reward_model(rm_dir: str, mesh, rules):
   """(ModelDef, params) of a scalar model from a workdir holding `config_*.json`
   (with model.head='scalar') and `checkpoints/`."""
-  if not rm_dir or not os.path.isdir(rm_dir):
-    raise FileNotFoundError(f"ppo.reward_model_dir: not a directory: {rm_dir!r}")
-  model_cfg = None
-  for path in sorted(glob.glob(os.path.join(rm_dir, "config_*.json"))):
-    with open(path) as f:
-      cfg = json.load(f).get("model", {})
-    if cfg.get("head") == "scalar":
-      model_cfg = cfg
-      break
-  if model_cfg is None:
-    raise FileNotFoundError(f"ppo.reward_model_dir {rm_dir}: no config_*.json with model.head='scalar'")
-  mdef = model_def(ModelConfig.from_config(model_cfg))
+  mdef = model_def(ModelConfig.from_config(reward_model_config(rm_dir)["model"]))
   ckpt_dir = os.path.join(rm_dir, "checkpoints")
   ckpt = Checkpointer(ckpt_dir, read_only=True, async_save=False)
   if ckpt.latest_step() is None:
@@ -130,3 +150,16 @@ def load_reward_model(rm_dir: str, mesh, rules):
   params, _ = ckpt.restore_params(target)
   ckpt.close()
   return mdef, params
+
+
+def reward_model_scorer(rm_dir: str, tokenizer, mesh, rules, *, format_fn: FormatFn,
+                        batch_size: int = 32, max_len: int = 0) -> RewardModelScorer:
+  """A scorer for the reward model in workdir `rm_dir`, truncating rows as it was trained
+  (its data.max_len / data.max_response_len; `max_len` > 0 overrides the first)."""
+  cfg = reward_model_config(rm_dir)
+  mdef, params = load_reward_model(rm_dir, mesh, rules)
+  data = cfg.get("data", {})
+  max_len = int(max_len or data.get("max_len") or mdef.cfg.max_seq_len)
+  max_resp = min(int(data.get("max_response_len") or max_len), max_len - len(tokenizer.sequence_prefix))
+  return RewardModelScorer(mdef, params, tokenizer, mesh, rules, format_fn=format_fn,
+                           max_len=max_len, batch_size=batch_size, max_response_len=max_resp)

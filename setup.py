@@ -34,7 +34,8 @@ setup(
         "jinja2>=3.1",  # chat templates (transformers' apply_chat_template); not a transformers dependency
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0"],
+        # setuptools: tests/test_packaging.py builds and installs the package itself
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0", "setuptools>=70"],
     },
     entry_points={"console_scripts": ["pit=pit.main:entry"]},
 )

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -39,7 +41,8 @@ class CheckpointError(PitError):
 class CorruptCheckpointError(CheckpointError):
   def __init__(self, directory: str, step: int | None, reason: str):
     self.directory, self.step, self.reason = directory, step, reason
-    super().__init__(f"checkpoint {directory} step {step} is corrupt or unreadable: {reason}")
+    super().__init__(f"checkpoint {directory} step {step} is corrupt or unreadable: {reason}"
+                     if step is not None else f"checkpoints {directory}: {reason}")
 
 
 class IncompatibleCheckpointError(CheckpointError):
@@ -106,14 +109,14 @@ class Checkpointer:
         state, meta, step = self._restore(abstract_state, step, partial=False)
       except CorruptCheckpointError as e:
         logging.error("%s; falling back to an older checkpoint", e)
-        failures.append(f"step {step}: {e.reason}")
+        failures.append(f"step {step}: {e.reason[:80]}")
         self.quarantine(step)
         continue
       if failures:
         logging.warning("resuming from step %d of %s (skipped corrupt: %s)", step,
                         self.directory, "; ".join(failures))
       return state, meta["iterator"], meta["metrics"], step
-    raise CorruptCheckpointError(self.directory, steps[-1],
+    raise CorruptCheckpointError(self.directory, None,
                                  "no checkpoint here restores: " + "; ".join(failures) +
                                  f" (moved aside as <step>{CORRUPT_SUFFIX}: the same "
                                  "command now starts this training from the beginning)")
@@ -188,10 +191,16 @@ class Checkpointer:
       dict(tree)
     except Exception as e:  # noqa: BLE001 - any failure to read it is damage
       raise CorruptCheckpointError(self.directory, step,
-                                   f"array metadata in {path} unreadable ({_reason(e)})") from e
+                                   f"its array metadata (step/state) is unreadable ({_reason(e)})") from e
     return tree
 
   def _restore(self, abstract, step: int, *, partial: bool):
+    with _held_stderr() as held:
+      out = self._restore_checked(abstract, step, partial=partial)
+    held.replay()
+    return out
+
+  def _restore_checked(self, abstract, step: int, *, partial: bool):
     meta = self._read_json(step)
     saved = self._state_metadata(step)
     cast = _check_compatible(self.directory, step, saved, abstract)
@@ -201,8 +210,9 @@ class Checkpointer:
     except CheckpointError:
       raise
     except Exception as e:  # noqa: BLE001 - tensorstore, OS and format errors alike
-      raise CorruptCheckpointError(self.directory, step,
-                                   f"arrays unreadable ({_reason(e)})") from e
+      reason = _reason(e)
+      del e   # drop the failed readers' frames now, while their output is held
+      raise CorruptCheckpointError(self.directory, step, f"its arrays are unreadable ({reason})") from None
     sums = meta.get("checksums")
     if sums is None:
       if not self._legacy_warned:
@@ -223,8 +233,7 @@ class Checkpointer:
       data = raw["data"]
     except Exception as e:  # noqa: BLE001
       raise CorruptCheckpointError(
-          self.directory, step,
-          f"{os.path.join(self.directory, str(step), 'data')} unreadable ({_reason(e)})") from e
+          self.directory, step, f"its data item (step/data) is unreadable ({_reason(e)})") from e
     if not isinstance(data, dict):
       raise CorruptCheckpointError(self.directory, step, "data item is not a JSON object")
     if data.get("pit_checkpoint") is None:   # format 1: the iterator state alone
@@ -238,6 +247,93 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _quiet_unraisable(unraisable, _default=sys.unraisablehook):
+  """Orbax's array readers of a damaged checkpoint end as coroutines whose failure is
+  reported again when they are garbage-collected; the restore already raised
+  CorruptCheckpointError for it, so these echoes are dropped."""
+  if "_read_array_index_and_device_put" in repr(getattr(unraisable, "object", "")):
+    return
+  exc = getattr(unraisable, "exc_value", None)
+  if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    return   # a reader thread finishing after its (failed) restore's event loop closed
+  _default(unraisable)
+
+
+sys.unraisablehook = _quiet_unraisable
+warnings.filterwarnings("ignore", message="coroutine '_read_array_index_and_device_put' was never awaited")
+
+
+class _NoReadingNoise(logging.Filter):
+  """Orbax warnings that every read of a finished checkpoint triggers and that say nothing
+  to a user: the step metadata file lives one level above the item folder we read the
+  array metadata from, and a read-only manager has no save interval or retention."""
+
+  NOISE = ("Metadata file does not exist", "CheckpointManagerOptions.read_only=True",
+           "Given directory is read only")
+
+  def filter(self, record) -> bool:
+    msg = record.getMessage()
+    return not any(n in msg for n in self.NOISE)
+
+
+logging.getLogger("absl").addFilter(_NoReadingNoise())
+
+
+_DAMAGED_READ_MARKS = ("reading array index", "OCDBT database", "_read_array_index",
+                       "TensorStore")
+
+
+class _NoDamagedReadEchoes(logging.Filter):
+  """asyncio's "exception was never retrieved" for the readers of a damaged checkpoint (the
+  restore already raised CorruptCheckpointError for them)."""
+
+  def filter(self, record) -> bool:
+    text = record.getMessage() + " " + str(getattr(record, "exc_info", "") or "")
+    return not ("never retrieved" in text and any(k in text for k in _DAMAGED_READ_MARKS))
+
+
+logging.getLogger("asyncio").addFilter(_NoDamagedReadEchoes())
+
+
+class _held_stderr:
+  """Holds what native code writes to stderr (fd 2) during a restore. A damaged file makes
+  TensorStore's reader threads print a traceback per array after the restore has already
+  failed; the failure itself is reported as CorruptCheckpointError, so on failure the held
+  output is dropped, on success it is written out (`replay`)."""
+
+  def __enter__(self):
+    import tempfile
+    self._file = tempfile.TemporaryFile()
+    try:
+      import sys
+      sys.stderr.flush()
+      self._saved = os.dup(2)
+      os.dup2(self._file.fileno(), 2)
+    except (OSError, ValueError):   # no real fd 2 (e.g. under some test runners)
+      self._saved = None
+    return self
+
+  def __exit__(self, exc_type, *exc):
+    if exc_type is not None:   # let the reader threads and stray coroutines finish, unheard
+      self.replay = lambda: None
+      import gc
+      import time
+      for _ in range(3):
+        gc.collect()
+        time.sleep(0.2)
+    if self._saved is not None:
+      os.dup2(self._saved, 2)
+      os.close(self._saved)
+    return False
+
+  def replay(self):
+    self._file.seek(0)
+    data = self._file.read()
+    self._file.close()
+    if data:
+      os.write(2, data)
 
 
 def _reason(e: BaseException) -> str:

@@ -1,7 +1,17 @@
-"""PIT entry point: `python -m pit.main --config=configs/<file>.py[:preset] --workdir=DIR`.
+"""PIT: train language models to improve themselves (PIT, Self-Rewarding LMs, SER).
 
-Every config field can be overridden: `--config.model.num_layers=4`.
-`config.pipeline` selects what runs.
+Usage:
+  pit --config=CONFIG[:preset] --workdir=DIR [--config.FIELD=VALUE ...]
+  (or python -m pit.main ...)
+
+CONFIG is a config file (`get_config(preset)`), or the name of a bundled one, usable
+from any folder: `configs/hh_rlhf.py`, `hh_rlhf.py` or `hh_rlhf`. Every config field
+can be overridden, e.g. `--config.model.num_layers=4 --config.train.steps=100`;
+`config.pipeline` selects what runs. The same command resumes an interrupted run.
+
+Exit status: 0 done; 2 error (one line `pit: error: ...` naming file, field or step);
+75 stopped by SIGTERM/SIGINT after saving a checkpoint (run the same command to
+resume). `--helpfull` lists every absl flag.
 """
 from __future__ import annotations
 
@@ -65,7 +75,7 @@ def _fail(msg: str, code: int = 2, kind: str = "error"):
   sys.exit(code)
 
 
-MAX_ERROR_CHARS = 400
+MAX_ERROR_CHARS = 1000
 
 
 # OS reasons a long library message may bury in its middle (checked by name).
@@ -82,7 +92,7 @@ def _root_causes(e: BaseException) -> list[str]:
     if isinstance(e, OSError) and e.strerror:
       out.append(e.strerror)
     out += [r for r in _OS_REASONS if r in str(e)]
-    e = e.__cause__ or e.__context__
+    e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
   return list(dict.fromkeys(out))
 
 
@@ -131,7 +141,19 @@ def _parse_flags(argv):
     _fail(f"bad config: {type(e).__name__}: {_one_line(e)}")
 
 
+def _help() -> str:
+  from pit import paths
+  base = paths.configs_dir()
+  names = sorted(f[:-3] for f in os.listdir(base) if f.endswith(".py") and f != "__init__.py") \
+      if base else []
+  return (__doc__ + f"\nBundled configs ({base}):\n  " + ", ".join(names) +
+          "\nPipelines (config.pipeline): dpo, gap_reward, generate, improve, pit, ppo, reward, sft\n")
+
+
 def entry():
+  if any(a in ("-h", "--help", "-help") for a in sys.argv[1:]):
+    sys.stdout.write(_help())
+    sys.exit(0)
   try:
     app.run(main, flags_parser=_parse_flags)
   except SystemExit:

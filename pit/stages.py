@@ -44,6 +44,8 @@ from pit import jsonio
 DONE_FILE = "stage_done.json"
 STARTED_FILE = "stage_started.json"
 SUPERSEDED_DIR = "superseded"
+# Root config sections read only by the pipeline of the same name.
+PIPELINE_SECTIONS = ("reward", "gap_reward", "ppo", "improve", "dpo", "generate")
 # Settings that do not change what a stage computes: a change reruns nothing.
 IGNORED = ("progress", "rerun_from", "distributed", "mesh", "checkpoint.keep",
            "checkpoint.async_save", "train.log_every")
@@ -122,13 +124,17 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 def derive(config, pipeline: str, section: str | None, *, method: str = "pit",
            keep: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """A stage's config: a copy of the root config with `pipeline` set, the override
+  """A stage's config: a copy of the root config with `pipeline` set, the sections of
+  other pipelines (`PIPELINE_SECTIONS`: ppo, improve, reward, ...) removed, the override
   section `config.<method>.<section>` merged in (unknown fields are an error naming
   `<method>.<section>.<field>`), and the method section replaced by only the fields in
   `keep` (what the stage reads of it), so the stage's fingerprint moves with exactly
-  those."""
+  what it reads."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.pipeline = pipeline
+  for sec in PIPELINE_SECTIONS:   # other pipelines' sections: not read, not fingerprinted
+    if sec != pipeline and sec in c:
+      del c[sec]
   msec = config.get(method, None)
   overrides = msec.get(section, None) if (msec is not None and section) else None
   if overrides is not None:

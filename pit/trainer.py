@@ -98,9 +98,14 @@ def _train(config, workdir, mdef, loss_fn, data, *, mesh, rules, extra, extra_sh
   step_fn = ts.make_train_step(mdef, loss_fn, optimizer, mesh, rules, state_shardings,
                                accum_steps=int(tcfg.accum_steps), seed=int(tcfg.seed),
                                lr_schedule=schedule, extra_shardings=extra_shardings)
-  writer = MetricsWriter(workdir, resume_step=resumed_from)
   start = int(jax.device_get(state.step))
   total = int(tcfg.steps)
+  if start > total:
+    ckpt.close()
+    raise ValueError(f"{name}: the checkpoint in {ckpt.directory} is at step {start}, past "
+                     f"train.steps={total}: this workdir was trained further; use another "
+                     "workdir or train.steps >= the checkpoint's step")
+  writer = MetricsWriter(workdir, resume_step=resumed_from)
   bar = tqdm(total=total, initial=start, desc=name, dynamic_ncols=True,
              disable=jax.process_index() != 0 or not config.get("progress", True),
              mininterval=1.0)

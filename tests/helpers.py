@@ -53,3 +53,8 @@ def sigkill_when(cmd, *, cwd, env, marker, timeout: float = 300.0):
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL
+
+
+def without_run(summary: dict) -> dict:
+  """A pipeline summary less what depends on how the run was interrupted ("run")."""
+  return {k: v for k, v in summary.items() if k != "run"}

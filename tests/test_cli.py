@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.helpers import sigkill_when
+from tests.helpers import sigkill_when, without_run
 
 TINY = ["--config=configs/sft.py:tiny", "--config.progress=False",
         "--config.model.d_model=64", "--config.model.d_ff=128", "--config.train.batch_size=16"]
@@ -118,6 +118,17 @@ def test_sigkill_midway_resumes_to_identical_params(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(killed / "sft_summary.json"))
   assert summary["run"]["resumed_from"] is not None and 16 <= summary["run"]["resumed_from"] < 40
+  reference = json.load(open(ref / "sft_summary.json"))
+  assert without_run(summary) == without_run(reference)   # same figures as never killed
+  assert summary["final_train"]["loss"] > 0 and summary["final_eval"]["nll"] > 0
+  # Killed after the final checkpoint but before the summary: the rerun trains no step and
+  # writes the same summary (the last train metrics are restored from the checkpoint).
+  os.remove(killed / "sft_summary.json")
+  r = _run(killed, *args, devices=8)
+  assert r.returncode == 0, r.stderr[-3000:]
+  again = json.load(open(killed / "sft_summary.json"))
+  assert again["run"] == {"steps_run": 0, "resumed_from": 40}
+  assert without_run(again) == without_run(reference)
   p_ref, s_ref = _final_params(ref)
   p_res, s_res = _final_params(killed)
   assert s_ref == s_res == 40

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.helpers import sigkill_when
+from tests.helpers import sigkill_when, without_run
 
 SMALL = ["--config.progress=False", "--config.model.d_model=32", "--config.model.d_ff=64",
          "--config.model.num_layers=1", "--config.train.batch_size=8",
@@ -67,6 +67,7 @@ def test_sigkill_midway_resumes_to_identical_params(tmp_path, pipeline):
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(killed / f"{pipeline}_summary.json"))
   assert summary["run"]["resumed_from"] is not None and 4 <= summary["run"]["resumed_from"] < 12
+  assert without_run(summary) == without_run(json.load(open(ref / f"{pipeline}_summary.json")))
   assert summary["final_eval"]["pairs"] == 16
   p_ref, s_ref = _final_params(ref, pipeline)
   p_res, s_res = _final_params(killed, pipeline)

@@ -1,6 +1,7 @@
 """`pipeline=pit` end to end on the synthetic task (smoke sizes), stage configs, HH data."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -93,6 +94,28 @@ def test_synthetic_smoke_runs_every_stage_writes_the_report_and_skips_done_stage
   r = _run(wd)
   assert r.returncode == 0 and r.stderr.count("already done, skipping") == len(names)
   assert (wd / "report.md").stat().st_mtime_ns == before
+  report_text = (wd / "report.md").read_text()
+  pit_outputs = (wd / "inference" / "outputs" / "pit.json").read_text()
+  # A finished stage's checkpoint damaged on disk is never used: the stage that reads it
+  # names it, the finished stage is reopened and redone, and the results are the same.
+  from tests.test_faults import _damage
+  last = max(int(n) for n in os.listdir(wd / "pit_sft" / "checkpoints") if n.isdigit())
+  _damage(str(wd / "pit_sft" / "checkpoints" / str(last)), "bitflip_all")
+  r = _run(wd, "--config.rerun_from=inference")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert re.search(r"pit_sft/checkpoints step \d+ is corrupt or unreadable", r.stderr)
+  assert "reopening the finished stage pit_sft" in r.stderr
+  assert (wd / "inference" / "outputs" / "pit.json").read_text() == pit_outputs
+  assert (wd / "report.md").read_text() == report_text
+  # Killed after a stage's last checkpoint but before it was marked done (and before the
+  # report): the rerun writes the same stage summary and the same report.
+  os.remove(wd / "policy_sft" / "stage_done.json")
+  os.remove(wd / "evaluate" / "stage_done.json")
+  os.remove(wd / "report.md")
+  r = _run(wd)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "stage 3/9 pit_sft: already done, skipping" in r.stderr   # M_P's result is unchanged
+  assert (wd / "report.md").read_text() == report_text
 
 
 def test_hh_rlhf_data_stage_on_the_shared_file(shared_dir, tmp_path):

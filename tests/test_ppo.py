@@ -15,7 +15,7 @@ from pit import sharding as shd
 from pit import train_step as ts
 from pit.params import init_params
 from tests.conftest import REPO
-from tests.helpers import mesh, optim_cfg, sigkill_when, tiny_mdef
+from tests.helpers import mesh, optim_cfg, sigkill_when, tiny_mdef, without_run
 
 
 def _case(B=5, N=9, seed=0):
@@ -282,6 +282,7 @@ def test_ppo_cli_sigkill_resumes_to_identical_params(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(killed / "ppo_summary.json"))
   assert summary["run"]["resumed_from"] is not None and 4 <= summary["run"]["resumed_from"] < 12
+  assert without_run(summary) == without_run(json.load(open(ref / "ppo_summary.json")))
   assert summary["rollouts"] == 6
   p_ref, s_ref = _final_policy(ref)
   p_res, s_res = _final_policy(killed)

@@ -222,7 +222,7 @@ def _references(c, ctx, k: int, source: str):
   if not os.path.exists(path):
     prompts = sorted({p.prompt for p in pairs})
     sc = ml_collections.ConfigDict({**c.to_dict(), "pipeline": "improve"})
-    sc.improve.update(c.reference_sampling.to_dict())
+    sc.improve = ml_collections.ConfigDict(c.reference_sampling.to_dict())
     rt = common.setup(sc)
     gen = improve_pipeline.load_generate_fn(rt, sc.improve, ctx.input_dir(POLICY), "policy",
                                             seed_offset=1000 + k)

@@ -325,3 +325,15 @@ def test_registry_and_synthetic_pairs(tmp_path):
     B.load_pairs("oasst1", config="ift", split="train", data_dir=tmp_path / "d")
   with pytest.raises(KeyError, match="unknown dataset 'nope'"):
     B.build("nope", data_dir=tmp_path / "d")
+
+
+def test_a_build_from_changed_manual_files_is_redone_not_reused(tmp_path, caplog):
+  path = tmp_path / "m" / "harmless-base" / "train.jsonl"
+  _write_jsonl(str(path), HH_ROWS[:1])
+  kw = dict(config="harmless-base", split="train", data_dir=tmp_path / "d", manual_dir=tmp_path / "m")
+  assert len(B.records("hh_rlhf", **kw)) == 1
+  assert len(B.records("hh_rlhf", **kw)) == 1   # unchanged: the built copy is reused
+  assert "changed since the dataset was built" not in caplog.text
+  _write_jsonl(str(path), HH_ROWS[:1] * 3)
+  assert len(B.records("hh_rlhf", **kw)) == 3   # changed: built again, not a stale copy
+  assert "changed since the dataset was built" in caplog.text

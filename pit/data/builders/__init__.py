@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shutil
 
 import tensorflow_datasets as tfds
 
@@ -76,8 +77,19 @@ def make_builder(name: str, *, config: str | None = None, data_dir: str,
 
 def build(name: str, *, config: str | None = None, data_dir: str, manual_dir: str | None = None,
           download: bool = False):
-  """download_and_prepare; returns the builder (its `info.metadata['stats']` holds counts)."""
+  """download_and_prepare; returns the builder (its `info.metadata['stats']` holds counts).
+  A dataset built from a manual_dir whose files have changed since (their content hash,
+  `PitBuilder.manual_digest`) is built again, with a warning, rather than reused stale."""
   b = make_builder(name, config=config, data_dir=data_dir, manual_dir=manual_dir, download=download)
+  built = os.path.exists(os.path.join(b.data_dir, "dataset_info.json"))
+  if built and manual_dir and isinstance(b, _base.PitBuilder) and os.path.isdir(manual_dir):
+    recorded = (getattr(b.info, "metadata", None) or {}).get("source_digest")
+    if recorded != b.manual_digest(os.fspath(manual_dir)):
+      logging.warning("%s: the source files in %s changed since the dataset was built in %s; "
+                      "building it again", name, manual_dir, b.data_dir)
+      shutil.rmtree(b.data_dir)
+      b = make_builder(name, config=config, data_dir=data_dir, manual_dir=manual_dir,
+                       download=download)
   dl_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir else None)
   b.download_and_prepare(download_config=dl_config)
   return b

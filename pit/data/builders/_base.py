@@ -94,6 +94,7 @@ class PitBuilder(tfds.core.GeneratorBasedBuilder):
         raise SourceMissingError(
             f"{self._pit_id}: no source files in manual_dir {mdir}; expected "
             f"{', '.join(self.expected_manual_files())}")
+      self.info.metadata["source_digest"] = self.manual_digest(mdir)
       return found
     if self._pit_allow_download:
       urls = self.official_urls()
@@ -103,6 +104,20 @@ class PitBuilder(tfds.core.GeneratorBasedBuilder):
         f"{self._pit_id}: no source data: pass manual_dir holding "
         f"{', '.join(self.expected_manual_files())}, or download=True to fetch "
         f"{urls[0]}{f' (+{len(urls) - 1} more)' if len(urls) > 1 else ''}")
+
+  def manual_digest(self, mdir: str) -> str:
+    """Content hash of the source files this builder reads from `mdir` (names and bytes):
+    kept in metadata.json, so a build from files that have changed since is redone
+    (`pit.data.builders.build`) instead of silently reused."""
+    import hashlib
+    h = hashlib.sha256()
+    for group, paths in sorted(self.find_manual_files(mdir).items()):
+      for path in paths:
+        h.update(f"{group}\0{os.path.basename(path)}\0".encode())
+        with open(path, "rb") as f:
+          for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
   def present_splits(self, dl_manager, splits) -> dict:
     """{split: self._generate_examples(split, files)} for the splits whose source files

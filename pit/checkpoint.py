@@ -105,11 +105,16 @@ class Checkpointer:
       return None
     failures = []
     for step in reversed(steps):
+      reason = None
       try:
         state, meta, step = self._restore(abstract_state, step, partial=False)
       except CorruptCheckpointError as e:
-        logging.error("%s; falling back to an older checkpoint", e)
-        failures.append(f"step {step}: {e.reason[:80]}")
+        reason = e.reason
+      if not _all_hosts_agree(reason is None):   # every host reads its own shards
+        reason = reason or "failed to restore on another host"
+        logging.error("%s; falling back to an older checkpoint",
+                      CorruptCheckpointError(self.directory, step, reason))
+        failures.append(f"step {step}: {reason[:80]}")
         self.quarantine(step)
         continue
       if failures:
@@ -203,7 +208,7 @@ class Checkpointer:
   def _restore_checked(self, abstract, step: int, *, partial: bool):
     meta = self._read_json(step)
     saved = self._state_metadata(step)
-    cast = _check_compatible(self.directory, step, saved, abstract)
+    cast = _check_compatible(self.directory, step, saved, abstract, partial=partial)
     args = ocp.args.Composite(state=_restore_args(abstract, partial=partial))
     try:
       state = self.manager.restore(step, args=args)["state"]
@@ -336,6 +341,15 @@ class _held_stderr:
       os.write(2, data)
 
 
+def _all_hosts_agree(ok: bool) -> bool:
+  """True when `ok` holds on every process (one small all-gather on multi-host runs)."""
+  if jax.process_count() == 1:
+    return ok
+  import numpy as np
+  from jax.experimental import multihost_utils
+  return bool(np.min(multihost_utils.process_allgather(np.array(int(ok), np.int32))))
+
+
 def _reason(e: BaseException) -> str:
   text = " ".join(str(e).split()) or type(e).__name__
   return text if len(text) <= 300 else text[:150] + " ... " + text[-140:]
@@ -359,18 +373,25 @@ def _drop_abstract(tree) -> dict:
   return {integrity.path_name(p): x for p, x in leaves if not isinstance(x, jax.ShapeDtypeStruct)}
 
 
-def _check_compatible(directory: str, step: int, saved, abstract) -> set[str]:
-  """The saved params have the names and shapes of the target's (else another model).
-  Returns the leaves restored into another dtype (cast by Orbax: their bits differ from
-  the saved ones, so their checksums are not compared)."""
-  def flat(tree, prefix):
-    return {f"{prefix}/{integrity.path_name(p)}": x
-            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  target = abstract.get("params") if isinstance(abstract, dict) else getattr(abstract, "params", None)
-  if target is None or "params" not in saved:
-    return set()
-  want = flat(target, "params")
-  have = flat(saved["params"], "params")
+def _check_compatible(directory: str, step: int, saved, abstract, *, partial: bool) -> set[str]:
+  """The saved state has the leaves, and shapes, the target expects (else it is a checkpoint
+  of another model or optimizer: IncompatibleCheckpointError, not damage). A full restore
+  needs exactly the target's leaves; a partial one (params only) only those it asks for that
+  exist. Returns the leaves restored into another dtype (cast by Orbax: their bits differ
+  from the saved ones, so their checksums are not compared)."""
+  def flat(tree):
+    return {integrity.path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  want, have = flat(abstract), flat(saved)
+  if not partial:
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or extra:
+      what = (f"lacks {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+              if missing else
+              f"has {extra[0]}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "") +
+              " that this run does not")
+      raise IncompatibleCheckpointError(
+          f"checkpoint {directory} step {step} was saved for another model or optimizer: it "
+          f"{what} (use another workdir, or the config the checkpoint was written with)")
   cast = set()
   for name, x in want.items():
     if name not in have:

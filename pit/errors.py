@@ -21,6 +21,9 @@ class WorkdirLockedError(PitError):
   """Another run holds the workdir."""
 
 
-class Preempted(PitError):
-  """SIGTERM / SIGINT arrived; the current step finished and a checkpoint was saved."""
+class Preempted(BaseException):
+  """SIGTERM / SIGINT arrived. A BaseException (like KeyboardInterrupt): raised by the
+  signal handler wherever the program is, it must not be caught by the `except Exception`
+  of code that turns failures into errors (a restore would report a good checkpoint as
+  corrupt). The CLI catches it and exits with `exit_code`."""
   exit_code = EXIT_PREEMPTED

@@ -33,10 +33,12 @@ class UsageError(Exception):
 
 def run(config, workdir: str):
   """Runs `config.pipeline` in `workdir`, holding the workdir's lock (one run per workdir)."""
-  from pit import workdir_lock
+  from pit import sharding, workdir_lock
   from pit.pipelines import PIPELINES, common  # jax imported only after flags parsed
   if config.pipeline not in PIPELINES:
     raise UsageError(f"unknown pipeline {config.pipeline!r}; choose one of {sorted(PIPELINES)}")
+  # before anything asks jax for the process index (the lock: only process 0 takes it)
+  sharding.maybe_initialize_distributed(config.get("distributed", None))
   with workdir_lock.hold(workdir):
     common.save_config(config, workdir)
     return PIPELINES[config.pipeline](config, workdir)
@@ -154,17 +156,17 @@ def entry():
   if any(a in ("-h", "--help", "-help") for a in sys.argv[1:]):
     sys.stdout.write(_help())
     sys.exit(0)
+  from pit.errors import PitError, Preempted
   try:
     app.run(main, flags_parser=_parse_flags)
   except SystemExit:
     raise
+  except Preempted as e:
+    _fail(_one_line(e), e.exit_code, kind="stopped")
   except Exception as e:  # noqa: BLE001
-    from pit.errors import PitError, Preempted
     expected = isinstance(e, (PitError, UsageError, ValueError, OSError, KeyError))
     if os.environ.get("PIT_TRACEBACK") or not (expected or _root_causes(e)):
       raise   # a bug: the traceback is the useful output
-    if isinstance(e, Preempted):
-      _fail(_one_line(e), e.exit_code, kind="stopped")
     _fail(_one_line(e), getattr(e, "exit_code", 2))
 
 

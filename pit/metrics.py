@@ -56,13 +56,15 @@ class MetricsWriter:
     os.replace(tmp, self.path)
 
   def write(self, step: int, metrics: Mapping, split: str = "train"):
-    if not self.enabled:
-      return {}
+    """Records the scalars of `metrics` (process 0) and returns them as floats (every
+    process, so callers see the same values everywhere)."""
     scalars = {}
     for k, v in metrics.items():
       f = _to_float(v)
       if f is not None:
         scalars[k] = f
+    if not self.enabled:
+      return scalars
     rec = {"step": int(step), "split": split, "time": time.time(),
            **{k: json_number(v) for k, v in scalars.items()}}
     with open(self.path, "a") as f:

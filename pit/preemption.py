@@ -79,7 +79,8 @@ def training():
     yield
   finally:
     _state["training"] -= 1
-  if _state["signal"] is not None and not _state["training"]:
-    # The signal came during the last step: training ended normally and is saved.
-    raise Preempted(f"stopped by {_state['signal']} as training finished (its checkpoint is "
-                    "saved): run the same command to continue")
+  if not _state["training"]:
+    name = requested()   # agreed by every host
+    if name is not None:  # the signal came during the last step: training ended, is saved
+      raise Preempted(f"stopped by {name} as training finished (its checkpoint is saved): run "
+                      "the same command to continue")

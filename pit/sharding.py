@@ -181,10 +181,15 @@ def data_parallel_size(mesh: Mesh, rules: LogicalRules) -> int:
   return math.prod(mesh.shape[a] for a in axes)
 
 
+_DISTRIBUTED = {"initialized": False}
+
+
 def maybe_initialize_distributed(dist_cfg) -> None:
-  """Calls `jax.distributed.initialize` for multi-host runs when configured."""
-  if not dist_cfg or not dist_cfg.get("enabled", False):
+  """Calls `jax.distributed.initialize` for multi-host runs when configured (once per
+  process: the CLI calls it before anything asks for the process index, pipelines again)."""
+  if not dist_cfg or not dist_cfg.get("enabled", False) or _DISTRIBUTED["initialized"]:
     return
+  _DISTRIBUTED["initialized"] = True
   kwargs = {}
   for key in ("coordinator_address", "num_processes", "process_id"):
     value = dist_cfg.get(key, None)

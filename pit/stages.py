@@ -15,7 +15,9 @@ outside the workdir it reads (`files`). `run_stages`:
   * resumes an unfinished stage with the same fingerprint from its own checkpoints
     (every trainer is resumable); an unfinished stage with another fingerprint starts
     afresh (its directory superseded);
-  * `rerun_from=NAME` reruns that stage and every later one;
+  * `rerun_from=NAME` reruns that stage and every later one, once: the request's progress
+    is kept in WORKDIR/rerun_from.json, so the same command run again resumes it (and
+    after it finished, runs as usual);
   * a stage that finds a finished stage's checkpoint corrupt (`CorruptCheckpointError`
     under that stage's directory) moves that step aside and reopens that stage (its
     trainer resumes from the newest good checkpoint, or from scratch, and trains to the
@@ -44,11 +46,16 @@ from pit import jsonio
 DONE_FILE = "stage_done.json"
 STARTED_FILE = "stage_started.json"
 SUPERSEDED_DIR = "superseded"
-# Root config sections read only by the pipeline of the same name.
-PIPELINE_SECTIONS = ("reward", "gap_reward", "ppo", "improve", "dpo", "generate")
+# Root config sections that belong to particular pipelines, and the pipelines that read each
+# (every other section - model, data, optim, train, ... - is read by all).
+PIPELINE_SECTIONS = {"reward": ("reward",), "gap_reward": ("gap_reward",), "ppo": ("ppo",),
+                     "improve": ("improve",), "dpo": ("dpo",), "generate": ("generate", "dpo")}
 # Settings that do not change what a stage computes: a change reruns nothing.
 IGNORED = ("progress", "rerun_from", "distributed", "mesh", "checkpoint.keep",
-           "checkpoint.async_save", "train.log_every")
+           "checkpoint.async_save", "train.log_every",
+           "data.data_dir")   # TFDS's build cache (rebuilt when its manual_dir changes)
+PATH_MARK = "<path: fingerprinted by content>"
+BIG_FILE = 64 << 20   # bytes; bigger files are fingerprinted by size and mtime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +139,8 @@ def derive(config, pipeline: str, section: str | None, *, method: str = "pit",
   what it reads."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.pipeline = pipeline
-  for sec in PIPELINE_SECTIONS:   # other pipelines' sections: not read, not fingerprinted
-    if sec != pipeline and sec in c:
+  for sec, readers in PIPELINE_SECTIONS.items():   # not read by this pipeline: not fingerprinted
+    if pipeline not in readers and sec in c:
       del c[sec]
   msec = config.get(method, None)
   overrides = msec.get(section, None) if (msec is not None and section) else None
@@ -156,25 +163,53 @@ def _merge(dst, src, path: str):
       dst[key] = value
 
 
+def _is_path(v: Any) -> bool:
+  return isinstance(v, str) and ("/" in v or os.sep in v) and os.path.exists(v)
+
+
+def path_settings(settings: Any, prefix: str = "") -> dict[str, str]:
+  """{dotted field: path} of the settings that name an existing file or folder (data files,
+  a tokenizer, an initial checkpoint, an LLM judge, ...): inputs from outside the workdir."""
+  d = settings.to_dict() if hasattr(settings, "to_dict") else settings
+  out = {}
+  for k, v in (d or {}).items():
+    if isinstance(v, dict):
+      out.update(path_settings(v, f"{prefix}{k}."))
+    elif _is_path(v) and f"{prefix}{k}" not in IGNORED:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
 def clean_settings(settings: Any) -> dict:
-  """The settings as plain JSON, less the IGNORED fields."""
+  """The settings as plain JSON, less the IGNORED fields, with paths replaced by a mark
+  (their contents enter the fingerprint instead: moving data or reinstalling the package
+  changes nothing, editing a file does)."""
   if settings is None:
     return {}
   d = settings.to_dict() if hasattr(settings, "to_dict") else dict(settings)
   d = json.loads(jsonio.dumps(d))
-  for dotted in IGNORED:
+  for dotted in list(IGNORED) + list(path_settings(d)):
     node, parts = d, dotted.split(".")
     for p in parts[:-1]:
       node = node.get(p) if isinstance(node, dict) else None
-    if isinstance(node, dict):
-      node.pop(parts[-1], None)
+    if isinstance(node, dict) and parts[-1] in node:
+      if dotted in IGNORED:
+        node.pop(parts[-1])
+      else:
+        node[parts[-1]] = PATH_MARK
   return d
 
 
 def file_digest(path: str) -> str:
-  """Content hash of a file, or of every file under a folder (names and contents)."""
+  """Fingerprint of a file or folder's contents: a checkpoint folder by its latest step's
+  saved checksums (`pit.checkpoint`: cheap, and exact for its arrays), files up to BIG_FILE
+  by their bytes, bigger ones by size and mtime; folders by names and member digests."""
   h = hashlib.sha256()
-  if os.path.isdir(path):
+  ckpt = _latest_checkpoint_item(path)
+  if ckpt is not None:
+    h.update(b"checkpoint\0")
+    h.update(file_digest(ckpt).encode())
+  elif os.path.isdir(path):
     for root, dirs, files in os.walk(path):
       dirs.sort()
       for name in sorted(files):
@@ -182,12 +217,30 @@ def file_digest(path: str) -> str:
         h.update(os.path.relpath(p, path).encode() + b"\0")
         h.update(file_digest(p).encode())
   elif os.path.exists(path):
-    with open(path, "rb") as f:
-      for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
+    st = os.stat(path)
+    if st.st_size > BIG_FILE:
+      h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          h.update(chunk)
   else:
     h.update(b"<missing>")
   return h.hexdigest()
+
+
+def _latest_checkpoint_item(path: str) -> str | None:
+  """The JSON item (iterator, metrics, checksums) of the latest step of a checkpoint folder
+  or of a workdir holding one (checkpoints/ or policy/checkpoints/), else None."""
+  for sub in (("policy", "checkpoints"), ("checkpoints",), ()):
+    d = os.path.join(path, *sub)
+    if not os.path.isdir(d):
+      continue
+    steps = [int(n) for n in os.listdir(d) if n.isdigit()
+             and os.path.exists(os.path.join(d, n, "data", "metadata"))]
+    if steps:
+      return os.path.join(d, str(max(steps)), "data", "metadata")
+  return None
 
 
 def fingerprint(settings: dict, inputs: dict[str, str], files: dict[str, str]) -> str:
@@ -244,7 +297,7 @@ def run_stages(workdir: str, stages: Sequence[Stage], *, rerun_from: str = "") -
     raise ValueError(f"stage names must be unique: {names}")
   if rerun_from and rerun_from not in names:
     raise ValueError(f"rerun_from: no stage {rerun_from!r} (stages: {', '.join(names)})")
-  forced = set(names[names.index(rerun_from):]) if rerun_from else set()
+  forced = _rerun_request(workdir, names, rerun_from)
   summaries: dict[str, dict] = {}
   fps: dict[str, str] = {}
   reopened: set[str] = set()
@@ -268,6 +321,7 @@ def run_stages(workdir: str, stages: Sequence[Stage], *, rerun_from: str = "") -
         moved = supersede(workdir, stage.name)
         logging.warning("%s: rerunning (rerun_from=%s); previous results moved to %s", where,
                         rerun_from, moved)
+      _rerun_progress(workdir, stage.name)
     elif old is not None and old.get("fingerprint") != fp:
       why = _why_changed(old, settings, input_fps, files)
       moved = supersede(workdir, stage.name)
@@ -281,6 +335,7 @@ def run_stages(workdir: str, stages: Sequence[Stage], *, rerun_from: str = "") -
       write_json_atomic(os.path.join(d, STARTED_FILE),
                         {"stage": stage.name, "fingerprint": fp, "settings": settings,
                          "inputs": input_fps, "files": files})
+    _sync(f"start-{stage.name}")
     t0 = time.time()
     ctx = StageContext(workdir, stage.name, d, inputs)
     try:
@@ -298,6 +353,7 @@ def run_stages(workdir: str, stages: Sequence[Stage], *, rerun_from: str = "") -
         ck.close()
       if jax.process_index() == 0:
         os.remove(os.path.join(stage_dir(workdir, owner), DONE_FILE))
+      _sync(f"reopen-{owner}")
       i = names.index(owner)
       continue
     summary = json.loads(jsonio.dumps(summary))
@@ -306,9 +362,47 @@ def run_stages(workdir: str, stages: Sequence[Stage], *, rerun_from: str = "") -
                         {"stage": stage.name, "seconds": time.time() - t0, "summary": summary,
                          "fingerprint": fp, "settings": settings, "inputs": input_fps,
                          "files": files})
+    _sync(f"done-{stage.name}")
     summaries[stage.name], fps[stage.name] = summary, fp
     i += 1
+  if rerun_from:
+    _rerun_progress(workdir, None, complete=True)
   return summaries
+
+
+RERUN_FILE = "rerun_from.json"
+
+
+def _rerun_request(workdir: str, names: list[str], rerun_from: str) -> set[str]:
+  """The stages `rerun_from` still has to supersede. A request is carried out once: its
+  progress is kept in WORKDIR/rerun_from.json, so the same command run again (after a
+  preemption, or after it finished) resumes instead of starting the rerun over."""
+  if not rerun_from:
+    return set()
+  todo = names[names.index(rerun_from):]
+  path = os.path.join(workdir, RERUN_FILE)
+  req = _read_json(path)
+  if req is None or req.get("stage") != rerun_from:
+    req = {"stage": rerun_from, "superseded": [], "complete": False}
+    if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      write_json_atomic(path, req)
+  elif req.get("complete"):
+    logging.warning("rerun_from=%s was already carried out in %s (see %s); running as usual. "
+                    "Delete that file to rerun again", rerun_from, workdir, path)
+    return set()
+  return {n for n in todo if n not in req.get("superseded", [])}
+
+
+def _rerun_progress(workdir: str, name: str | None, complete: bool = False):
+  path = os.path.join(workdir, RERUN_FILE)
+  req = _read_json(path)
+  if req is None or jax.process_index() != 0:
+    return
+  if name is not None and name not in req["superseded"]:
+    req["superseded"].append(name)
+  req["complete"] = req.get("complete", False) or complete
+  write_json_atomic(path, req)
 
 
 def _identity(stages: Sequence[Stage], i: int, fps: dict[str, str]):
@@ -321,7 +415,8 @@ def _identity(stages: Sequence[Stage], i: int, fps: dict[str, str]):
     raise ValueError(f"stage {stage.name}: inputs {unknown} are not earlier stages")
   settings = clean_settings(stage.settings)
   input_fps = {n: fps[n] for n in inputs}
-  files = {f: file_digest(f) for f in stage.files}
+  files = {f"file {os.path.basename(f.rstrip('/'))}": file_digest(f) for f in stage.files}
+  files.update({k: file_digest(v) for k, v in path_settings(stage.settings).items()})
   return inputs, settings, input_fps, files, fingerprint(settings, input_fps, files)
 
 
@@ -345,6 +440,14 @@ def plan(workdir: str, stages: Sequence[Stage]) -> dict[str, str]:
                  "resume" if done is None and started and started.get("fingerprint") == fp
                  else "run")
   return out
+
+
+def _sync(tag: str):
+  """On multi-host runs, every host waits here until process 0's file operations (stage
+  markers, superseded folders) are done, so no host acts on a stale view of the workdir."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"pit-stages-{tag}")
 
 
 def _owner(workdir: str, names: Sequence[str], path: str) -> str | None:

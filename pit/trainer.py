@@ -127,7 +127,7 @@ def _train(config, workdir, mdef, loss_fn, data, *, mesh, rules, extra, extra_sh
       can_save = checkpointable is None or checkpointable()
       stop_signal = stop_signal or preemption.requested()
       stopping = stop_signal is not None and can_save
-      if done % int(tcfg.log_every) == 0 or done == total or stopping:
+      if done % int(tcfg.log_every) == 0 or done == total:   # (a stop adds no extra point)
         guard.check()
         metrics = jax.device_get(metrics)
         metrics.pop("params_finite", None)   # checked by the guard; always true when logged
@@ -138,7 +138,7 @@ def _train(config, workdir, mdef, loss_fn, data, *, mesh, rules, extra, extra_sh
         logged = writer.write(done, metrics, split="train")
         last = {k: v for k, v in logged.items() if k not in TIMING_METRICS}
         bar.set_postfix(loss=f"{logged.get('loss', float('nan')):.4f}",
-                        tok_s=f"{logged['tokens_per_sec']:.0f}")
+                        tok_s=f"{logged.get('tokens_per_sec', 0.0):.0f}")
         tokens_since, t_since = 0, time.perf_counter()
       if eval_fn is not None and tcfg.get("eval_every", 0) and done % int(tcfg.eval_every) == 0:
         guard.check()

@@ -48,7 +48,7 @@ def _describe() -> str:
 def hold(workdir: str):
   """Holds `workdir` for the duration of the block (see module docstring)."""
   import jax
-  key = os.path.abspath(workdir)
+  key = os.path.realpath(workdir)
   if jax.process_index() != 0 or key in _held:
     if key in _held:
       fd, depth = _held[key]

@@ -685,8 +685,7 @@ def test_every_trainer_sampler_and_scorer_encodes_a_pair_identically(kind, token
                                         format_fn=scorers.template_format("{prompt}{response}"),
                                         **lens)
   gap = gap_scorer.gap_reward_scorer(rm, params, tok, m, shd.DEFAULT_RULES, template="plain",
-                                     batch_size=2, max_len=256)
-  gap.max_response_len = lens["max_response_len"]
+                                     batch_size=2, **lens)
   path = tmp_path / "sft.jsonl"
   path.write_text("".join(json.dumps({"prompt": x, "response": y}) + "\n" for x, y, _ in ENCODE_CASES))
   cfg = ml_collections.ConfigDict({"data": {**_data_cfg(train_path=str(path)).to_dict(), **lens}})
@@ -738,6 +737,10 @@ def test_every_trainer_sampler_and_scorer_encodes_a_pair_identically(kind, token
     ("Score: five", None), ("Score: <total points>", None), ("Score:", None), ("", None),
     ("no score here", None), ("Score: 4a", None), ("Score: 4.5.6", None),
     ("Score: 2\nScore: 9", None),   # the final score decides, even when an earlier one was valid
+    # prose after a labelled score never overrides it; without a label, "score is N" counts
+    ("Score: 2\nThe maximum score is 5.", 2.0), ("Score: 4\n\nNote: a perfect score is 5.", 4.0),
+    ("Score: 4\nThis score is justified because it is clear.", 4.0),
+    ("Score: 4 1/2", None), ("Score: 3 -> 4", None), ("Score: 4; 5", None),
 ])
 def test_judge_scores_follow_the_documented_grammar(text, score):
   assert parse_judge_score(text) == score
@@ -797,3 +800,71 @@ def test_a_changed_setting_reruns_exactly_the_stages_that_depend_on_it(field, va
   base, changed = _pit_fps(), _pit_fps(**{field: value})
   assert list(base) == ALL_STAGES
   assert [s for s in ALL_STAGES if base[s] != changed[s]] == rerun
+
+
+@pytest.mark.parametrize("change", ["optimizer", "layers", "param_dtype"])
+def test_resuming_with_another_model_or_optimizer_moves_nothing(tmp_path, change):
+  """A checkpoint of another configuration is refused as incompatible (param_dtype: restored
+  with a cast), never quarantined as corrupt: changing a config by mistake loses nothing."""
+  from pit import optim, train_step as ts
+  from pit import sharding as shd
+  from pit.params import init_params
+  from tests.helpers import mesh as make_mesh, optim_cfg, tiny_mdef
+  m = make_mesh((1, 1, 1))
+  mdef = tiny_mdef()
+  opt = optim.make_optimizer(optim_cfg())
+  state, _ = ts.create_train_state(init_params(mdef, m, shd.DEFAULT_RULES, 0), opt, m,
+                                   mdef.shardings(m, shd.DEFAULT_RULES))
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "ck"), async_save=False)
+  ck.save(1, state, {}, force=True)
+  other_def, other_opt = mdef, opt
+  if change == "optimizer":
+    other_opt = optim.make_optimizer(optim_cfg(grad_clip_norm=0.0))
+  elif change == "layers":
+    other_def = tiny_mdef(num_layers=3)
+  else:
+    other_def = tiny_mdef(param_dtype="bfloat16")
+  abstract, _ = ts.abstract_train_state(other_def.abstract_params, other_opt, m,
+                                        other_def.shardings(m, shd.DEFAULT_RULES))
+  if change == "param_dtype":
+    restored, _, _, step = ck.restore_latest(abstract)
+    assert step == 1 and jax.tree.leaves(restored.params)[0].dtype == np.dtype("bfloat16")
+  else:
+    with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="another model or optimizer"):
+      ck.restore_latest(abstract)
+  assert os.listdir(tmp_path / "ck") == ["1"]
+  ck.close()
+
+
+def test_a_signal_during_a_restore_stops_the_run_and_blames_no_checkpoint(tmp_path, monkeypatch):
+  """SIGTERM while a finished checkpoint is being read (outside any training loop) stops the
+  run as a preemption; it is never reported as a corrupt checkpoint, nothing is moved."""
+  from pit import sharding as shd
+  from pit.params import init_params
+  from tests.helpers import mesh as make_mesh, tiny_mdef
+  m = make_mesh((1, 1, 1))
+  mdef = tiny_mdef()
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "ck"), async_save=False)
+  ck.save(1, {"params": init_params(mdef, m, shd.DEFAULT_RULES, 0)}, {}, force=True)
+  ck.close()
+  previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  preemption._state["installed"] = False
+  preemption.handle_signals()
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "ck"), read_only=True)
+  real_restore = ck.manager.restore
+
+  def restore_then_signal(*a, **kw):   # the signal lands inside Orbax's read
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.1)
+    return real_restore(*a, **kw)
+  monkeypatch.setattr(ck.manager, "restore", restore_then_signal)
+  try:
+    with pytest.raises(errors.Preempted, match="stopped by SIGTERM"):
+      ck.restore_params(mdef.sharded_abstract(m, shd.DEFAULT_RULES))
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+    preemption._state.update(installed=False)
+    preemption.reset()
+    ck.close()
+  assert os.listdir(tmp_path / "ck") == ["1"]

@@ -147,3 +147,55 @@ def test_derive_keeps_only_the_declared_method_fields():
   root.pit.policy_sft.train.nope = 3
   with pytest.raises(ValueError, match="pit.policy_sft.train.nope: no such config field"):
     stages.derive(root, "sft", "policy_sft")
+
+
+def test_derive_keeps_every_section_each_pipeline_reads():
+  """A stage's fingerprint covers its config because `derive` keeps exactly the sections its
+  pipeline reads: check each pipeline's source against `stages.PIPELINE_SECTIONS`."""
+  import re
+  from pit import pipelines
+  from pit.config_base import base_config
+  common = set(base_config().keys())
+  for name in pipelines.PIPELINES:
+    if name == "pit":
+      continue
+    src = open(os.path.join(os.path.dirname(pipelines.__file__), f"{name}.py")).read()
+    read = set(re.findall(r"\bconfig\.([a-z_]+)", src))
+    read |= set(re.findall(r"\bconfig(?:\.get\(|\[)[\"']([a-z_]+)[\"']", src))
+    for sec in read:
+      if sec in stages.PIPELINE_SECTIONS:
+        assert name in stages.PIPELINE_SECTIONS[sec], (name, sec)
+      else:
+        assert sec in common or sec == "get", (name, sec)
+
+
+def test_paths_in_settings_are_fingerprinted_by_content_not_by_name(tmp_path):
+  calls = []
+  a, b = tmp_path / "a" / "data.jsonl", tmp_path / "b" / "data.jsonl"
+  for p in (a, b):
+    p.parent.mkdir()
+    p.write_text("same\n")
+  wd = str(tmp_path / "run")
+  stages.run_stages(wd, _stages(calls, settings={"a": {"path": str(a)}}))
+  stages.run_stages(wd, _stages(calls, settings={"a": {"path": str(b)}}))   # moved, same bytes
+  assert calls == ["a", "b", "c"]
+  b.write_text("edited\n")
+  stages.run_stages(wd, _stages(calls, settings={"a": {"path": str(b)}}))
+  assert calls == ["a", "b", "c"] * 2
+  rec = stages.done_record(wd, "a")
+  assert rec["settings"]["path"] == stages.PATH_MARK and "path" in rec["files"]
+
+
+def test_rerun_from_is_carried_out_once_even_when_interrupted(tmp_path):
+  calls = []
+  wd = str(tmp_path)
+  stages.run_stages(wd, _stages(calls))
+  with pytest.raises(RuntimeError, match="c crashed"):   # the rerun is interrupted in c
+    stages.run_stages(wd, _stages(calls, fail=("c",)), rerun_from="b")
+  assert calls == ["a", "b", "c", "b", "c"]
+  stages.run_stages(wd, _stages(calls), rerun_from="b")   # the same command: b is not redone
+  assert calls == ["a", "b", "c", "b", "c", "c"]
+  stages.run_stages(wd, _stages(calls), rerun_from="b")   # done: runs as usual (nothing)
+  assert calls == ["a", "b", "c", "b", "c", "c"]
+  stages.run_stages(wd, _stages(calls), rerun_from="c")   # a new request is carried out
+  assert calls == ["a", "b", "c", "b", "c", "c", "c"]

@@ -35,39 +35,45 @@ MAX_SCORE = 5.0
 _FIELD_RE = re.compile(r"\{(instruction|response)\}")
 # The grammar of `parse_judge_score` (see its docstring).
 _DECOR = r"[\s*_`~\[\](){}<>\"']*"
-_LABEL_RE = re.compile(r"\bscore\b" + _DECOR + r"(?:[:=]|\bis\b)", re.IGNORECASE)
+_LABEL_RE = re.compile(r"\bscore\b" + _DECOR + r"[:=]", re.IGNORECASE)          # "Score:", "score ="
+_PROSE_LABEL_RE = re.compile(r"\bscore" + _DECOR + r"\bis\b", re.IGNORECASE)     # "the score is"
 _VALUE_RE = re.compile(
     r"(?P<lead>[\s*_`~\[(<\"']*)"                      # markdown / brackets before the number
     r"(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"  # any number-like token
     r"(?P<scale>\s*(?:/|out\s+of)\s*(?P<den>\d+(?:\.\d+)?))?"  # "4/5", "4 out of 5"
     r"(?P<trail>[*_`~\])>\"']*)")
-# After the value: nothing, or a boundary that cannot continue a number or a range.
+# After the value: nothing, or a boundary that cannot continue a number, a range, a fraction
+# ("4 1/2"), an arrow ("3 -> 4") or a list of scores ("4; 5").
 _AMBIGUOUS_TAIL_RE = re.compile(
-    r"^(?:\.\d|[\w-]|\s*(?:-|–|—|to|or|and|/|\+)\s*\d|\s*,\s*\d)", re.IGNORECASE)
+    r"^(?:\.\d|[\w-]|\s*(?:-|–|—|to|or|and|/|\+|->|=>|→)\s*\d|\s*[,;]\s*\d|\s+\d+\s*/\s*\d)",
+    re.IGNORECASE)
 
 
 def parse_judge_score(text: str | None) -> float | None:
   """The judge's final score in `text`, or None when there is none or it is ambiguous.
 
-  Grammar (case-insensitive), applied to the LAST score label in the text:
-    label  := the word "score", then optional markdown/brackets, then ":" | "=" | "is"
-              ("Score:", "**Score:**", "Total score =", "score is")
+  Grammar (case-insensitive):
+    label  := the word "score", then optional markdown/brackets, then ":" or "="
+              ("Score:", "**Score:**", "Total score =")
     value  := optional markdown/brackets ("**", "[", "(", "`"), a plain decimal number
               (digits with an optional fraction: "4", "4.5", "4."), an optional scale
               "/5" or "out of 5" (a denominator other than 5 -> None), then optional
               closing markdown/brackets
-    end    := the end of the text, whitespace, or punctuation such as "." "," ";" "!"
-  The value must be in [0, 5]. None (never a number) for: no label; a label with no
-  number ("Score: <total points>", "Score: five"); exponent or signed forms ("1e-1",
-  "-1", "+3"); ranges and alternatives ("3-4", "3 or 4", "3/4 to 4/5", "3, 4"); another
-  scale ("8/10"); values outside [0, 5]. The last label decides: an earlier valid score
-  is not used when the final one is ambiguous. Callers count None judgements (NaN
-  scores) and report them; they never become a number.
+    end    := the end of the text, whitespace, or punctuation such as "." "," "!"
+  The LAST label decides (a judge that revises itself ends with its final score); when
+  the text has no such label, the last "score is <value>" does ("The score is 3."), so
+  prose after a labelled score ("a perfect score is 5") never overrides it. The value
+  must be in [0, 5]. None (never a number) for: no label; a label with no number
+  ("Score: <total points>", "Score: five"); exponent or signed forms ("1e-1", "-1",
+  "+3"); ranges, alternatives and lists ("3-4", "3 or 4", "3 -> 4", "3, 4", "4; 5"); mixed
+  fractions ("4 1/2"); another scale ("8/10"); values outside [0, 5]; a final label whose
+  value is ambiguous (an earlier valid score is not used instead). Callers count None
+  judgements (NaN scores) and report them; they never become a number.
 
   Source: the "Score: <total points>" format of Yuan et al. 2024 (Figure 2)."""
   if not text:
     return None
-  labels = list(_LABEL_RE.finditer(text))
+  labels = list(_LABEL_RE.finditer(text)) or list(_PROSE_LABEL_RE.finditer(text))
   if not labels:
     return None
   rest = text[labels[-1].end():]

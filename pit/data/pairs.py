@@ -88,7 +88,7 @@ def best_vs_worst(prompt: str, responses: Sequence[str], scores: Sequence[float]
   hi = max(range(len(scores)), key=lambda i: (scores[i], -i))
   lo = min(range(len(scores)), key=lambda i: (scores[i], i))
   gap = float(scores[hi]) - float(scores[lo])
-  if gap <= min_gap or responses[hi] == responses[lo]:
+  if gap <= min_gap or responses[hi].strip() == responses[lo].strip():   # as `pair_error`
     return None
   return PreferencePair(prompt, responses[hi], responses[lo], margin=gap, meta={
       "chosen_score": float(scores[hi]), "rejected_score": float(scores[lo]),

@@ -86,16 +86,6 @@ def _write_jsonl(path: str, rows) -> int:
   return len(rows)
 
 
-def _source_files(dcfg) -> list[str]:
-  """The files outside the workdir the data stage reads (hashed into its fingerprint)."""
-  src = sources.source_name(dcfg)
-  if src == "jsonl":
-    return [p for p in (dcfg.train_path, dcfg.eval_path) if p]
-  if src == "tfds" and dcfg.manual_dir:
-    return [dcfg.manual_dir]
-  return []
-
-
 def data_stage(config):
   """Preference pairs (any `data.source`) -> the JSONL files every later stage reads:
   pairs_{train,eval}, policy_sft_{train,eval} (x -> y_w), pit_sft_{train,eval}
@@ -137,7 +127,7 @@ def data_stage(config):
     for split, rep in reports.items():
       rep.log(f"pit data ({split})")
     return {"counts": counts, "data": {k: r.as_dict() for k, r in reports.items()}}
-  return stages.Stage(DATA, run, settings=c, inputs=(), files=_source_files(config.data))
+  return stages.Stage(DATA, run, settings=c, inputs=())   # its data files: by content
 
 
 # ------------------------------------------------------------------------------ training stages

@@ -21,12 +21,14 @@ def gap_format(template: str = "plain", prompt_format: str = "{prompt}") -> scor
 
 def gap_reward_scorer(mdef, params, tokenizer, mesh, rules, *, template: str = "plain",
                       prompt_format: str = "{prompt}", max_len: int, batch_size: int = 32,
-                      buckets=None) -> scorers.RewardModelScorer:
+                      buckets=None, max_response_len: int = 0) -> scorers.RewardModelScorer:
   """A `RewardModelScorer` reading r_gap(x, y, y_ref): call it as
-  scorer(prompts, responses, references)."""
+  scorer(prompts, responses, references). Give the lengths the model was trained with
+  (`gap_reward_scorer_from_dir` reads them) so scored rows equal training rows."""
   return scorers.RewardModelScorer(mdef, params, tokenizer, mesh, rules,
                                    format_fn=gap_format(template, prompt_format), max_len=max_len,
-                                   batch_size=batch_size, buckets=buckets)
+                                   batch_size=batch_size, buckets=buckets,
+                                   max_response_len=max_response_len)
 
 
 def gap_reward_scorer_from_dir(rm_dir: str, tokenizer, mesh, rules, *, template: str = "plain",

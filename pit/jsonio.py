@@ -37,6 +37,19 @@ def dumps(obj: Any, **kw) -> str:
   return json.dumps(jsonable(obj), allow_nan=False, **kw)
 
 
+def write_jsonl_atomic(path: str, rows) -> int:
+  """Writes one JSON object per line atomically (a crash leaves no half-written file);
+  returns the number of rows."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  n = 0
+  with open(tmp, "w") as f:
+    for r in rows:
+      f.write(dumps(r) + "\n")
+      n += 1
+  os.replace(tmp, path)
+  return n
+
+
 def write_atomic(path: str, obj: Any, indent: int | None = 2) -> None:
   """Writes `path` so that a crash leaves either the old file or the new one."""
   tmp = f"{path}.tmp{os.getpid()}"

@@ -66,13 +66,9 @@ def read_pairs_jsonl(path: str, *, on_error: str = "raise",
 
 
 def write_pairs_jsonl(path: str, pairs: Iterable[PreferencePair]) -> int:
-  import json
-  n = 0
-  with open(path, "w") as f:
-    for p in pairs:
-      f.write(json.dumps(p.to_json()) + "\n")
-      n += 1
-  return n
+  """Writes pairs as JSONL, atomically; returns the count."""
+  from pit import jsonio
+  return jsonio.write_jsonl_atomic(path, (p.to_json() for p in pairs))
 
 
 def best_vs_worst(prompt: str, responses: Sequence[str], scores: Sequence[float],

@@ -25,7 +25,6 @@ model head, ...) are `pit.<stage>` sub-configs merged over the root config.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -33,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from pit import improve, pit_format, stages
+from pit import improve, jsonio, pit_format, stages
 from pit.data import records, sources
 from pit.data.pairs import PreferencePair, read_pairs_jsonl, write_pairs_jsonl
 from pit.eval import alpaca_eval, report, winrate
@@ -76,16 +75,6 @@ def _check(config):
 # ------------------------------------------------------------------------------ data
 
 
-def _write_jsonl(path: str, rows) -> int:
-  """Writes `rows` as JSONL atomically (a crash leaves no half-written file)."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    for r in rows:
-      f.write(json.dumps(r) + "\n")
-  os.replace(tmp, path)
-  return len(rows)
-
-
 def data_stage(config):
   """Preference pairs (any `data.source`) -> the JSONL files every later stage reads:
   pairs_{train,eval}, policy_sft_{train,eval} (x -> y_w), pit_sft_{train,eval}
@@ -113,15 +102,15 @@ def data_stage(config):
         "pairs_train": write_pairs_jsonl(os.path.join(d, "pairs_train.jsonl"), train),
         "pairs_eval": write_pairs_jsonl(os.path.join(d, "pairs_eval.jsonl"), evals)}
     for name, ps in (("train", train), ("eval", evals)):
-      counts[f"policy_sft_{name}"] = _write_jsonl(
+      counts[f"policy_sft_{name}"] = jsonio.write_jsonl_atomic(
           os.path.join(d, f"policy_sft_{name}.jsonl"),
           [{"prompt": p.prompt, "response": p.chosen} for p in ps])
-      counts[f"pit_sft_{name}"] = _write_jsonl(
+      counts[f"pit_sft_{name}"] = jsonio.write_jsonl_atomic(
           os.path.join(d, f"pit_sft_{name}.jsonl"),
           [{"prompt": pit_format.policy_prompt(p.prompt, p.rejected, tmpl), "response": p.chosen}
            for p in ps])
     n_eval = int(pcfg.max_eval_prompts) or len(evals)
-    counts["eval_set"] = _write_jsonl(
+    counts["eval_set"] = jsonio.write_jsonl_atomic(
         os.path.join(d, "eval_set.jsonl"),
         [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in evals[:n_eval]])
     for split, rep in reports.items():
@@ -218,7 +207,7 @@ def _references(c, ctx, k: int, source: str):
                                             seed_offset=1000 + k)
     refs = gen(prompts, 0)
     if jax.process_index() == 0:
-      _write_jsonl(path, [{"prompt": p, "reference": r} for p, r in zip(prompts, refs)])
+      jsonio.write_jsonl_atomic(path, [{"prompt": p, "reference": r} for p, r in zip(prompts, refs)])
   rows = list(records.read_jsonl(path, ("prompt",)))
   return [r["prompt"] for r in rows], [str(r.get("reference", "")) for r in rows]
 
@@ -366,7 +355,7 @@ def inference_stage(config):
       for name, outs in finals.items():
         alpaca_eval.write_outputs(os.path.join(out_dir, f"{name}.json"), prompts, outs,
                                   generator=f"pit_{name}")
-      _write_jsonl(os.path.join(d, "iterations.jsonl"), [
+      jsonio.write_jsonl_atomic(os.path.join(d, "iterations.jsonl"), [
           {"system": name, "iteration": t, "index": i, "prompt": prompts[i], "response": resp[i]}
           for name, iters in by_iter.items() for t, resp in enumerate(iters)
           for i in range(len(prompts))])

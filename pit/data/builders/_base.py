@@ -110,13 +110,11 @@ class PitBuilder(tfds.core.GeneratorBasedBuilder):
     kept in metadata.json, so a build from files that have changed since is redone
     (`pit.data.builders.build`) instead of silently reused."""
     import hashlib
+    from pit.stages import file_digest
     h = hashlib.sha256()
     for group, paths in sorted(self.find_manual_files(mdir).items()):
       for path in paths:
-        h.update(f"{group}\0{os.path.basename(path)}\0".encode())
-        with open(path, "rb") as f:
-          for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+        h.update(f"{group}\0{os.path.basename(path)}\0{file_digest(path)}".encode())
     return h.hexdigest()
 
   def present_splits(self, dl_manager, splits) -> dict:

@@ -162,8 +162,10 @@ class LMJudge:
     return 1.0 / (1.0 + np.exp(lp[:, 1] - lp[:, 0]))
 
   # ------------------------------------------------------------------ pointwise
-  def judge_texts(self, instructions: Sequence[str], responses: Sequence[str]) -> list[str]:
-    """Greedy judgements of the 5-point additive prompt (the one sampler, temperature 0)."""
+  def judge_texts(self, instructions: Sequence[str], responses: Sequence[str], *,
+                  temperature: float = 0.0, seed: int = 0) -> list[str]:
+    """Judgements of the 5-point additive prompt by the one sampler: greedy by default,
+    sampled at `temperature` > 0 (seeded by `seed` and the batch)."""
     from pit.data.judge import render_judge_prompt
     if len(instructions) != len(responses):
       raise ValueError(f"{len(instructions)} instructions but {len(responses)} responses")
@@ -174,7 +176,8 @@ class LMJudge:
     for lo in range(0, len(instructions), self.batch_size):
       ids = [self._ids(self.render(render_judge_prompt(i, r, self.compact)))
              for i, r in zip(instructions[lo:lo + self.batch_size], responses[lo:lo + self.batch_size])]
-      out = self._sampler.generate(self.params, ids, max_new_tokens=self.max_new_tokens, temperature=0.0)
+      out = self._sampler.generate(self.params, ids, max_new_tokens=self.max_new_tokens,
+                                   temperature=float(temperature), seed=int(seed) * 100_003 + lo)
       texts += [self.tok.decode(t[:n]) for t, n in zip(out.tokens, out.lengths)]
     return texts
 

@@ -42,11 +42,26 @@ def base_config() -> ml_collections.ConfigDict:
       steps=1000, batch_size=32, accum_steps=1, log_every=10, eval_every=0, seed=0,
       init_checkpoint=""))  # sft: start from this LM workdir / checkpoints dir (params only)
   c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True))
+  c.eval = eval_defaults()
   c.generate = ml_collections.ConfigDict(dict(
       checkpoint_dir="", prompts=(), prompts_path="", max_new_tokens=64, temperature=0.0,
       top_k=0, top_p=1.0, seed=0, batch_size=32, output="generations.jsonl",
       num_samples=1))              # responses per prompt (rows carry "sample" 0..n-1)
   return c
+
+
+def eval_defaults() -> ml_collections.ConfigDict:
+  """Evaluation declared in config (`pit.eval.evaluator`): every system is decoded at each of
+  `temperatures`; each comparison (a, b) is judged at every decoding by every judge, never
+  across decodings. Systems of `pipeline=pit`: original (M_P), pit, pit_no_stop, pit_sft,
+  self_refine, y_w (the held-out chosen responses)."""
+  return ml_collections.ConfigDict(dict(
+      temperatures=(0.0, 1.0),
+      comparisons=(("original", "y_w"), ("pit", "original"), ("self_refine", "original"),
+                   ("pit", "self_refine"), ("pit_sft", "original"), ("pit", "pit_sft"),
+                   ("pit", "pit_no_stop")),
+      judges=("oracle", "reward_model", "llm_judge"),  # those a run has (oracle: synthetic data)
+      confidence=0.95, bootstrap=10000, seed=0))
 
 
 def ppo_defaults() -> ml_collections.ConfigDict:
@@ -150,13 +165,8 @@ def pit_defaults() -> ml_collections.ConfigDict:
       reference_temperature=1.0,    # sampling temperature of M_P's references for 'policy' rounds
       max_rl_prompts=0,             # RL prompts taken from the training pairs (0: all)
       reward_init_from_policies=True,  # RM trunk from M_P, gap RM trunk from M_PIT^SFT
-      original_temperature=1.0,     # the Original y_P ~ M_P(.|x) (sampled, as in the paper); PIT,
-                                    # Self-Refine and the extra 'original_greedy' use improve.temperature
       pit_sft_init_from_policy=False,  # M_PIT^SFT starts from M_P (our stand-in for a pretrained LM)
       llm_judge_dir="",             # HF directory of an LLM judge for the evaluation ('' -> none)
-      sampled_eval_samples=4,       # inference: also sample this many one-step improvements of the
-                                    # Original per prompt from M_PIT^RL and M_PIT^SFT (0: skip)
-      sampled_eval_temperature=1.0,  # their temperature (the RL rollouts' distribution)
   ))
 
 

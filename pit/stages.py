@@ -49,7 +49,8 @@ SUPERSEDED_DIR = "superseded"
 # Root config sections that belong to particular pipelines, and the pipelines that read each
 # (every other section - model, data, optim, train, ... - is read by all).
 PIPELINE_SECTIONS = {"reward": ("reward",), "gap_reward": ("gap_reward",), "ppo": ("ppo",),
-                     "improve": ("improve",), "dpo": ("dpo",), "generate": ("generate", "dpo")}
+                     "improve": ("improve",), "dpo": ("dpo",), "generate": ("generate", "dpo"),
+                     "eval": ()}   # read by multi-stage recipes, which give a stage what it uses
 # Settings that do not change what a stage computes: a change reruns nothing.
 IGNORED = ("progress", "rerun_from", "distributed", "mesh", "checkpoint.keep",
            "checkpoint.async_save", "train.log_every",

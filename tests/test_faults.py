@@ -787,7 +787,8 @@ ALL_STAGES = ["data", "policy_sft", "pit_sft", "reward", "gap_reward", "rl_1", "
     ("ppo.kl_coef", 0.5, ["rl_1", "rl_2", "inference", "evaluate"]),
     ("gap_reward.tie_coef", 0.5, ["gap_reward", "rl_1", "rl_2", "inference", "evaluate"]),
     ("pit.reference_temperature", 0.5, ["rl_2", "inference", "evaluate"]),
-    ("pit.original_temperature", 0.5, ["inference", "evaluate"]),
+    ("eval.temperatures", (0.0, 0.7), ["inference", "evaluate"]),
+    ("eval.comparisons", (("pit", "original"),), ["evaluate"]),
     ("pit.dataset_name", "other", ["evaluate"]),
     ("pit.max_eval_prompts", 3, ALL_STAGES),   # the data stage writes the eval set
     ("pit.template", "{prompt}REF {reference}\n", ALL_STAGES),

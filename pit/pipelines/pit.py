@@ -11,13 +11,15 @@ once done (`pit.stages`) and resumes from its own checkpoints when interrupted:
   rl_<k>      PPO of M_PIT maximising r_gap(x, y, y_ref) - beta KL(M_PIT^RL || M_PIT^SFT);
               round k takes y_ref from the data ({y_l, y_w}) or from M_P's own samples
               (`pit.rl_rounds`); each round starts from the previous round's policy
-  inference   Original y_0 ~ M_P(x) (sampled at pit.original_temperature; the greedy answer
-              is reported beside it); PIT y_{t+1} = M_PIT(x, y_t) with the gap-reward
-              stopping rule (and without it, and with the SFT-only M_PIT); Self-Refine;
-              sampled one-step improvements of M_PIT^RL vs M_PIT^SFT (pit.sampled_eval_samples)
-  evaluate    win / lose / delta judged both ways round by the oracle (synthetic task),
-              the reward model and an LLM judge (`pit.llm_judge_dir`); AlpacaEval files;
-              WORKDIR/report.md with PNG plots
+  inference   at every decoding of `eval.temperatures` (t0 greedy, t1 sampled): the Original
+              y_0 ~ M_P(x) and, decoded the same way from that y_0, PIT
+              y_{t+1} ~ M_PIT(x, y_t) with the gap-reward stopping rule, without it, and
+              with the SFT-only M_PIT; Self-Refine
+  evaluate    `eval.comparisons` at every decoding (never across decodings), judged both
+              ways round by `eval.judges` (the oracle on the synthetic task, the reward model,
+              an LLM judge from `pit.llm_judge_dir`) with 95% intervals and paired
+              differences (`pit.eval.evaluator`); AlpacaEval files; WORKDIR/report.md with
+              PNG plots
 
 Prompts are rendered with `data.prompt_format` once, in the data stage; every
 later stage sees the rendered text. Per-stage settings (steps, learning rate,
@@ -35,7 +37,8 @@ import numpy as np
 from pit import improve, jsonio, pit_format, stages
 from pit.data import records, sources
 from pit.data.pairs import PreferencePair, read_pairs_jsonl, write_pairs_jsonl
-from pit.eval import alpaca_eval, report, winrate
+from pit.eval import alpaca_eval, evaluator, report
+from pit.eval import judges as judges_lib
 from pit.metrics import read_jsonl
 from pit.pipelines import common
 from pit.pipelines import gap_reward as gap_reward_pipeline
@@ -52,7 +55,7 @@ REFERENCE_SOURCES = ("data", "policy")
 # The `improve` fields that decide how M_P's references are sampled in a 'policy' RL round.
 REFERENCE_SAMPLING = ("max_new_tokens", "top_k", "top_p", "seed", "batch_size", "max_prompt_len",
                       "prompt_buckets")
-SYSTEMS = ("original", "original_greedy", "pit", "pit_no_stop", "pit_sft", "self_refine")
+SYSTEMS = ("original", "pit", "pit_no_stop", "pit_sft", "self_refine")
 
 
 def derive(config, pipeline: str, section: str | None, keep=()) -> ml_collections.ConfigDict:
@@ -267,37 +270,9 @@ def _gap_scorer(c, ctx, rt):
                                     template=c.pit.template, batch_size=int(c.improve.batch_size))
 
 
-def _mean_scores(scorer, prompts, responses_by_iter) -> list[float]:
-  if scorer is None:
-    return []
-  return [float(np.mean(scorer(prompts, r))) for r in responses_by_iter]
-
-
-def sampled_improvement(generate_fns: dict, prompts, references, scorers_by_judge: dict, *,
-                        template: str, samples: int) -> dict:
-  """One improvement step y ~ M(.|x, y_ref) sampled `samples` times per prompt for each
-  system in `generate_fns` (name -> GenerateFn), scored by each judge: the policy
-  distribution RL optimises, where greedy decoding shows only its mode. Returns
-  {judge: {system: mean}, judge + '_diff': {'a-b': (mean, stderr)}} where the
-  difference is paired per prompt (same prompts and references) between the first
-  system and each other one."""
-  inputs = [pit_format.policy_prompt(x, y, template) for x, y in zip(prompts, references)]
-  per_prompt = {j: {} for j in scorers_by_judge}
-  for name, gen in generate_fns.items():
-    draws = [gen(inputs, k) for k in range(int(samples))]
-    for judge, scorer in scorers_by_judge.items():
-      per_prompt[judge][name] = np.mean([np.asarray(scorer(prompts, d), np.float64)
-                                         for d in draws], axis=0)
-  out = {"samples": int(samples)}
-  names = list(generate_fns)
-  for judge, by_name in per_prompt.items():
-    out[judge] = {n: float(v.mean()) for n, v in by_name.items()}
-    out[f"{judge}_diff"] = {}
-    for other in names[1:]:
-      d = by_name[names[0]] - by_name[other]
-      se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-      out[f"{judge}_diff"][f"{names[0]}-{other}"] = [float(d.mean()), se]
-  return out
+def _mean_scores(judge, prompts, responses_by_iter) -> list[float]:
+  """Mean judge score of each iteration's responses (NaN judgements left out)."""
+  return [float(np.nanmean(judge.score(prompts, r))) for r in responses_by_iter]
 
 
 def _at_temperature(icfg, temperature) -> ml_collections.ConfigDict:
@@ -306,82 +281,69 @@ def _at_temperature(icfg, temperature) -> ml_collections.ConfigDict:
 
 
 def inference_stage(config):
-  """The Original y_0 ~ M_P(.|x) and PIT's iterative improvement y_{t+1} = M_PIT(x, y_t)
-  with the gap-reward stopping rule (Wang et al. 2023 §3.4), without it, with M_PIT^SFT;
-  Self-Refine; sampled one-step improvements of M_PIT^RL vs M_PIT^SFT. Writes
-  outputs/<system>.json (AlpacaEval) and iterations.jsonl."""
-  c = derive(config, "improve", "inference",
-             keep=("template", "original_temperature", "sampled_eval_samples",
-                   "sampled_eval_temperature"))
+  """At every decoding of `eval.temperatures`: the Original y_0 ~ M_P(.|x) and, from that same
+  y_0, PIT's iterative improvement y_{t+1} ~ M_PIT(.|x, y_t) decoded the same way, with the
+  gap-reward stopping rule (Wang et al. 2023 §3.4), without it, and with M_PIT^SFT; and
+  Self-Refine from y_0. Greedy (t0) and sampled (t1) chains are never mixed. Writes
+  outputs/<system>_<decoding>.json (AlpacaEval) and iterations.jsonl; the summary has
+  each judge's mean score per iteration and system, per decoding."""
+  c = derive(config, "improve", "inference", keep=("template",))
+  c.eval = {"temperatures": tuple(float(t) for t in config.eval.temperatures),
+            "judges": tuple(config.eval.judges)}
   final = final_policy_stage(config)
   inputs = tuple(dict.fromkeys((DATA, POLICY, PIT_SFT, REWARD, GAP, final)))
 
   def run(ctx):
-    d = ctx.dir
     rt = common.setup(c)
-    icfg, pcfg = c.improve, c.pit
+    icfg, tmpl, T = c.improve, c.pit.template, int(c.improve.max_iters)
     rows = list(records.read_jsonl(ctx.input_path(DATA, "eval_set.jsonl"), ("prompt", "chosen")))
     prompts = [r["prompt"] for r in rows]
-    m_p_dir = ctx.input_dir(POLICY)
-    samplers = {}   # one compiled sampler per model shape, shared by every system below
-    policy = improve_pipeline.load_generate_fn(rt, icfg, m_p_dir, "policy", samplers=samplers)
-    greedy_original = policy(prompts, 0)
-    original = greedy_original
-    if float(pcfg.original_temperature) != float(icfg.temperature):   # y_P ~ M_P(.|x)
-      sample_cfg = _at_temperature(icfg, pcfg.original_temperature)
-      original = improve_pipeline.load_generate_fn(rt, sample_cfg, m_p_dir, "policy",
-                                                  samplers=samplers)(prompts, 0)
     gap = _gap_scorer(c, ctx, rt)
-    tmpl, T = pcfg.template, int(icfg.max_iters)
-    results = {}
-    for name, src, scorer in (("pit", policy_dir(ctx, final), gap),
-                              ("pit_no_stop", policy_dir(ctx, final), None),
-                              ("pit_sft", ctx.input_dir(PIT_SFT), gap)):
-      gen = improve_pipeline.load_generate_fn(rt, icfg, src, name, samplers=samplers)
-      results[name] = improve.iterative_improve(gen, prompts, original, template=tmpl, max_iters=T,
-                                                gap_scorer=scorer, min_gain=float(icfg.min_gain))
     fb, rf, stop = improve_pipeline.refine_templates(
         ml_collections.ConfigDict({**icfg.to_dict(), "template": tmpl}))
-    refine = improve.self_refine(policy, prompts, original, feedback_template=fb,
-                                 refine_template=rf, max_iters=T, stop_phrase=stop,
-                                 stop_score=float(icfg.stop_score))
-    by_iter = {name: r.responses for name, r in results.items()}
-    by_iter["self_refine"] = refine.responses
-    finals = {"original": original, "original_greedy": greedy_original,
-              **{k: v[-1] for k, v in by_iter.items()}}
-    out_dir = os.path.join(d, "outputs")
-    os.makedirs(out_dir, exist_ok=True)
+    samplers = {}   # one compiled sampler per model shape, shared by every system
+    judges = _scalar_judges(c, ctx, rt)
+    outputs, iterations, summary = {}, [], {"num_prompts": len(prompts), "max_iters": T}
+    for temp in c.eval.temperatures:
+      dec, dcfg = evaluator.decoding_name(temp), _at_temperature(icfg, temp)
+      load = lambda src, name: improve_pipeline.load_generate_fn(rt, dcfg, src, name,
+                                                                samplers=samplers)
+      m_p = load(ctx.input_dir(POLICY), "policy")
+      original = m_p(prompts, 0)
+      chains = {name: improve.iterative_improve(load(src, name), prompts, original, template=tmpl,
+                                                max_iters=T, gap_scorer=scorer,
+                                                min_gain=float(icfg.min_gain))
+                for name, src, scorer in (("pit", policy_dir(ctx, final), gap),
+                                          ("pit_no_stop", policy_dir(ctx, final), None),
+                                          ("pit_sft", ctx.input_dir(PIT_SFT), gap))}
+      refine = improve.self_refine(m_p, prompts, original, feedback_template=fb,
+                                   refine_template=rf, max_iters=T, stop_phrase=stop,
+                                   stop_score=float(icfg.stop_score))
+      by_iter = {**{k: v.responses for k, v in chains.items()}, "self_refine": refine.responses}
+      outputs[dec] = {"original": original, **{k: v[-1] for k, v in by_iter.items()}}
+      iterations += [{"decoding": dec, "system": name, "iteration": t, "index": i,
+                      "prompt": prompts[i], "response": resp[i]}
+                     for name, iters in by_iter.items() for t, resp in enumerate(iters)
+                     for i in range(len(prompts))]
+      s = summary[dec] = {
+          "temperature": temp,
+          "pit_stopped_at": np.bincount(chains["pit"].stopped_at, minlength=T + 1).tolist(),
+          "pit_accepted_mean": float(chains["pit"].accepted.mean()),
+          "self_refine_stopped_at": np.bincount(refine.stopped_at, minlength=T + 1).tolist(),
+          "self_refine_unparsed_judgements": refine.unparsed_judgements}
+      for jname, judge in judges.items():
+        s[f"{jname}_by_iteration"] = {name: _mean_scores(judge, prompts, iters)
+                                      for name, iters in by_iter.items()}
+    for jname, judge in judges.items():
+      summary[f"{jname}_chosen"] = _mean_scores(judge, prompts, [[r["chosen"] for r in rows]])[0]
     if jax.process_index() == 0:
-      for name, outs in finals.items():
-        alpaca_eval.write_outputs(os.path.join(out_dir, f"{name}.json"), prompts, outs,
-                                  generator=f"pit_{name}")
-      jsonio.write_jsonl_atomic(os.path.join(d, "iterations.jsonl"), [
-          {"system": name, "iteration": t, "index": i, "prompt": prompts[i], "response": resp[i]}
-          for name, iters in by_iter.items() for t, resp in enumerate(iters)
-          for i in range(len(prompts))])
-    summary = {"num_prompts": len(prompts), "max_iters": T,
-               "original_temperature": float(pcfg.original_temperature),
-               "pit_stopped_at": np.bincount(results["pit"].stopped_at, minlength=T + 1).tolist(),
-               "pit_accepted_mean": float(results["pit"].accepted.mean()),
-               "self_refine_stopped_at": np.bincount(refine.stopped_at, minlength=T + 1).tolist(),
-               "self_refine_unparsed_judgements": refine.unparsed_judgements}
-    rm = _reward_scorer(ctx, rt, int(icfg.batch_size))
-    judges = {k: v for k, v in (("oracle", _oracle(c)), ("reward_model", rm)) if v is not None}
-    if int(pcfg.sampled_eval_samples) > 0:
-      sample_cfg = _at_temperature(icfg, pcfg.sampled_eval_temperature)
-      gens = {name: improve_pipeline.load_generate_fn(rt, sample_cfg, src, name, seed_offset=7,
-                                                     samplers=samplers)
-              for name, src in (("pit", policy_dir(ctx, final)),
-                                ("pit_sft", ctx.input_dir(PIT_SFT)))}
-      summary["sampled_improvement"] = {
-          "temperature": float(pcfg.sampled_eval_temperature),
-          **sampled_improvement(gens, prompts, original, judges, template=tmpl,
-                                samples=int(pcfg.sampled_eval_samples))}
-    for judge_name, scorer in judges.items():
-      summary[f"{judge_name}_by_iteration"] = {
-          name: _mean_scores(scorer, prompts, iters) for name, iters in by_iter.items()}
-      summary[f"{judge_name}_chosen"] = _mean_scores(scorer, prompts, [[r["chosen"] for r in rows]])[0]
-      summary[f"{judge_name}_original_greedy"] = _mean_scores(scorer, prompts, [greedy_original])[0]
+      out_dir = os.path.join(ctx.dir, "outputs")
+      os.makedirs(out_dir, exist_ok=True)
+      for dec, systems in outputs.items():
+        for name, outs in systems.items():
+          alpaca_eval.write_outputs(os.path.join(out_dir, f"{name}_{dec}.json"), prompts, outs,
+                                    generator=f"pit_{name}_{dec}")
+      jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "iterations.jsonl"), iterations)
     return summary
   return stages.Stage(INFER, run, settings=c, inputs=inputs)
 
@@ -389,24 +351,20 @@ def inference_stage(config):
 # ------------------------------------------------------------------------------ evaluation
 
 
-COMPARISONS = (("Original", "original", "y_w", "chosen"),
-               ("PIT", "pit", "Original", "original"),
-               ("Self-Refine", "self_refine", "Original", "original"),
-               ("PIT", "pit", "Self-Refine", "self_refine"),
-               ("PIT (SFT only)", "pit_sft", "Original", "original"),
-               ("PIT", "pit", "PIT (SFT only)", "pit_sft"),
-               ("PIT", "pit", "Original (greedy)", "original_greedy"))
+DISPLAY = {"original": "Original", "pit": "PIT", "pit_no_stop": "PIT (no stopping rule)",
+           "pit_sft": "PIT (SFT only)", "self_refine": "Self-Refine", "y_w": "y_w"}
 
 
-def _judges(c, ctx, rt):
+def _scalar_judges(c, ctx, rt) -> dict:
+  """The scalar judges of `eval.judges` this run has: the oracle (synthetic task only), the
+  ordinary reward model, and an LLM judge from `pit.llm_judge_dir` (5-point prompt)."""
   out = {}
-  if _oracle(c) is not None:
-    out["oracle"] = winrate.ScorerJudge(_oracle(c))
-  out["reward model"] = winrate.ScorerJudge(_reward_scorer(ctx, rt, int(c.improve.batch_size)))
-  if c.pit.llm_judge_dir:
-    from pit.eval.llm_judge import LMJudge
-    judge = LMJudge.from_hf(c.pit.llm_judge_dir, mesh=rt.mesh, rules=rt.rules)
-    out["LLM judge"] = judge.pairwise
+  for name in c.eval.judges:
+    if name == "oracle" and _oracle(c) is not None:
+      out["oracle"] = judges_lib.oracle_judge()
+    elif name == "reward_model":
+      out["reward_model"] = judges_lib.reward_model_judge(
+          _reward_scorer(ctx, rt, int(c.improve.batch_size)), "reward_model")
   return out
 
 
@@ -419,10 +377,12 @@ def _series(ctx, stage: str, key: str):
 
 
 def evaluate_stage(config, before: list[str]):
-  """Win / lose / delta of every comparison, judged both ways round by each judge (the
-  oracle on the synthetic task, the ordinary RM, an LLM judge), AlpacaEval files and
-  WORKDIR/report.md with the stage figures and PNG plots."""
+  """Every comparison of `eval.comparisons` at every decoding, by every judge of
+  `eval.judges` (`pit.eval.evaluator`: win / lose / Δ judged both ways round with 95%
+  intervals, paired differences of mean scores); AlpacaEval files; WORKDIR/report.md with
+  the stage figures and PNG plots."""
   c = derive(config, "improve", "inference", keep=("dataset_name", "llm_judge_dir"))
+  c.eval = config.eval.to_dict()
   rl_stages = [rl_name(k) for k in range(len(config.pit.rl_rounds))]
 
   def run(ctx):
@@ -431,27 +391,25 @@ def evaluate_stage(config, before: list[str]):
     rt = common.setup(c)
     rows = list(records.read_jsonl(ctx.input_path(DATA, "eval_set.jsonl"), ("prompt", "chosen")))
     prompts = [r["prompt"] for r in rows]
-    outs = {"chosen": [r["chosen"] for r in rows]}
+    decodings = [evaluator.decoding_name(t) for t in c.eval.temperatures]
+    outputs = {"y_w": {d: [r["chosen"] for r in rows] for d in decodings}}
     for name in SYSTEMS:
-      recs = alpaca_eval.read_outputs(ctx.input_path(INFER, "outputs", f"{name}.json"))
-      outs[name] = [r.output for r in recs]
-    judges = _judges(c, ctx, rt)
-    table_rows, results = [], {}
-    for name_a, key_a, name_b, key_b in COMPARISONS:
-      by_judge = {}
-      for jname, judge in judges.items():
-        r = winrate.win_rate(prompts, outs[key_a], outs[key_b], judge, name_a=name_a, name_b=name_b,
-                             keep_texts=False)
-        by_judge[jname] = r
-        results[f"{name_a} vs {name_b} | {jname}"] = r.summary()
-      table_rows.append((c.pit.dataset_name, by_judge))
-    table = report.winrate_table(table_rows)
+      outputs[name] = {d: [r.output for r in alpaca_eval.read_outputs(
+          ctx.input_path(INFER, "outputs", f"{name}_{d}.json"))] for d in decodings}
+    judges = _scalar_judges(c, ctx, rt)
+    if "llm_judge" in c.eval.judges and c.pit.llm_judge_dir:
+      from pit.eval.llm_judge import LMJudge
+      judges["llm_judge"] = judges_lib.PairwiseLLMJudge(
+          LMJudge.from_hf(c.pit.llm_judge_dir, mesh=rt.mesh, rules=rt.rules))
+    result_rows = evaluator.evaluate(
+        prompts, outputs, [tuple(x) for x in c.eval.comparisons], judges,
+        confidence=float(c.eval.confidence), resamples=int(c.eval.bootstrap),
+        seed=int(c.eval.seed), display=DISPLAY)
     infer = summaries[INFER]
     plots = {}
     for key, title in (("score", "RL: gap reward of rollouts"), ("kl", "RL: KL to M_PIT^SFT"),
                        ("oracle_score", "RL: oracle score of rollouts")):
-      series = {}
-      offset = 0
+      series, offset = {}, 0
       for s in rl_stages:
         xs, ys = _series(ctx, s, key)
         if xs:
@@ -459,21 +417,26 @@ def evaluate_stage(config, before: list[str]):
           offset += max(xs)
       if series:
         plots[title] = series
-    for judge_name in ("oracle", "reward_model"):
-      by_iter = infer.get(f"{judge_name}_by_iteration")
-      if by_iter:
-        plots[f"{judge_name} score per inference iteration"] = {
-            name: (list(range(len(v))), v) for name, v in by_iter.items() if v}
-    notes = _notes(summaries, infer)
+    for dec in decodings:
+      for jname in judges:
+        by_iter = infer.get(dec, {}).get(f"{jname}_by_iteration")
+        if by_iter:
+          plots[f"{jname} score per inference iteration ({dec})"] = {
+              name: (list(range(len(v))), v) for name, v in by_iter.items() if v}
     if jax.process_index() == 0:
-      report.write_report(workdir, title=f"PIT run report: {c.pit.dataset_name}",
-                          table_md="## Win / lose / Δ (%), judged both ways round\n\n" + table,
-                          metrics=plots, notes=notes,
-                          xlabels={t: "inference iteration" for t in plots if "iteration" in t})
-      for name in SYSTEMS:
-        alpaca_eval.write_outputs(os.path.join(ctx.dir, f"alpaca_eval_{name}.json"), prompts,
-                                  outs[name], generator=f"pit_{name}")
-    return {"winrates": results, "report": os.path.join(workdir, "report.md")}
+      report.write_report(
+          workdir, title=f"PIT run report: {c.pit.dataset_name}",
+          table_md=("## Win / lose / Δ (%), judged both ways round, both systems decoded the "
+                    "same way\n\n" + evaluator.table_markdown(result_rows)),
+          metrics=plots, notes=_notes(summaries, infer, decodings),
+          xlabels={t: "inference iteration" for t in plots if "iteration" in t})
+      for dec in decodings:
+        for name in SYSTEMS:
+          alpaca_eval.write_outputs(os.path.join(ctx.dir, f"alpaca_eval_{name}_{dec}.json"),
+                                    prompts, outputs[name][dec], generator=f"pit_{name}_{dec}")
+    return {"rows": [r.as_dict() for r in result_rows],
+            "unjudged": {name: j.unjudged for name, j in judges.items()},
+            "report": os.path.join(workdir, "report.md")}
   return stages.Stage(EVAL, run, settings=c, inputs=tuple(before))
 
 
@@ -482,7 +445,7 @@ def _final(summary: dict, key: str, fields) -> str:
   return ", ".join(f"{f} {vals[f]:.4g}" for f in fields if isinstance(vals.get(f), (int, float)))
 
 
-def _notes(summaries: dict, infer: dict) -> str:
+def _notes(summaries: dict, infer: dict, decodings) -> str:
   lines = ["## Stages\n", "| stage | key figures |", "|---|---|"]
   for name, s in summaries.items():
     if name == DATA:
@@ -494,37 +457,26 @@ def _notes(summaries: dict, infer: dict) -> str:
       fig = "eval " + _final(s, "final_eval", ("accuracy", "ordering_accuracy", "gap_accuracy",
                                                "all_orderings_accuracy", "self_gap"))
     elif name == INFER:
-      fig = f"PIT rows stopped at iteration {s.get('pit_stopped_at')}"
+      fig = "; ".join(f"{d}: PIT rows stopped at iteration {s.get(d, {}).get('pit_stopped_at')}"
+                      for d in decodings)
     else:
       fig = (f"y_ref from {s.get('reference_source')}; " +
              _final(s, "final_train", ("score", "oracle_score", "kl", "kl_coef", "entropy",
                                        "clip_fraction")))
     lines.append(f"| {name} | {fig} |")
   lines.append("")
-  for judge_name in ("oracle", "reward_model"):
-    by_iter = infer.get(f"{judge_name}_by_iteration")
-    if by_iter:
-      lines += [f"## Mean {judge_name} score per inference iteration (0 = the Original answer)\n",
-                "| system | " + " | ".join(f"t={t}" for t in range(len(next(iter(by_iter.values())))))
-                + " |", "|---|" + "---|" * len(next(iter(by_iter.values())))]
+  for dec in decodings:
+    for key, by_iter in infer.get(dec, {}).items():
+      if not key.endswith("_by_iteration") or not by_iter:
+        continue
+      jname = key[:-len("_by_iteration")]
+      width = len(next(iter(by_iter.values())))
+      lines += [f"## Mean {jname} score per inference iteration, {dec} (0 = the Original)\n",
+                "| system | " + " | ".join(f"t={t}" for t in range(width)) + " |",
+                "|---|" + "---|" * width]
       for name, v in by_iter.items():
-        lines.append(f"| {name} | " + " | ".join(f"{x:.4f}" for x in v) + " |")
-      lines.append(f"\nchosen responses y_w: {infer.get(f'{judge_name}_chosen', float('nan')):.4f}; "
-                   f"greedy M_P answers: "
-                   f"{infer.get(f'{judge_name}_original_greedy', float('nan')):.4f}\n")
-  sampled = infer.get("sampled_improvement")
-  if sampled:
-    lines += [f"## One sampled improvement of the Original (temperature {sampled['temperature']:g}, "
-              f"{sampled['samples']} samples per prompt)\n",
-              "| judge | " + " | ".join(sampled["oracle" if "oracle" in sampled else "reward_model"])
-              + " | paired difference ± s.e. |", "|---|---|---|---|"]
-    for judge_name in ("oracle", "reward_model"):
-      if judge_name in sampled:
-        means = " | ".join(f"{v:.4f}" for v in sampled[judge_name].values())
-        diffs = "; ".join(f"{k}: {m:+.4f} ± {se:.4f}"
-                          for k, (m, se) in sampled[f"{judge_name}_diff"].items())
-        lines.append(f"| {judge_name} | {means} | {diffs} |")
-    lines.append("")
+        lines.append(f"| {DISPLAY.get(name, name)} | " + " | ".join(f"{x:.4f}" for x in v) + " |")
+      lines.append(f"\nchosen responses y_w: {infer.get(f'{jname}_chosen', float('nan')):.4f}\n")
   return "\n".join(lines)
 
 

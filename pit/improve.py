@@ -16,8 +16,8 @@ to refine the answer given that feedback; a row stops when the feedback says so
 after `max_iters` refinements.
 
 `generate_fn(texts, call) -> texts` is any text-to-text function; `call` numbers
-the generate calls of one run (seeds derive from it). `make_generate_fn` builds
-it from the one sampler (`pit.sampler.Sampler`).
+the generate calls of one run (seeds derive from it). `pit.generation.Generator` is the
+one that samples a checkpoint.
 """
 from __future__ import annotations
 
@@ -27,12 +27,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pit.data import encoding, judge
+from pit.data import judge
 from pit.pit_format import policy_prompt
 
 GenerateFn = Callable[[Sequence[str], int], list]
-# Seeds of chunk c in call k: seed + k * CALL_STRIDE + c (deterministic, distinct per chunk).
-CALL_STRIDE = 100_003
 
 FEEDBACK_TEMPLATES = {
     "chat": ("{prompt} {response}\n\nHuman: Review your last response: is it helpful, honest and "
@@ -47,34 +45,6 @@ REFINE_TEMPLATES = {
 }
 STOP_PHRASES = {"chat": "no changes needed", "plain": ""}
 JUDGE_TEMPLATES = ("judge", "judge_compact")
-
-
-def make_generate_fn(sampler, params, tokenizer, *, max_new_tokens: int, temperature: float = 0.0,
-                     top_k: int = 0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
-                     max_prompt_len: int = 0) -> GenerateFn:
-  """Text prompts -> decoded responses with `sampler`. Each prompt is encoded by
-  `pit.data.encoding.prompt_ids` (as everywhere); with `max_prompt_len` > 0 longer
-  prompts keep their prefix and their last tokens. Prompts go in chunks of `batch_size`
-  (the last chunk is padded with repeats so every chunk has one static shape)."""
-  bs = int(batch_size)
-  if bs <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}")
-
-  def encode(text):
-    return encoding.prompt_ids(tokenizer, text, int(max_prompt_len or 0))
-
-  def generate(texts: Sequence[str], call: int = 0) -> list[str]:
-    out = []
-    for c, start in enumerate(range(0, len(texts), bs)):
-      chunk = [encode(t) for t in texts[start:start + bs]]
-      n = len(chunk)
-      chunk += [chunk[-1]] * (bs - n)
-      res = sampler.generate(params, chunk, max_new_tokens=int(max_new_tokens),
-                             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                             seed=int(seed) + int(call) * CALL_STRIDE + c)
-      out += [tokenizer.decode(res.tokens[i, :res.lengths[i]]) for i in range(n)]
-    return out
-  return generate
 
 
 @dataclasses.dataclass

@@ -666,7 +666,7 @@ def test_every_trainer_sampler_and_scorer_encodes_a_pair_identically(kind, token
   """SFT rows, preference pairs, the gap RM's training rows, the reward-model and gap-RM
   scorers, PPO rollout prompts and the samplers of generate/improve/judges all see the same
   ids for the same (prompt, response), whatever the tokenizer (issue 12 #3)."""
-  from pit import improve, pit_format
+  from pit import generation, pit_format
   from pit import sharding as shd
   from pit.data import gap_batching, pair_batching
   from pit.eval.llm_judge import LMJudge
@@ -714,7 +714,7 @@ def test_every_trainer_sampler_and_scorer_encodes_a_pair_identically(kind, token
                       policy_text_fn=lambda p, r: pit_format.policy_prompt(p, r, "plain"))
     assert ro_pit._encode_prompt(x, z) + tok.encode(y) + [tok.eos_id] == rows[0].tokens.tolist()
     sampler = _CapturingSampler(tok.eos_id)
-    improve.make_generate_fn(sampler, None, tok, max_new_tokens=4, batch_size=1)([x], 0)
+    generation.Generator(sampler, None, tok, generation.Settings(max_new_tokens=4, batch_size=1))([x], 0)
     assert sampler.seen == [tok.sequence_prefix + tok.encode(x)]
     judge = LMJudge(tiny_mdef(vocab_size=512), None, tok, m, chat=False)
     assert judge._ids(x) == tok.sequence_prefix + tok.encode(x)

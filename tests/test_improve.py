@@ -245,7 +245,8 @@ def _byte_tokenizer():
   return make_tokenizer(ml_collections.ConfigDict(dict(kind="byte", path="")))
 
 
-def test_make_generate_fn_matches_sampler_and_is_chunking_invariant_when_greedy():
+def test_generator_matches_the_sampler_and_is_chunking_invariant_when_greedy():
+  from pit import generation
   from pit import sharding as shd
   from pit.params import init_params
   from pit.sampler import Sampler
@@ -258,22 +259,22 @@ def test_make_generate_fn_matches_sampler_and_is_chunking_invariant_when_greedy(
                     prompt_buckets=(48,))   # one prompt bucket: compiles only for B=2 and B=4
   texts = ["sort: 12 40 33 25\n", "ab", "sort: 90 11 12 13 14\nref: 11 12\n"]
   kw = dict(max_new_tokens=6, top_k=0, top_p=1.0)
-  sampled = improve.make_generate_fn(sampler, params, tok, temperature=1.0, seed=5, batch_size=2,
-                                     **kw)
+  gen = lambda **s: generation.Generator(sampler, params, tok, generation.Settings(**kw, **s))
+  sampled = gen(temperature=1.0, seed=5, batch_size=2)
   out = sampled(texts, 3)
-  seed0 = 5 + 3 * improve.CALL_STRIDE
+  seed0 = 5 + 3 * generation.CALL_STRIDE
   ids = [[tok.bos_id] + tok.encode(t) for t in texts]
-  ref = []
-  for c, chunk in enumerate([ids[:2], ids[2:] + ids[2:]]):   # the last chunk is padded by repeats
-    r = sampler.generate(params, chunk, temperature=1.0, seed=seed0 + c, **kw)
-    ref += [tok.decode(r.tokens[i, :r.lengths[i]]) for i in range(2)]
-  assert out == ref[:3]
+  # chunks of the prompts sorted by length ("ab" first), the last padded by repeats
+  ref = {}
+  for c, rows in enumerate([[1, 0], [2, 2]]):
+    r = sampler.generate(params, [ids[i] for i in rows], temperature=1.0, seed=seed0 + c, **kw)
+    for j, i in enumerate(rows):
+      ref.setdefault(i, tok.decode(r.tokens[j, :r.lengths[j]]))
+  assert out == [ref[0], ref[1], ref[2]]
   assert sampled(texts, 3) == out and sampled(texts, 4) != out   # seeds follow the call index
-  greedy = [improve.make_generate_fn(sampler, params, tok, temperature=0.0, batch_size=b, **kw)(
-      texts, 0) for b in (2, 4)]
+  greedy = [gen(temperature=0.0, batch_size=b)(texts, 0) for b in (2, 4)]
   assert greedy[0] == greedy[1]
-  clipped = improve.make_generate_fn(sampler, params, tok, temperature=0.0, batch_size=4,
-                                     max_prompt_len=8, **kw)(texts, 0)
+  clipped = gen(temperature=0.0, batch_size=4, max_prompt_len=8)(texts, 0)
   r = sampler.generate(params, [[tok.bos_id] + tok.encode(t)[-7:] for t in texts],
                        temperature=0.0, **kw)
   assert clipped == [tok.decode(r.tokens[i, :r.lengths[i]]) for i in range(3)]

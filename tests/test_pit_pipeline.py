@@ -110,16 +110,12 @@ def test_smoke_runs_every_stage_and_reports_each_decoding_separately(smoke):
 
 def _generator(wd, stage, temperature, seed_offset=0, improve_cfg=None):
   """M_P or M_PIT as the pipeline decodes them, rebuilt from the run's own files."""
-  from pit.pipelines import common, improve as improve_pipeline
-  cfg = ml_collections.ConfigDict(_json(wd / "inference" / "config_improve.json")) \
-      if (wd / "inference" / "config_improve.json").exists() else None
+  from pit import generation
+  from pit.pipelines import common
   c = _load("configs/synthetic.py", "pit_smoke")
-  c.pipeline = "improve"
-  icfg = ml_collections.ConfigDict({**c.improve.to_dict(), **(improve_cfg or {}),
-                                    "temperature": float(temperature)})
-  rt = common.setup(c)
-  return improve_pipeline.load_generate_fn(rt, icfg, str(wd / stage), stage,
-                                           seed_offset=seed_offset)
+  settings = generation.Settings.from_config({**c.improve.to_dict(), **(improve_cfg or {})})
+  return generation.from_checkpoint(common.setup(c), str(wd / stage),
+                                    settings.at_temperature(temperature), seed_offset=seed_offset)
 
 
 def test_what_flows_between_the_stages(smoke):

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pit import hf_convert
+from pit import generation, hf_convert
 from pit import sharding as shd
 from pit.data import encoding
 from pit.data.batching import bucket_length, default_buckets
@@ -172,14 +172,12 @@ class LMJudge:
     if self._sampler is None:
       self._sampler = Sampler(self.mdef, self.mesh, self.rules, pad_id=self.tok.pad_id,
                               eos_id=self.tok.eos_id, prompt_buckets=self.buckets)
-    texts = []
-    for lo in range(0, len(instructions), self.batch_size):
-      ids = [self._ids(self.render(render_judge_prompt(i, r, self.compact)))
-             for i, r in zip(instructions[lo:lo + self.batch_size], responses[lo:lo + self.batch_size])]
-      out = self._sampler.generate(self.params, ids, max_new_tokens=self.max_new_tokens,
-                                   temperature=float(temperature), seed=int(seed) * 100_003 + lo)
-      texts += [self.tok.decode(t[:n]) for t, n in zip(out.tokens, out.lengths)]
-    return texts
+    settings = generation.Settings(max_new_tokens=self.max_new_tokens, temperature=temperature,
+                                   seed=int(seed), batch_size=self.batch_size,
+                                   prompt_buckets=self.buckets)
+    gen = generation.Generator(self._sampler, self.params, self.tok, settings)
+    return gen([self.render(render_judge_prompt(i, r, self.compact))
+                for i, r in zip(instructions, responses)])
 
   def pointwise(self, instructions, responses, references=None) -> np.ndarray:
     """Scorer: the parsed 0-5 score per response, NaN where no score could be read."""

@@ -23,14 +23,12 @@ import logging
 import jax
 import numpy as np
 
-from pit import losses
+from pit import losses, roles
 from pit import sharding as shd
 from pit.data import encoding, pair_batching
 from pit.params import init_params
 from pit.pipelines import common
-from pit.pipelines.generate import restore_params_for_sampling
-from pit.pipelines.reward import (load_pair_splits, make_pair_eval_fn, pair_iterator,
-                                  resolve_checkpoint_dir)
+from pit.pipelines.reward import load_pair_splits, make_pair_eval_fn, pair_iterator
 from pit.sampler import Sampler
 from pit.trainer import train
 
@@ -82,14 +80,14 @@ def run(config, workdir: str):
     raise ValueError("pipeline=dpo needs model.head='lm'")
   seed = int(config.train.seed)
   if dcfg.init_checkpoint:
-    init_dir = resolve_checkpoint_dir(dcfg.init_checkpoint, "dpo.init_checkpoint")
-    load_init = lambda: restore_params_for_sampling(rt, init_dir)[0]
+    load_init = lambda: roles.restore_params(rt.mdef, dcfg.init_checkpoint, rt.mesh, rt.rules,
+                                             "dpo.init_checkpoint")[0]
   else:
     logging.warning("dpo.init_checkpoint is empty: policy and reference start at random")
     load_init = lambda: init_params(rt.mdef, rt.mesh, rt.rules, seed)
   if dcfg.reference_checkpoint:
-    ref_dir = resolve_checkpoint_dir(dcfg.reference_checkpoint, "dpo.reference_checkpoint")
-    ref_params = restore_params_for_sampling(rt, ref_dir)[0]
+    ref_params = roles.restore_params(rt.mdef, dcfg.reference_checkpoint, rt.mesh, rt.rules,
+                                      "dpo.reference_checkpoint")[0]
   else:
     ref_params = load_init()
   train_ex, eval_ex, report = load_pair_splits(config, rt.tokenizer)

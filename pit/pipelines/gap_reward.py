@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pit import losses, pit_format
+from pit import losses, pit_format, roles
 from pit import sharding as shd
 from pit.data import gap_batching
 from pit.pipelines import common, reward
@@ -68,7 +68,7 @@ def run(config, workdir: str):
   eval_fn = make_eval_fn(rt, eval_ex, config)
   init_fn = None
   if gcfg.init_checkpoint:  # trunk of an LM (M_PIT reads the same prefix), fresh scalar head
-    ckpt_dir = reward.resolve_checkpoint_dir(gcfg.init_checkpoint, "gap_reward.init_checkpoint")
+    ckpt_dir = roles.checkpoint_dir(gcfg.init_checkpoint, "gap_reward.init_checkpoint")
     init_fn = lambda: reward.trunk_from_lm_checkpoint(rt, ckpt_dir, int(config.train.seed))
   result = train(config, workdir, rt.mdef, loss_fn, data, mesh=rt.mesh, rules=rt.rules,
                  init_params_fn=init_fn,

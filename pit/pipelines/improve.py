@@ -17,67 +17,26 @@ per iteration (in the summary and WORKDIR/improve_oracle.png).
 """
 from __future__ import annotations
 
-import dataclasses
-import glob
-import json
-import logging
 import os
 
 import jax
 import numpy as np
 
-from pit import improve
+from pit import generation, improve, jsonio
 from pit.data import records, sources
 from pit.eval import alpaca_eval
-from pit.model import ModelConfig
-from pit.params import model_def
 from pit.pipelines import common
-from pit.pipelines.generate import restore_params_for_sampling
-from pit.rl import scorers
 from pit.rl.gap_scorer import gap_reward_scorer_from_dir
-from pit.sampler import Sampler
 
 METHODS = ("pit", "self_refine")
 
 
-def _checkpoints(path: str) -> str:
-  sub = os.path.join(path, "checkpoints")
-  return sub if os.path.isdir(sub) else path
-
-
-def _model_def(path: str, rt):
-  """The LM definition saved with a workdir (`config_*.json`, model.head='lm'), else config.model."""
-  root = path[:-len("checkpoints")] if path.rstrip("/").endswith("checkpoints") else path
-  for cfg_path in sorted(glob.glob(os.path.join(root, "config_*.json"))):
-    with open(cfg_path) as f:
-      cfg = json.load(f).get("model", {})
-    if cfg.get("head", "lm") == "lm" and cfg:
-      return model_def(ModelConfig.from_config(cfg))
-  return rt.mdef
-
-
 def load_generate_fn(rt, icfg, path: str, field: str, seed_offset: int = 0, samplers=None):
-  """`pit.improve.make_generate_fn` over the latest checkpoint under `path`; `samplers`
-  (a dict) shares one compiled sampler between checkpoints of the same model shape."""
-  if not path:
-    raise ValueError(f"improve.{field}: no checkpoint directory given")
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"improve.{field}: not a directory: {path!r}")
-  mrt = dataclasses.replace(rt, mdef=_model_def(path, rt))
-  params, step = restore_params_for_sampling(mrt, _checkpoints(path))
-  tok = rt.tokenizer
-  samplers = {} if samplers is None else samplers
-  if mrt.mdef.cfg not in samplers:
-    samplers[mrt.mdef.cfg] = Sampler(mrt.mdef, rt.mesh, rt.rules, pad_id=tok.pad_id,
-                                     eos_id=tok.eos_id,
-                                     prompt_buckets=tuple(icfg.prompt_buckets) or None)
-  sampler = samplers[mrt.mdef.cfg]
-  logging.info("improve.%s: %s at step %d", field, path, step)
-  return improve.make_generate_fn(
-      sampler, params, tok, max_new_tokens=int(icfg.max_new_tokens),
-      temperature=float(icfg.temperature), top_k=int(icfg.top_k), top_p=float(icfg.top_p),
-      seed=int(icfg.seed) + seed_offset, batch_size=int(icfg.batch_size),
-      max_prompt_len=int(icfg.max_prompt_len))
+  """A `pit.generation.Generator` of the policy at `path`, decoding with the `improve`
+  settings `icfg`; `samplers` shares compiled samplers between checkpoints of one shape."""
+  return generation.from_checkpoint(rt, path, generation.Settings.from_config(icfg),
+                                    field=f"improve.{field}", samplers=samplers,
+                                    seed_offset=seed_offset)
 
 
 def load_inputs(config, rt, samplers=None) -> tuple[list[str], list[str]]:
@@ -185,9 +144,8 @@ def run(config, workdir: str):
     out_dir = os.path.join(workdir, "improve")
     os.makedirs(out_dir, exist_ok=True)
     for t in range(T + 1):
-      with open(os.path.join(out_dir, f"iter_{t:02d}.jsonl"), "w") as f:
-        for row in _rows(icfg.method, res, prompts, t, T):
-          f.write(json.dumps(row) + "\n")
+      jsonio.write_jsonl_atomic(os.path.join(out_dir, f"iter_{t:02d}.jsonl"),
+                                _rows(icfg.method, res, prompts, t, T))
     generator = icfg.generator or f"{icfg.method}_iter{T}"
     alpaca_eval.write_outputs(os.path.join(workdir, "improve_outputs.json"), prompts, res.final,
                               generator)
@@ -197,7 +155,5 @@ def run(config, workdir: str):
                   {icfg.method: (list(range(T + 1)), oracle)},
                   title=f"{icfg.method}: oracle score per iteration", xlabel="iteration",
                   ylabel="mean oracle score")
-    with open(os.path.join(workdir, "improve_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-  logging.info("improve done: %s", summary)
+  common.write_summary(workdir, "improve", summary)
   return summary

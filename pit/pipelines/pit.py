@@ -34,7 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from pit import improve, jsonio, pit_format, stages
+from pit import generation, improve, jsonio, pit_format, stages
 from pit.data import records, sources
 from pit.data.pairs import PreferencePair, read_pairs_jsonl, write_pairs_jsonl
 from pit.eval import alpaca_eval, evaluator, report
@@ -203,11 +203,10 @@ def _references(c, ctx, k: int, source: str):
   path = os.path.join(ctx.dir, "references.jsonl")
   if not os.path.exists(path):
     prompts = sorted({p.prompt for p in pairs})
-    sc = ml_collections.ConfigDict({**c.to_dict(), "pipeline": "improve"})
-    sc.improve = ml_collections.ConfigDict(c.reference_sampling.to_dict())
-    rt = common.setup(sc)
-    gen = improve_pipeline.load_generate_fn(rt, sc.improve, ctx.input_dir(POLICY), "policy",
-                                            seed_offset=1000 + k)
+    rt = common.setup(c)
+    gen = generation.from_checkpoint(rt, ctx.input_dir(POLICY),
+                                     generation.Settings.from_config(c.reference_sampling),
+                                     field="policy", seed_offset=1000 + k)
     refs = gen(prompts, 0)
     if jax.process_index() == 0:
       jsonio.write_jsonl_atomic(path, [{"prompt": p, "reference": r} for p, r in zip(prompts, refs)])
@@ -275,11 +274,6 @@ def _mean_scores(judge, prompts, responses_by_iter) -> list[float]:
   return [float(np.nanmean(judge.score(prompts, r))) for r in responses_by_iter]
 
 
-def _at_temperature(icfg, temperature) -> ml_collections.ConfigDict:
-  """A copy of the `improve` section sampling at `temperature`."""
-  return ml_collections.ConfigDict({**icfg.to_dict(), "temperature": float(temperature)})
-
-
 def inference_stage(config):
   """At every decoding of `eval.temperatures`: the Original y_0 ~ M_P(.|x) and, from that same
   y_0, PIT's iterative improvement y_{t+1} ~ M_PIT(.|x, y_t) decoded the same way, with the
@@ -305,9 +299,10 @@ def inference_stage(config):
     judges = _scalar_judges(c, ctx, rt)
     outputs, iterations, summary = {}, [], {"num_prompts": len(prompts), "max_iters": T}
     for temp in c.eval.temperatures:
-      dec, dcfg = evaluator.decoding_name(temp), _at_temperature(icfg, temp)
-      load = lambda src, name: improve_pipeline.load_generate_fn(rt, dcfg, src, name,
-                                                                samplers=samplers)
+      dec = evaluator.decoding_name(temp)
+      settings = generation.Settings.from_config(icfg).at_temperature(temp)
+      load = lambda src, name: generation.from_checkpoint(rt, src, settings, field=name,
+                                                          samplers=samplers)
       m_p = load(ctx.input_dir(POLICY), "policy")
       original = m_p(prompts, 0)
       chains = {name: improve.iterative_improve(load(src, name), prompts, original, template=tmpl,

@@ -22,12 +22,11 @@ import os
 import jax
 import jax.numpy as jnp
 
-from pit import pit_format, ppo
+from pit import pit_format, ppo, roles
 from pit.checkpoint import Checkpointer
 from pit.data import records
 from pit.params import init_params, model_def
 from pit.pipelines import common
-from pit.pipelines.generate import restore_params_for_sampling
 from pit.rl import scorers
 from pit.rl.rollouts import Rollouts
 from pit.sampler import Sampler
@@ -61,15 +60,6 @@ def make_scorer(config, rt):
                                        batch_size=int(pcfg.rollout_batch_size))
   raise ValueError(f"ppo.scorer: {pcfg.scorer!r} not in ('oracle', 'reward_model', "
                    "'gap_reward_model')")
-
-
-def _checkpoints(path: str) -> str:
-  """A workdir's policy: WORKDIR/policy/checkpoints (a PPO run's export), else
-  WORKDIR/checkpoints, else `path` itself (a checkpoints directory)."""
-  for sub in (("policy", "checkpoints"), ("checkpoints",)):
-    if path and os.path.isdir(os.path.join(path, *sub)):
-      return os.path.join(path, *sub)
-  return path
 
 
 def _check(config, updates_per_rollout: int):
@@ -138,8 +128,9 @@ def train_ppo(config, workdir: str, rt, *, prompts, references=None, scorer, pol
   if rt.mdef.cfg.head != "lm":
     raise ValueError("ppo: model.head must be 'lm' (the policy); the value model is derived")
   acdef = ppo.ActorCriticDef(rt.mdef, model_def(rt.mdef.cfg.replace(head="scalar")))
-  init_dir = _checkpoints(pcfg.init_checkpoint_dir)
-  ref_dir = _checkpoints(pcfg.reference_checkpoint_dir) if pcfg.reference_checkpoint_dir else init_dir
+  init_dir = roles.checkpoint_dir(pcfg.init_checkpoint_dir, "ppo.init_checkpoint_dir")
+  ref_dir = (roles.checkpoint_dir(pcfg.reference_checkpoint_dir, "ppo.reference_checkpoint_dir")
+             if pcfg.reference_checkpoint_dir else init_dir)
   seed = int(config.train.seed)
   sampler = Sampler(rt.mdef, rt.mesh, rt.rules, pad_id=rt.tokenizer.pad_id,
                     eos_id=rt.tokenizer.eos_id, prompt_buckets=tuple(pcfg.prompt_buckets) or None)
@@ -150,16 +141,16 @@ def train_ppo(config, workdir: str, rt, *, prompts, references=None, scorer, pol
                   seed=seed, process_index=jax.process_index(), process_count=jax.process_count(),
                   monitors=monitors)
   _check(config, data.updates_per_rollout)
-  data.ref_params, ref_step = restore_params_for_sampling(rt, ref_dir)
+  data.ref_params, ref_step = roles.restore_params(rt.mdef, ref_dir, rt.mesh, rt.rules)
   logging.info("ppo: policy from %s, KL reference %s step %d; %d updates per rollout", init_dir,
                ref_dir, ref_step, data.updates_per_rollout)
 
   def init_fn():
-    policy, _ = restore_params_for_sampling(rt, init_dir)
+    policy, _ = roles.restore_params(rt.mdef, init_dir, rt.mesh, rt.rules)
     value = init_params(acdef.value, rt.mesh, rt.rules, seed + 1)
-    if pcfg.value_init == "policy":  # trunk from the SFT policy, zero scalar head: V = 0 at
-      trunk, _ = restore_params_for_sampling(rt, init_dir)  # first, advantages start as returns
-      value = {k: (trunk[k] if k in trunk else jax.tree.map(jnp.zeros_like, v))
+    if pcfg.value_init == "policy":  # trunk from the SFT policy (own buffers), zero scalar
+      value = {k: (jax.tree.map(jnp.copy, policy[k]) if k in policy  # head: V = 0 at first,
+                   else jax.tree.map(jnp.zeros_like, v))              # advantages = returns
                for k, v in value.items()}
     return {"policy": policy, "value": value}
 

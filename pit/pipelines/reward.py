@@ -16,23 +16,13 @@ import os
 
 import jax
 
-from pit import losses
+from pit import losses, roles
 from pit import sharding as shd
 from pit.checkpoint import Checkpointer
 from pit.data import pair_batching, sources
 from pit.params import init_params
 from pit.pipelines import common
 from pit.trainer import train
-
-
-def resolve_checkpoint_dir(path: str, field: str) -> str:
-  """A workdir (holding checkpoints/) or a checkpoints directory itself."""
-  if not path:
-    raise ValueError(f"{field}: no checkpoint directory given")
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"{field}: not a directory: {path}")
-  sub = os.path.join(path, "checkpoints")
-  return sub if os.path.isdir(sub) else path
 
 
 def load_raw_pair_splits(config):
@@ -128,7 +118,7 @@ def run(config, workdir: str):
   eval_fn = make_pair_eval_fn(rt, eval_ex, config, loss_fn)
   init_fn = None
   if config.reward.init_checkpoint:
-    ckpt_dir = resolve_checkpoint_dir(config.reward.init_checkpoint, "reward.init_checkpoint")
+    ckpt_dir = roles.checkpoint_dir(config.reward.init_checkpoint, "reward.init_checkpoint")
     init_fn = lambda: trunk_from_lm_checkpoint(rt, ckpt_dir, int(config.train.seed))
   result = train(config, workdir, rt.mdef, loss_fn, pair_iterator(rt, train_ex, config),
                  mesh=rt.mesh, rules=rt.rules, eval_fn=eval_fn, init_params_fn=init_fn,

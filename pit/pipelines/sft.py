@@ -9,12 +9,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from pit import losses
+from pit import losses, roles
 from pit import sharding as shd
 from pit.data import batching, sources
 from pit.pipelines import common
-from pit.pipelines.generate import restore_params_for_sampling
-from pit.pipelines.reward import resolve_checkpoint_dir
 from pit.trainer import train
 
 
@@ -69,8 +67,8 @@ def run(config, workdir: str):
   eval_fn = make_eval_fn(rt, eval_ex, config)
   init_fn = None
   if config.train.get("init_checkpoint", ""):
-    init_dir = resolve_checkpoint_dir(config.train.init_checkpoint, "train.init_checkpoint")
-    init_fn = lambda: restore_params_for_sampling(rt, init_dir)[0]
+    init_fn = lambda: roles.restore_params(rt.mdef, config.train.init_checkpoint, rt.mesh,
+                                           rt.rules, "train.init_checkpoint")[0]
   result = train(config, workdir, rt.mdef, losses.sft_loss, data, mesh=rt.mesh, rules=rt.rules,
                  eval_fn=eval_fn, init_params_fn=init_fn, name="sft")
   summary = common.train_summary(result, data={k: r.as_dict() for k, r in reports.items()})

@@ -15,20 +15,16 @@ Interface: `scorer(prompts, responses, references=None) -> np.ndarray [n] float3
 """
 from __future__ import annotations
 
-import glob
-import json
-import os
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
 
+from pit import roles
 from pit import sharding as shd
-from pit.checkpoint import Checkpointer
+from pit.model import gather_last
 from pit.data import encoding
 from pit.data.batching import bucket_length, default_buckets
-from pit.model import ModelConfig, gather_last
-from pit.params import model_def
 
 # (prompt, response, reference) -> (prompt part, response part) of the scored sequence.
 FormatFn = Callable[[str, str, "str | None"], tuple[str, str]]
@@ -125,40 +121,19 @@ class RewardModelScorer:
     return out
 
 
-def reward_model_config(rm_dir: str) -> dict:
-  """The config a reward model was trained with: the `config_*.json` of its workdir
-  whose model.head is 'scalar'."""
-  if not rm_dir or not os.path.isdir(rm_dir):
-    raise FileNotFoundError(f"ppo.reward_model_dir: not a directory: {rm_dir!r}")
-  for path in sorted(glob.glob(os.path.join(rm_dir, "config_*.json"))):
-    with open(path) as f:
-      cfg = json.load(f)
-    if cfg.get("model", {}).get("head") == "scalar":
-      return cfg
-  raise FileNotFoundError(f"ppo.reward_model_dir {rm_dir}: no config_*.json with model.head='scalar'")
-
-
 def load_reward_model(rm_dir: str, mesh, rules):
-  """(ModelDef, params) of a scalar model from a workdir holding `config_*.json`
-  (with model.head='scalar') and `checkpoints/`."""
-  mdef = model_def(ModelConfig.from_config(reward_model_config(rm_dir)["model"]))
-  ckpt_dir = os.path.join(rm_dir, "checkpoints")
-  ckpt = Checkpointer(ckpt_dir, read_only=True, async_save=False)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
-  target = mdef.sharded_abstract(mesh, rules)
-  params, _ = ckpt.restore_params(target)
-  ckpt.close()
-  return mdef, params
+  """(ModelDef, params) of the scalar-head model in workdir `rm_dir` (`pit.roles`)."""
+  model = roles.load("reward", rm_dir, mesh=mesh, rules=rules, field="reward_model_dir")
+  return model.mdef, model.params
 
 
 def reward_model_scorer(rm_dir: str, tokenizer, mesh, rules, *, format_fn: FormatFn,
                         batch_size: int = 32, max_len: int = 0) -> RewardModelScorer:
   """A scorer for the reward model in workdir `rm_dir`, truncating rows as it was trained
   (its data.max_len / data.max_response_len; `max_len` > 0 overrides the first)."""
-  cfg = reward_model_config(rm_dir)
-  mdef, params = load_reward_model(rm_dir, mesh, rules)
-  data = cfg.get("data", {})
+  model = roles.load("reward", rm_dir, mesh=mesh, rules=rules, field="reward_model_dir")
+  mdef, params = model.mdef, model.params
+  data = (model.config or {}).get("data", {})
   max_len = int(max_len or data.get("max_len") or mdef.cfg.max_seq_len)
   max_resp = min(int(data.get("max_response_len") or max_len), max_len - len(tokenizer.sequence_prefix))
   return RewardModelScorer(mdef, params, tokenizer, mesh, rules, format_fn=format_fn,

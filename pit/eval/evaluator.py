@@ -58,6 +58,11 @@ def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10000,
   return (float(lo), float(hi))
 
 
+def mean_scores(judge, prompts, responses_by_iteration) -> list[float]:
+  """A judge's mean score of each iteration's responses (NaN judgements left out)."""
+  return [float(np.nanmean(judge.score(prompts, r))) for r in responses_by_iteration]
+
+
 @dataclasses.dataclass
 class PairedDifference:
   """mean(a - b) over the prompts both scored, with its standard error and t-interval."""

@@ -133,3 +133,28 @@ def pairwise(judge: Judge, references: Optional[Sequence[str]] = None) -> winrat
   if judge.kind == "pairwise":
     return judge.verdicts
   return winrate.ScorerJudge(judge.score, references)
+
+
+def from_config(names, *, rt, data_source: str, reward_model_dir: str = "",
+                llm_judge_dir: str = "", batch_size: int = 32, pairwise_llm: bool = True) -> dict:
+  """The judges of `eval.judges` a run has, by name: "oracle" (synthetic data only),
+  "reward_model" (the reward model in `reward_model_dir`, scoring the token rows it was
+  trained on), "llm_judge" (an HF directory: the A/B judge when `pairwise_llm`, else the
+  5-point judge). A name the run cannot serve is left out (logged)."""
+  from pit.rl import scorers
+  out = {}
+  for name in names:
+    if name == "oracle" and data_source == "synthetic":
+      out["oracle"] = oracle_judge()
+    elif name == "reward_model" and reward_model_dir:
+      out["reward_model"] = reward_model_judge(scorers.reward_model_scorer(
+          reward_model_dir, rt.tokenizer, rt.mesh, rt.rules,
+          format_fn=scorers.template_format("{prompt}{response}"), batch_size=batch_size),
+          "reward_model")
+    elif name == "llm_judge" and llm_judge_dir:
+      from pit.eval.llm_judge import LMJudge
+      lm = LMJudge.from_hf(llm_judge_dir, mesh=rt.mesh, rules=rt.rules)
+      out["llm_judge"] = PairwiseLLMJudge(lm) if pairwise_llm else LLMJudge(lm)
+    else:
+      logging.info("judge %r: not available in this run (skipped)", name)
+  return out

@@ -54,6 +54,15 @@ def winrate_table(rows: Sequence[tuple[str, Mapping[str, WinRateResult]]],
   return "\n".join(lines) + "\n"
 
 
+def metric_series(metrics_path: str, key: str, split: str = "train"):
+  """(steps, values) of `key` in a run's metrics.jsonl ([] when absent)."""
+  from pit.metrics import read_jsonl
+  if not os.path.exists(metrics_path):
+    return [], []
+  recs = [r for r in read_jsonl(metrics_path) if r.get("split") == split and key in r]
+  return [r["step"] for r in recs], [r[key] for r in recs]
+
+
 def _slug(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "metric"
 

@@ -39,7 +39,6 @@ from pit.data import records, sources
 from pit.data.pairs import PreferencePair, read_pairs_jsonl, write_pairs_jsonl
 from pit.eval import alpaca_eval, evaluator, report
 from pit.eval import judges as judges_lib
-from pit.metrics import read_jsonl
 from pit.pipelines import common
 from pit.pipelines import gap_reward as gap_reward_pipeline
 from pit.pipelines import improve as improve_pipeline
@@ -184,13 +183,6 @@ def final_policy_stage(config) -> str:
   return rl_name(rounds - 1) if rounds else PIT_SFT
 
 
-def policy_dir(ctx, stage: str) -> str:
-  """A policy stage's weights: an RL round's exported policy (<stage>/policy), else the
-  SFT stage's own checkpoints."""
-  return os.path.join(ctx.input_dir(stage), "policy") if stage.startswith("rl_") \
-      else ctx.input_dir(stage)
-
-
 def _references(c, ctx, k: int, source: str):
   """(prompts, references) of RL round k: every train pair twice (y_l and y_w as the
   reference) for 'data'; M_P's samples on the train prompts for 'policy' (written to
@@ -258,20 +250,9 @@ def _oracle(c):
   return scorers.OracleScorer() if c.data.source == "synthetic" else None
 
 
-def _reward_scorer(ctx, rt, batch_size: int):
-  return scorers.reward_model_scorer(ctx.input_dir(REWARD), rt.tokenizer, rt.mesh, rt.rules,
-                                     format_fn=scorers.template_format("{prompt}{response}"),
-                                     batch_size=batch_size)
-
-
 def _gap_scorer(c, ctx, rt):
   return gap_reward_scorer_from_dir(ctx.input_dir(GAP), rt.tokenizer, rt.mesh, rt.rules,
                                     template=c.pit.template, batch_size=int(c.improve.batch_size))
-
-
-def _mean_scores(judge, prompts, responses_by_iter) -> list[float]:
-  """Mean judge score of each iteration's responses (NaN judgements left out)."""
-  return [float(np.nanmean(judge.score(prompts, r))) for r in responses_by_iter]
 
 
 def inference_stage(config):
@@ -296,7 +277,7 @@ def inference_stage(config):
     fb, rf, stop = improve_pipeline.refine_templates(
         ml_collections.ConfigDict({**icfg.to_dict(), "template": tmpl}))
     samplers = {}   # one compiled sampler per model shape, shared by every system
-    judges = _scalar_judges(c, ctx, rt)
+    judges = {k: j for k, j in _judges(c, ctx, rt, pairwise_llm=False).items() if k != "llm_judge"}
     outputs, iterations, summary = {}, [], {"num_prompts": len(prompts), "max_iters": T}
     for temp in c.eval.temperatures:
       dec = evaluator.decoding_name(temp)
@@ -308,8 +289,8 @@ def inference_stage(config):
       chains = {name: improve.iterative_improve(load(src, name), prompts, original, template=tmpl,
                                                 max_iters=T, gap_scorer=scorer,
                                                 min_gain=float(icfg.min_gain))
-                for name, src, scorer in (("pit", policy_dir(ctx, final), gap),
-                                          ("pit_no_stop", policy_dir(ctx, final), None),
+                for name, src, scorer in (("pit", ctx.input_dir(final), gap),
+                                          ("pit_no_stop", ctx.input_dir(final), None),
                                           ("pit_sft", ctx.input_dir(PIT_SFT), gap))}
       refine = improve.self_refine(m_p, prompts, original, feedback_template=fb,
                                    refine_template=rf, max_iters=T, stop_phrase=stop,
@@ -327,10 +308,10 @@ def inference_stage(config):
           "self_refine_stopped_at": np.bincount(refine.stopped_at, minlength=T + 1).tolist(),
           "self_refine_unparsed_judgements": refine.unparsed_judgements}
       for jname, judge in judges.items():
-        s[f"{jname}_by_iteration"] = {name: _mean_scores(judge, prompts, iters)
+        s[f"{jname}_by_iteration"] = {name: evaluator.mean_scores(judge, prompts, iters)
                                       for name, iters in by_iter.items()}
     for jname, judge in judges.items():
-      summary[f"{jname}_chosen"] = _mean_scores(judge, prompts, [[r["chosen"] for r in rows]])[0]
+      summary[f"{jname}_chosen"] = evaluator.mean_scores(judge, prompts, [[r["chosen"] for r in rows]])[0]
     if jax.process_index() == 0:
       out_dir = os.path.join(ctx.dir, "outputs")
       os.makedirs(out_dir, exist_ok=True)
@@ -350,25 +331,12 @@ DISPLAY = {"original": "Original", "pit": "PIT", "pit_no_stop": "PIT (no stoppin
            "pit_sft": "PIT (SFT only)", "self_refine": "Self-Refine", "y_w": "y_w"}
 
 
-def _scalar_judges(c, ctx, rt) -> dict:
-  """The scalar judges of `eval.judges` this run has: the oracle (synthetic task only), the
-  ordinary reward model, and an LLM judge from `pit.llm_judge_dir` (5-point prompt)."""
-  out = {}
-  for name in c.eval.judges:
-    if name == "oracle" and _oracle(c) is not None:
-      out["oracle"] = judges_lib.oracle_judge()
-    elif name == "reward_model":
-      out["reward_model"] = judges_lib.reward_model_judge(
-          _reward_scorer(ctx, rt, int(c.improve.batch_size)), "reward_model")
-  return out
-
-
-def _series(ctx, stage: str, key: str):
-  path = ctx.input_path(stage, "metrics.jsonl")
-  if not os.path.exists(path):
-    return [], []
-  recs = [r for r in read_jsonl(path) if r.get("split") == "train" and key in r]
-  return [r["step"] for r in recs], [r[key] for r in recs]
+def _judges(c, ctx, rt, pairwise_llm: bool) -> dict:
+  """`eval.judges` of this run (`pit.eval.judges.from_config`)."""
+  return judges_lib.from_config(c.eval.judges, rt=rt, data_source=c.data.source,
+                                reward_model_dir=ctx.input_dir(REWARD),
+                                llm_judge_dir=c.pit.get("llm_judge_dir", ""),
+                                batch_size=int(c.improve.batch_size), pairwise_llm=pairwise_llm)
 
 
 def evaluate_stage(config, before: list[str]):
@@ -391,11 +359,7 @@ def evaluate_stage(config, before: list[str]):
     for name in SYSTEMS:
       outputs[name] = {d: [r.output for r in alpaca_eval.read_outputs(
           ctx.input_path(INFER, "outputs", f"{name}_{d}.json"))] for d in decodings}
-    judges = _scalar_judges(c, ctx, rt)
-    if "llm_judge" in c.eval.judges and c.pit.llm_judge_dir:
-      from pit.eval.llm_judge import LMJudge
-      judges["llm_judge"] = judges_lib.PairwiseLLMJudge(
-          LMJudge.from_hf(c.pit.llm_judge_dir, mesh=rt.mesh, rules=rt.rules))
+    judges = _judges(c, ctx, rt, pairwise_llm=True)
     result_rows = evaluator.evaluate(
         prompts, outputs, [tuple(x) for x in c.eval.comparisons], judges,
         confidence=float(c.eval.confidence), resamples=int(c.eval.bootstrap),
@@ -406,7 +370,7 @@ def evaluate_stage(config, before: list[str]):
                        ("oracle_score", "RL: oracle score of rollouts")):
       series, offset = {}, 0
       for s in rl_stages:
-        xs, ys = _series(ctx, s, key)
+        xs, ys = report.metric_series(ctx.input_path(s, "metrics.jsonl"), key)
         if xs:
           series[s] = ([x + offset for x in xs], ys)
           offset += max(xs)

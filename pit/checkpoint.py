@@ -39,6 +39,9 @@ class CheckpointError(PitError):
 
 
 class CorruptCheckpointError(CheckpointError):
+  """A step that does not restore or does not match its checksums; `directory`, `step` (None:
+  the whole folder) and `reason` name it."""
+
   def __init__(self, directory: str, step: int | None, reason: str):
     self.directory, self.step, self.reason = directory, step, reason
     super().__init__(f"checkpoint {directory} step {step} is corrupt or unreadable: {reason}"
@@ -70,9 +73,11 @@ class Checkpointer:
 
   # ------------------------------------------------------------------ save
   def latest_step(self) -> int | None:
+    """The newest committed step (not verified), or None."""
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """Committed steps, oldest first (steps moved aside as corrupt are not listed)."""
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: dict, *, force: bool = False,
@@ -247,9 +252,11 @@ class Checkpointer:
             "checksums": data.get("checksums")}
 
   def wait(self):
+    """Blocks until pending async saves are committed."""
     self.manager.wait_until_finished()
 
   def close(self):
+    """Waits for pending saves, then releases the manager."""
     self.manager.wait_until_finished()
     self.manager.close()
 

@@ -31,6 +31,8 @@ CALL_STRIDE = 100_003
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+  """How a Generator decodes (temperature 0: greedy; top_k 0 / top_p 1: off; max_new_tokens
+  and max_prompt_len in tokens)."""
   max_new_tokens: int = 64
   temperature: float = 0.0
   top_k: int = 0
@@ -55,11 +57,13 @@ class Settings:
     return cls(**kw)
 
   def at_temperature(self, temperature: float) -> "Settings":
+    """The same settings decoding at `temperature`."""
     return dataclasses.replace(self, temperature=float(temperature))
 
 
 @dataclasses.dataclass
 class Generation:
+  """One sampled response: its text, token ids (eos excluded) and summed log-prob (nats)."""
   text: str
   tokens: list[int]
   logprob: float      # sum of the sampled tokens' log-probs (unfiltered, temperature 1)
@@ -74,6 +78,7 @@ class Generator:
     self.sampler, self.params, self.tok, self.settings = sampler, params, tokenizer, settings
 
   def generations(self, texts: Sequence[str], call: int = 0) -> list[Generation]:
+    """One Generation per text, in input order (batched by length; seeds from `call`)."""
     s, bs = self.settings, self.settings.batch_size
     ids = [encoding.prompt_ids(self.tok, t, s.max_prompt_len) for t in texts]
     order = np.argsort([len(x) for x in ids], kind="stable")

@@ -83,6 +83,7 @@ def model_def_for(path: str, role: str, default: ModelDef | None = None) -> Mode
 
 @dataclasses.dataclass
 class Model:
+  """A loaded role: its model definition, verified params and the step they are from."""
   role: str
   mdef: ModelDef
   params: Any

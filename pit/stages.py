@@ -75,6 +75,7 @@ class StageContext:
     return stage_dir(self.workdir, name)
 
   def input_path(self, name: str, *parts: str) -> str:
+    """A path inside input stage `name`'s directory (KeyError if not declared)."""
     return os.path.join(self.input_dir(name), *parts)
 
   def input_summary(self, name: str) -> dict:
@@ -85,6 +86,8 @@ class StageContext:
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
+  """A named step of a recipe: `run(ctx)` does it, `settings` / `inputs` / `files` are what
+  its fingerprint is made of (see the module docstring)."""
   name: str
   run: Callable[[StageContext], dict]   # -> JSON-serialisable summary
   settings: Any = None                  # resolved config (ConfigDict / dict) it runs with
@@ -93,6 +96,7 @@ class Stage:
 
 
 def stage_dir(workdir: str, name: str) -> str:
+  """WORKDIR/<name>: where a stage works."""
   return os.path.join(workdir, name)
 
 
@@ -111,10 +115,12 @@ def done_record(workdir: str, name: str) -> dict | None:
 
 
 def is_done(workdir: str, name: str) -> bool:
+  """Whether the stage has a readable completion record (whatever its fingerprint)."""
   return done_record(workdir, name) is not None
 
 
 def read_summary(workdir: str, name: str) -> dict:
+  """The summary a finished stage returned. FileNotFoundError when it has not finished."""
   rec = done_record(workdir, name)
   if rec is None:
     raise FileNotFoundError(f"stage {name} has not finished: no readable "
@@ -245,6 +251,8 @@ def _latest_checkpoint_item(path: str) -> str | None:
 
 
 def fingerprint(settings: dict, inputs: dict[str, str], files: dict[str, str]) -> str:
+  """16 hex digits of sha256 over the clean settings, the input stages' fingerprints and the
+  input files' digests (canonical JSON)."""
   blob = json.dumps({"settings": settings, "inputs": inputs, "files": files}, sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -199,3 +199,28 @@ def test_rerun_from_is_carried_out_once_even_when_interrupted(tmp_path):
   assert calls == ["a", "b", "c", "b", "c", "c"]
   stages.run_stages(wd, _stages(calls), rerun_from="c")   # a new request is carried out
   assert calls == ["a", "b", "c", "b", "c", "c", "c"]
+
+
+LAYER_MODULES = ["pit/stages.py", "pit/roles.py", "pit/generation.py", "pit/eval/judges.py",
+                 "pit/eval/evaluator.py", "pit/data/encoding.py", "pit/checkpoint.py",
+                 "pit/integrity.py", "pit/preemption.py", "pit/workdir_lock.py",
+                 "pit/pipelines/pit.py"]
+
+
+@pytest.mark.parametrize("path", LAYER_MODULES)
+def test_the_recipe_layer_documents_every_public_function(path):
+  """Public functions, classes and methods of the layer every method builds on have
+  docstrings (what they compute, units, errors, sources)."""
+  import ast
+  from tests.conftest import REPO
+  tree = ast.parse(open(os.path.join(REPO, path)).read())
+  missing = []
+  for node in tree.body:
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+      if not ast.get_docstring(node):
+        missing.append(node.name)
+      if isinstance(node, ast.ClassDef):
+        missing += [f"{node.name}.{m.name}" for m in node.body
+                    if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")
+                    and not ast.get_docstring(m)]
+  assert not missing, f"{path}: undocumented {missing}"

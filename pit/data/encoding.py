@@ -54,4 +54,5 @@ def sequence_ids(tokenizer, prompt: str, response: str, *, max_len: int,
 
 
 def prompts_ids(tokenizer, texts: Sequence[str], max_len: int = 0) -> list[list[int]]:
+  """`prompt_ids` of each text."""
   return [prompt_ids(tokenizer, t, max_len) for t in texts]

@@ -76,10 +76,13 @@ class PairedDifference:
   dropped: int   # prompts with a NaN score in a or b
 
   def as_dict(self) -> dict:
+    """JSON-ready fields."""
     return dataclasses.asdict(self)
 
 
 def paired_difference(scores_a, scores_b, confidence: float = 0.95) -> PairedDifference:
+  """mean(a - b) per prompt over prompts scored in both (NaN left out, counted), its standard
+  error sd(a - b)/sqrt(n) and the Student-t interval at `confidence` (the paired t-test's)."""
   from scipy.stats import t as student_t
   a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
   if a.shape != b.shape:
@@ -111,6 +114,7 @@ class Row:
   paired: PairedDifference | None = None
 
   def as_dict(self) -> dict:
+    """JSON-ready fields (the win-rate summary, intervals and paired difference)."""
     d = {"a": self.a, "b": self.b, "decoding": self.decoding, "judge": self.judge,
          **self.result.summary(), "win_ci": list(self.win_ci), "lose_ci": list(self.lose_ci),
          "delta_ci": list(self.delta_ci)}

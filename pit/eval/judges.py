@@ -124,6 +124,7 @@ class PairwiseLLMJudge(Judge):
     self.lm = lm_judge
 
   def verdicts(self, prompts, first, second) -> np.ndarray:
+    """int8 [n]: +1 first better, -1 second better, 0 tie."""
     return self.lm.pairwise(prompts, first, second)
 
 

@@ -81,7 +81,9 @@ def data_stage(config):
   """Preference pairs (any `data.source`) -> the JSONL files every later stage reads:
   pairs_{train,eval}, policy_sft_{train,eval} (x -> y_w), pit_sft_{train,eval}
   (policy_prompt(x, y_l) -> y_w, the M_PIT SFT rows of Wang et al. 2023 §3.1) and
-  eval_set (the held-out prompts of inference and evaluation)."""
+  eval_set (the held-out prompts of inference and evaluation). Raises DataError (bad
+  records under data.on_error='raise', naming file and line) and ValueError (no held-out
+  pairs)."""
   c = derive(config, "data", None, keep=("train_split", "eval_split", "template",
                                          "max_eval_prompts"))
 
@@ -137,7 +139,8 @@ def _with_jsonl(c, ctx, train_file: str, eval_file: str):
 
 def sft_stage(config, name: str, stem: str):
   """M_P (`policy_sft`: x -> y_w) or M_PIT^SFT (`pit_sft`: policy_prompt(x, y_l) -> y_w,
-  optionally from M_P's weights) by `pipeline=sft` on the data stage's files."""
+  Wang et al. 2023 §3.1, optionally from M_P's weights) by `pipeline=sft` on the data stage's
+  files; its summary's `final_eval.nll` is the held-out NLL in nats per response token."""
   init_from_policy = name == PIT_SFT and bool(config.pit.pit_sft_init_from_policy)
   c = derive(config, "sft", name, keep=("pit_sft_init_from_policy",) if name == PIT_SFT else ())
 
@@ -152,9 +155,11 @@ def sft_stage(config, name: str, stem: str):
 
 
 def reward_stage(config, name: str, pipeline: str, run_fn):
-  """The ordinary reward model (`reward`, an evaluation judge) or r_gap (`gap_reward`,
-  Wang et al. 2023 Eq. 1's orderings) on the data stage's pairs; trunks from M_P / M_PIT^SFT
-  with `pit.reward_init_from_policies`."""
+  """The ordinary reward model (`reward`: Bradley-Terry, an evaluation judge; scores are
+  unbounded reals) or r_gap (`gap_reward`: Wang et al. 2023 Eq. 1's orderings
+  r(x,y_w,y_l) >= r(x,y_w,y_w) ~ r(x,y_l,y_l) >= r(x,y_l,y_w)) on the data stage's pairs;
+  trunks from M_P / M_PIT^SFT with `pit.reward_init_from_policies`. Raises ValueError when
+  the stage's model.head is not 'scalar'."""
   keep = ("reward_init_from_policies",) + (("template",) if pipeline == "gap_reward" else ())
   c = derive(config, pipeline, name, keep=keep)
   if c.model.head != "scalar":
@@ -174,6 +179,7 @@ def reward_stage(config, name: str, pipeline: str, run_fn):
 
 
 def rl_name(k: int) -> str:
+  """The stage of RL round k (0-based): rl_1, rl_2, ..."""
   return f"rl_{k + 1}"
 
 
@@ -207,9 +213,12 @@ def _references(c, ctx, k: int, source: str):
 
 
 def rl_stage(config, k: int, source: str):
-  """RL round k: PPO of M_PIT maximising r_gap(x, y, y_ref) - beta KL(M_PIT^RL || M_PIT^SFT)
-  (Wang et al. 2023 §3.3). Starts from the previous round's policy (round 1: M_PIT^SFT);
-  the KL reference is always M_PIT^SFT; y_ref from the data or from M_P's samples."""
+  """RL round k: PPO (Schulman et al. 2017; per-token KL penalty, adaptive coefficient of
+  Ziegler et al. 2019) of M_PIT maximising r_gap(x, y, y_ref) - beta KL(M_PIT^RL || M_PIT^SFT)
+  (Wang et al. 2023 §3.3; KL logged in nats per sequence, summed over response tokens).
+  Starts from the previous round's policy (round 1: M_PIT^SFT); the KL reference is always
+  M_PIT^SFT; y_ref from the data ({y_l, y_w} of every training pair) or from M_P's samples
+  (the curriculum of §3.3)."""
   c = derive(config, "ppo", "rl", keep=("template", "max_rl_prompts"))
   c.pit.reference_source = source
   c.data.prompt_format = "{prompt}"
@@ -259,9 +268,10 @@ def inference_stage(config):
   """At every decoding of `eval.temperatures`: the Original y_0 ~ M_P(.|x) and, from that same
   y_0, PIT's iterative improvement y_{t+1} ~ M_PIT(.|x, y_t) decoded the same way, with the
   gap-reward stopping rule (Wang et al. 2023 §3.4), without it, and with M_PIT^SFT; and
-  Self-Refine from y_0. Greedy (t0) and sampled (t1) chains are never mixed. Writes
-  outputs/<system>_<decoding>.json (AlpacaEval) and iterations.jsonl; the summary has
-  each judge's mean score per iteration and system, per decoding."""
+  Self-Refine (Madaan et al. 2023) from y_0. Greedy (t0) and sampled (t1) chains are never
+  mixed. Writes outputs/<system>_<decoding>.json (AlpacaEval) and iterations.jsonl; the
+  summary has each judge's mean score per iteration and system, per decoding (oracle in
+  [0, 1], reward model unbounded)."""
   c = derive(config, "improve", "inference", keep=("template",))
   c.eval = {"temperatures": tuple(float(t) for t in config.eval.temperatures),
             "judges": tuple(config.eval.judges)}
@@ -456,6 +466,8 @@ def build_stages(config) -> list[stages.Stage]:
 
 
 def run(config, workdir: str):
+  """PIT end to end in `workdir` (see the module docstring); returns the stage names and the
+  report's path. Raises what a stage raises (DataError, NonFiniteError, ...) after saving."""
   _check(config)
   done = stages.run_stages(workdir, build_stages(config),
                            rerun_from=str(config.get("rerun_from", "") or ""))

@@ -31,6 +31,7 @@ setup(
         "pyarrow>=14",  # parquet sources of the TFDS builders (also a tensorflow-datasets dependency)
         "grain>=0.2.18",
         "matplotlib>=3.8",
+        "scipy>=1.11",  # evaluation intervals (pit.eval.evaluator)
         "jinja2>=3.1",  # chat templates (transformers' apply_chat_template); not a transformers dependency
     ],
     extras_require={

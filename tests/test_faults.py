@@ -117,7 +117,26 @@ def _wait_for_step(workdir, proc, step, timeout=240):
   raise AssertionError(f"no step {step} in {path}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigint_is_handled_like_sigterm():
+  """Ctrl-C (SIGINT) goes through the same handler as SIGTERM (tested end to end below)."""
+  previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  preemption._state["installed"] = False
+  try:
+    preemption.handle_signals()
+    assert signal.getsignal(signal.SIGINT) is signal.getsignal(signal.SIGTERM) is preemption._handler
+    preemption.reset()
+    with preemption.training():   # inside a training loop a signal becomes a request
+      preemption._handler(signal.SIGINT, None)
+      assert preemption.requested() == "SIGINT"
+      preemption.reset()
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+    preemption._state.update(installed=False)
+    preemption.reset()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM])
 def test_signal_saves_the_current_step_exits_75_and_resumes_exactly(reference_run, tmp_path, sig):
   wd = tmp_path / "run"
   cmd = [sys.executable, "-m", "pit.main", *SFT, f"--workdir={wd}", *STEPS]

@@ -189,7 +189,7 @@ def final_policy_stage(config) -> str:
   return rl_name(rounds - 1) if rounds else PIT_SFT
 
 
-def _references(c, ctx, k: int, source: str):
+def _references(c, ctx, rt, k: int, source: str):
   """(prompts, references) of RL round k: every train pair twice (y_l and y_w as the
   reference) for 'data'; M_P's samples on the train prompts for 'policy' (written to
   <stage>/references.jsonl once, so a resumed round sees the same references)."""
@@ -201,7 +201,6 @@ def _references(c, ctx, k: int, source: str):
   path = os.path.join(ctx.dir, "references.jsonl")
   if not os.path.exists(path):
     prompts = sorted({p.prompt for p in pairs})
-    rt = common.setup(c)
     gen = generation.from_checkpoint(rt, ctx.input_dir(POLICY),
                                      generation.Settings.from_config(c.reference_sampling),
                                      field="policy", seed_offset=1000 + k)
@@ -237,9 +236,9 @@ def rl_stage(config, k: int, source: str):
     rc.ppo.reference_checkpoint_dir = ctx.input_dir(PIT_SFT)
     rc.ppo.reward_model_dir = ctx.input_dir(GAP)
     common.save_config(rc, ctx.dir)
-    prompts, refs = _references(rc, ctx, k, source)
-    tmpl = rc.pit.template
     rt = common.setup(rc)
+    prompts, refs = _references(rc, ctx, rt, k, source)
+    tmpl = rc.pit.template
     scorer = gap_reward_scorer_from_dir(rc.ppo.reward_model_dir, rt.tokenizer, rt.mesh, rt.rules,
                                         template=tmpl, max_len=int(rc.ppo.reward_max_len),
                                         batch_size=int(rc.ppo.rollout_batch_size))

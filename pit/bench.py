@@ -145,6 +145,8 @@ class CpuMonitor:
     return False
 
   def as_dict(self) -> dict:
+    """The section's wall time (s), this process's busy cores, the busy cores of other
+    processes (None without /proc/stat) and os.cpu_count()."""
     return dict(wall_s=self.wall_s, own_busy_cores=self.own_cores,
                 other_busy_cores=self.other_cores, num_cpus=os.cpu_count())
 
@@ -293,6 +295,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  """The benchmark's command-line flags (model shape, batch, steps, dtype, mesh, decode
+  settings, parts to skip, JSON output path)."""
   p = argparse.ArgumentParser(prog="python -m pit.bench", description=__doc__.split("\n")[0])
   p.add_argument("--d_model", type=int, default=512)
   p.add_argument("--num_layers", type=int, default=4)
@@ -323,6 +327,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, devices=None) -> dict:
+  """Runs the benchmark parts not in `--skip` (train, ceiling, decode, xla_cost) on a mesh of
+  `devices` (default: all) and returns the report dict: device, model, FLOP counts and per
+  part its figures (tokens/s, FLOP/s, seconds) with the CPU contention measured."""
   skip = set(filter(None, args.skip.split(",")))
   cfg = ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model, num_layers=args.num_layers,
                     num_heads=args.num_heads, num_kv_heads=args.num_kv_heads, d_ff=args.d_ff,
@@ -384,6 +391,9 @@ def run(args: argparse.Namespace, devices=None) -> dict:
 
 
 def format_report(r: dict) -> str:
+  """The report of `run` as text for the terminal: counts, train step time (ms), tokens/s,
+  GFLOP/s, the matmul ceiling and achieved / ceiling (%), decode tokens/s, and a warning
+  when other processes kept more than 0.1 cores busy during any part."""
   c, m = r["counts"], r["model"]
   lines = [
       f"device: {r['device']} ({r['platform']}, {r['num_devices']} device(s), mesh {r['mesh']}), "
@@ -450,6 +460,8 @@ def format_report(r: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None, devices=None) -> dict:
+  """Command line: runs the benchmark, prints `format_report`, writes the report as JSON
+  to `--json_out` when given and returns it."""
   args = parse_args(argv)
   report = run(args, devices)
   print(format_report(report), flush=True)

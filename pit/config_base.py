@@ -7,6 +7,8 @@ from pit.sharding import DEFAULT_AXIS_NAMES, DEFAULT_RULES
 
 
 def model_defaults() -> ml_collections.ConfigDict:
+  """The `model` section: a small byte-vocabulary decoder (the fields of
+  `pit.model.ModelConfig`)."""
   return ml_collections.ConfigDict(dict(
       vocab_size=384, d_model=64, num_layers=2, num_heads=4, num_kv_heads=0, head_dim=0,
       d_ff=256, max_seq_len=512, norm="rmsnorm", norm_eps=1e-6, position="rope",
@@ -17,6 +19,9 @@ def model_defaults() -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
+  """The root config every preset starts from: pipeline, model, mesh, distributed,
+  tokenizer, data, optim, train, checkpoint, eval and generate sections. Method sections
+  (`ppo`, `reward`, `dpo`, `pit`, ...) are added by the presets that need them."""
   c = ml_collections.ConfigDict()
   c.pipeline = "sft"
   c.progress = True
@@ -34,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
       # where records come from (pit.data.sources): 'jsonl' | 'tfds' | 'synthetic'
       source="jsonl", tfds_name="", tfds_config="", data_dir="", manual_dir="",
       synthetic_train_size=2000, synthetic_eval_size=200,
+      synthetic_task="sort",         # pit.data.synthetic.TASKS: 'sort' | 'sort_long'
       download=False))              # tfds: fetch the official files when no manual_dir has them
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=3e-4, warmup_steps=20, decay_steps=1000, end_lr_ratio=0.1,
@@ -65,6 +71,8 @@ def eval_defaults() -> ml_collections.ConfigDict:
 
 
 def ppo_defaults() -> ml_collections.ConfigDict:
+  """The `ppo` section (`pipeline=ppo` and PIT's RL rounds): scorer, rollout,
+  PPO / GAE and KL-penalty settings; lengths in tokens."""
   return ml_collections.ConfigDict(dict(
       init_checkpoint_dir="",      # SFT workdir or its checkpoints/ (params only)
       scorer="oracle",             # oracle | reward_model | gap_reward_model (needs references)
@@ -84,6 +92,8 @@ def ppo_defaults() -> ml_collections.ConfigDict:
 
 
 def gap_reward_defaults() -> ml_collections.ConfigDict:
+  """The `gap_reward` section: PIT's gap reward model r_gap(x, y, y_ref) (template
+  and loss coefficients; `pit.losses`)."""
   return ml_collections.ConfigDict(dict(
       template="plain",   # pit.pit_format template: plain | chat | a literal template
       tie_coef=0.1,       # weight of (r_ww - r_ll)^2
@@ -92,6 +102,8 @@ def gap_reward_defaults() -> ml_collections.ConfigDict:
 
 
 def improve_defaults() -> ml_collections.ConfigDict:
+  """The `improve` section (`pipeline=improve`): PIT iterative improvement or
+  Self-Refine, its inputs, stopping rule and decoding settings."""
   return ml_collections.ConfigDict(dict(
       method="pit",                # pit | self_refine
       input_path="",               # JSONL {"prompt","response"} or AlpacaEval .json[.gz]
@@ -116,6 +128,8 @@ def improve_defaults() -> ml_collections.ConfigDict:
 
 
 def reward_defaults() -> ml_collections.ConfigDict:
+  """The `reward` section: Bradley-Terry reward model loss settings (margin, reward
+  centring) and the trunk to start from."""
   return ml_collections.ConfigDict(dict(
       margin_scale=0.0,       # loss -log sigmoid(r_w - r_l - margin_scale * margin)
       center_coef=0.0,        # + center_coef * (r_w + r_l)^2
@@ -123,6 +137,8 @@ def reward_defaults() -> ml_collections.ConfigDict:
 
 
 def dpo_defaults() -> ml_collections.ConfigDict:
+  """The `dpo` section (`pipeline=dpo`): loss variant, beta, label smoothing, NLL
+  term, init / reference checkpoints and how reference log-probs are obtained."""
   return ml_collections.ConfigDict(dict(
       loss="sigmoid",            # sigmoid (cDPO with label_smoothing > 0) | ipo | hinge | robust
       beta=0.1,

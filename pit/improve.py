@@ -49,6 +49,9 @@ JUDGE_TEMPLATES = ("judge", "judge_compact")
 
 @dataclasses.dataclass
 class ImproveResult:
+  """What `iterative_improve` did, per iteration and row (shapes in the field comments:
+  T = max_iters, n = rows; `active` holds the number of active rows). Gains are
+  differences of the gap reward model's raw scalar outputs."""
   responses: list      # [max_iters + 1][n]: each row's answer after t iterations (stopped rows carry theirs)
   candidates: list     # [max_iters][n]: the candidate generated at iteration t+1, None if the row was inactive
   gains: np.ndarray    # float64 [max_iters, n]: gain_t; NaN where inactive or without a gap scorer
@@ -58,6 +61,7 @@ class ImproveResult:
 
   @property
   def final(self) -> list:
+    """Each row's final answer (the last entry of `responses`), [n]."""
     return list(self.responses[-1])
 
 
@@ -116,6 +120,9 @@ def iterative_improve(generate_fn: GenerateFn, prompts: Sequence[str],
 
 @dataclasses.dataclass
 class RefineResult:
+  """What `self_refine` did, per round and row (shapes in the field comments:
+  T = max_iters, n = rows); scores are the judge's 0-5 points (NaN when not parsed or not a
+  judge template)."""
   responses: list      # [max_iters + 1][n]: each row's answer after t refinements
   feedback: list       # [max_iters][n]: feedback on responses[t], None if the row was inactive
   scores: np.ndarray   # float64 [max_iters, n]: judge score parsed from the feedback (judge templates), else NaN
@@ -125,6 +132,7 @@ class RefineResult:
 
   @property
   def final(self) -> list:
+    """Each row's final answer (the last entry of `responses`), [n]."""
     return list(self.responses[-1])
 
   @property
@@ -143,12 +151,18 @@ def _fill(template: str, **fields) -> str:
 
 
 def feedback_prompt(template: str, prompt: str, response: str) -> str:
+  """The prompt asking for feedback on `response`: the Self-Rewarding 5-point judge
+  prompt for 'judge' / 'judge_compact' (`pit.data.judge.render_judge_prompt`), else
+  `template` with {prompt} and {response} filled in (braces in the texts kept literal)."""
   if template in JUDGE_TEMPLATES:
     return judge.render_judge_prompt(prompt, response, compact=template == "judge_compact")
   return _fill(template, prompt=prompt, response=response)
 
 
 def check_refine_templates(feedback_template: str, refine_template: str):
+  """Raises ValueError when a feedback template (other than 'judge' /
+  'judge_compact') lacks {prompt} or {response}, or the refine template lacks {prompt},
+  {response} or {feedback}."""
   if feedback_template not in JUDGE_TEMPLATES:
     for f in ("{prompt}", "{response}"):
       if f not in feedback_template:

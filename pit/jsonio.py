@@ -34,6 +34,7 @@ def jsonable(x: Any) -> Any:
 
 
 def dumps(obj: Any, **kw) -> str:
+  """`json.dumps` of `jsonable(obj)` (strict JSON: no NaN / inf literals)."""
   return json.dumps(jsonable(obj), allow_nan=False, **kw)
 
 
@@ -46,6 +47,8 @@ def write_jsonl_atomic(path: str, rows) -> int:
     for r in rows:
       f.write(dumps(r) + "\n")
       n += 1
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, path)
   return n
 

@@ -28,6 +28,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 
 
 class UsageError(Exception):
+  """A bad command line or config choice (missing --config / --workdir, stray
+  arguments, unknown pipeline): reported as one `pit: error:` line, exit status 2."""
   pass
 
 
@@ -45,6 +47,9 @@ def run(config, workdir: str):
 
 
 def main(argv):
+  """absl main: checks the flags, sets up logging and the SIGTERM / SIGINT handlers
+  (`pit.preemption`) and runs the config's pipeline in the workdir. Raises UsageError for
+  positional arguments or a missing --config / --workdir."""
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _CONFIG.value is None:
@@ -153,6 +158,10 @@ def _help() -> str:
 
 
 def entry():
+  """The `pit` console script: `--help` lists the bundled configs and pipelines; errors
+  end the process with one line on stderr and the error's exit code (2 unless it carries
+  one; 75 when preempted). Unexpected exceptions (and any with PIT_TRACEBACK set) keep
+  their traceback."""
   if any(a in ("-h", "--help", "-help") for a in sys.argv[1:]):
     sys.stdout.write(_help())
     sys.exit(0)

@@ -75,6 +75,8 @@ class MetricsWriter:
     return scalars
 
   def close(self):
+    """Flushes and closes the TensorBoard writer (the JSONL file is appended and closed
+    on every `write`)."""
     if self._tb is not None:
       self._tb.flush()
       self._tb.close()

@@ -27,6 +27,9 @@ NEG_INF = -1e30  # finite so fully-masked (pad) query rows give no NaNs.
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+  """The shape and options of `Transformer` (field comments give the choices). Raises
+  ValueError on a non-positive size, num_kv_heads not dividing num_heads, d_model not
+  divisible by num_heads without head_dim, an unknown choice, or an odd rotary_dim."""
   vocab_size: int = 256
   d_model: int = 64
   num_layers: int = 2
@@ -77,18 +80,23 @@ class ModelConfig:
 
   @property
   def kv_heads(self) -> int:
+    """K: key/value heads (num_kv_heads, or num_heads when 0)."""
     return self.num_kv_heads or self.num_heads
 
   @property
   def dim_per_head(self) -> int:
+    """E: head_dim, or d_model // num_heads when 0."""
     return self.head_dim or self.d_model // self.num_heads
 
   @property
   def rotary_dim(self) -> int:
+    """Dims of each head rotated by RoPE: int(E * rotary_fraction), 0 unless
+    position='rope'."""
     return int(self.dim_per_head * self.rotary_fraction) if self.position == "rope" else 0
 
   @property
   def compute_dtype(self):
+    """The compute dtype (`dtype`) as a jnp.dtype."""
     return jnp.dtype(self.dtype)
 
   @classmethod
@@ -102,6 +110,7 @@ class ModelConfig:
     return cls(**values)
 
   def replace(self, **kw) -> "ModelConfig":
+    """A copy with the fields in `kw` changed (validated again)."""
     return dataclasses.replace(self, **kw)
 
 
@@ -118,6 +127,8 @@ def _param(rngs, shape, axes, cfg: ModelConfig, init: str = "normal", std=None):
 
 
 class Norm(nnx.Module):
+  """RMSNorm or LayerNorm (`cfg.norm`) over D, computed in fp32: x_BLD [B, L, D] ->
+  [B, L, D] in the compute dtype (scale, and bias for LayerNorm)."""
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     self.scale = _param(rngs, (cfg.d_model,), ("norm",), cfg, "ones")
@@ -149,6 +160,9 @@ def rope(x_BLHE, positions_BL, rotary_dim: int, theta: float):
 
 
 class Attention(nnx.Module):
+  """Causal multi-head / grouped-query attention with RoPE (or none), optional q/k/v and
+  output biases: (x_BLD [B, L, D], positions_BL, kv_mask_BS[, cache, cache_index]) ->
+  (out_BLD [B, L, D], new cache {'k', 'v'} [B, K, S, E] or None)."""
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     D, H, K, E = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
@@ -217,6 +231,8 @@ def attend(q_BLHE, k_BSKE, v_BSKE, mask_BLS):
 
 
 class Mlp(nnx.Module):
+  """Feed-forward block: gated (SwiGLU, GeGLU) or plain (GELU, ReLU), optional biases:
+  x_BLD [B, L, D] -> [B, L, D] through F = d_ff hidden units."""
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     D, F = cfg.d_model, cfg.d_ff
@@ -251,6 +267,9 @@ class Mlp(nnx.Module):
 
 
 class Block(nnx.Module):
+  """A pre-norm Transformer layer: x + attn(norm(x)), then x + mlp(norm(x)), or the parallel
+  residual x + attn(n1(x)) + mlp(n2(x)) (one shared norm with shared_parallel_norm).
+  Returns (x_BLD [B, L, D], the layer's new cache or None)."""
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     self.attn_norm = Norm(cfg, rngs)
@@ -304,6 +323,7 @@ class Transformer(nnx.Module):
       self.lm_head_bias = _param(rngs, (V,), ("vocab",), cfg, "zeros") if cfg.lm_head_bias else None
 
   def blocks(self):
+    """The `num_layers` Blocks in order."""
     return [getattr(self, f"block_{i}") for i in range(self.num_blocks)]
 
   def hidden(self, tokens_BL, positions_BL, kv_mask_BS, cache=None, cache_index=None):
@@ -363,6 +383,8 @@ class Transformer(nnx.Module):
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> list[dict[str, jax.Array]]:
+  """An all-zero KV cache: one {'k', 'v'} per layer, each [B, K, S, E] with B = `batch`,
+  S = `length`, in `dtype` (default the compute dtype)."""
   dtype = cfg.compute_dtype if dtype is None else dtype
   shape = (batch, cfg.kv_heads, length, cfg.dim_per_head)
   return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)]
@@ -378,6 +400,7 @@ def last_token_index(mask_BL) -> jax.Array:
 
 
 def gather_last(values_BL, mask_BL) -> jax.Array:
+  """values_BL [B, L] read at each row's last real token (`last_token_index`): [B]."""
   idx_B = last_token_index(mask_BL)
   return jnp.take_along_axis(values_BL, idx_B[:, None], axis=1)[:, 0]
 
@@ -388,6 +411,9 @@ def positions_from_mask(mask_BL) -> jax.Array:
 
 
 def count_params(cfg: ModelConfig, embeddings: bool = True) -> int:
+  """Number of parameters of the model `cfg` (counted from abstract shapes, nothing
+  allocated); without `embeddings`, the token and learned position embeddings are left out
+  (with tied embeddings that includes the output head)."""
   abs_model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
   state = nnx.state(abs_model, nnx.Param).to_pure_dict()
   total = 0

@@ -21,6 +21,9 @@ def _decay_mask(params):
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
+  """The optimizer of a config's `optim` section: global-norm gradient clipping (when
+  grad_clip_norm > 0), then AdamW (Loshchilov & Hutter 2019; b1, b2, eps) on
+  `learning_rate_schedule`, with weight decay on parameters of rank >= 2 only."""
   parts = []
   if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(float(cfg.grad_clip_norm)))

@@ -23,9 +23,12 @@ class ModelDef:
   axes: Params             # logical axis names per leaf (tuples wrapped in LogicalAxes)
 
   def merge(self, params: Params) -> Transformer:
+    """The Transformer module with `params` (a pure-dict pytree) in place; call it inside
+    jit."""
     return nnx.merge(self.graphdef, params)
 
   def shardings(self, mesh: Mesh, rules) -> Params:
+    """A NamedSharding per parameter leaf on `mesh`, from its logical axes and `rules`."""
     return jax.tree.map(
         lambda ax, a: NamedSharding(mesh, shd.logical_to_spec(ax.names, rules, mesh, a.shape)),
         self.axes, self.abstract_params, is_leaf=lambda x: isinstance(x, LogicalAxes))
@@ -39,10 +42,14 @@ class ModelDef:
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
 class LogicalAxes:
+  """A parameter's logical axis names (a static pytree leaf, so axis trees map like
+  params)."""
   names: tuple
 
 
 def model_def(cfg: ModelConfig) -> ModelDef:
+  """The ModelDef of `cfg`: graph definition, abstract params (ShapeDtypeStructs) and the
+  logical axes of every leaf, from an abstract model (nothing allocated)."""
   abs_model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
   graphdef, state = nnx.split(abs_model)
   is_var = lambda x: isinstance(x, nnx.Variable)
@@ -77,4 +84,5 @@ def init_params(mdef: ModelDef, mesh: Mesh, rules, seed: int) -> Params:
 
 
 def num_params(params: Params) -> int:
+  """Total number of elements over the leaves of `params`."""
   return sum(int(x.size) for x in jax.tree.leaves(params))

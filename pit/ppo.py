@@ -31,6 +31,8 @@ KL_ESTIMATORS = ("k1", "k3")
 # ----------------------------------------------------------------------------- numerics
 
 def masked_mean(x, mask, axis=None):
+  """sum(x * mask) / max(sum(mask), 1) over `axis` (all axes when None): the mean over the
+  positions the mask keeps, 0 when it keeps none."""
   m = mask.astype(jnp.float32)
   return jnp.sum(x * m, axis=axis) / jnp.maximum(jnp.sum(m, axis=axis), 1.0)
 
@@ -125,6 +127,9 @@ class KLController:
     self.value, self.adaptive, self.target, self.horizon = float(init), adaptive, target, horizon
 
   def update(self, current_kl: float, n_samples: int) -> float:
+    """Adapts the coefficient to the rollout's `current_kl` (nats per sequence, summed
+    over response tokens) over `n_samples` sequences when adaptive (Ziegler et al. 2019);
+    returns the coefficient for the next rollout."""
     if self.adaptive:
       err = float(np.clip(current_kl / self.target - 1.0, -0.2, 0.2))
       self.value *= 1.0 + err * n_samples / self.horizon
@@ -135,6 +140,8 @@ class KLController:
 
 @dataclasses.dataclass
 class ActorCritic:
+  """The merged models of one PPO params pytree: the policy (LM head) and the value model
+  (scalar head)."""
   policy: Any  # Transformer, head='lm'
   value: Any   # Transformer, head='scalar'
 
@@ -150,16 +157,20 @@ class ActorCriticDef:
 
   @property
   def cfg(self):
+    """The policy's ModelConfig."""
     return self.policy.cfg
 
   @property
   def abstract_params(self):
+    """{"policy": ..., "value": ...} of ShapeDtypeStructs."""
     return {"policy": self.policy.abstract_params, "value": self.value.abstract_params}
 
   def merge(self, params) -> ActorCritic:
+    """The ActorCritic with `params` ({"policy", "value"}) in place; call it inside jit."""
     return ActorCritic(self.policy.merge(params["policy"]), self.value.merge(params["value"]))
 
   def shardings(self, mesh: Mesh, rules):
+    """{"policy": ..., "value": ...} NamedShardings of every parameter on `mesh`."""
     return {"policy": self.policy.shardings(mesh, rules), "value": self.value.shardings(mesh, rules)}
 
 

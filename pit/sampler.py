@@ -23,6 +23,8 @@ from pit.params import ModelDef
 
 @dataclasses.dataclass
 class SampleOutput:
+  """What `Sampler.generate` returns for n prompts: tokens and logprobs [n, N] and
+  lengths [n] (N = max_new_tokens); see the field comments."""
   tokens: np.ndarray    # int32 [B, N]; after eos: pad
   logprobs: np.ndarray  # float32 [B, N]; log p(token) under the model at temperature 1; 0 after eos
   lengths: np.ndarray   # int32 [B]; generated tokens including eos
@@ -60,6 +62,10 @@ def sample_token(logits_BV, key, temperature, top_k, top_p):
 
 
 class Sampler:
+  """The one sampler: jitted prefill + `while_loop` decode with a preallocated KV cache
+  (see the module docstring). Batches are padded up to a multiple of the mesh's
+  data-parallel size; prompt lengths are bucketed (`prompt_buckets`, default powers of two
+  from 16 up to max_seq_len)."""
   def __init__(self, mdef: ModelDef, mesh: Mesh, rules, *, pad_id: int, eos_id: int,
                prompt_buckets: Sequence[int] | None = None, cache_dtype=None):
     self.mdef, self.mesh, self.rules = mdef, mesh, tuple(rules)
@@ -71,6 +77,7 @@ class Sampler:
 
   @property
   def num_compiled(self) -> int:
+    """How many (batch, prompt bucket, max_new_tokens) shapes have been compiled."""
     return len(self._compiled)
 
   def _build(self, B: int, P: int, N: int):

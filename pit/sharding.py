@@ -72,10 +72,14 @@ def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = DEFAULT_AXIS_NAM
 
 
 def mesh_from_config(mesh_cfg) -> Mesh:
+  """The mesh of a config's `mesh` section (shape, axis_names) over all devices
+  (`make_mesh`; ValueError when the shape does not fit the devices)."""
   return make_mesh(tuple(mesh_cfg.shape), tuple(mesh_cfg.axis_names))
 
 
 def rules_from_config(mesh_cfg) -> tuple[tuple[str, Any], ...]:
+  """The logical-axis rules of a config's `mesh` section as a tuple of
+  (logical name, mesh axis / tuple of axes / None); DEFAULT_RULES when it has none."""
   rules = mesh_cfg.get("rules", None)
   if not rules:
     return DEFAULT_RULES
@@ -133,6 +137,8 @@ def axis_rules(mesh: Mesh | None, rules: LogicalRules):
 
 
 def current_mesh_and_rules():
+  """(mesh, rules) activated by the innermost `axis_rules` of this thread, else
+  (None, ())."""
   return getattr(_state, "ctx", None) or (None, ())
 
 
@@ -147,10 +153,13 @@ def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
 
 def named_sharding(mesh: Mesh, rules: LogicalRules, logical: Sequence[str | None],
                    shape: Sequence[int] | None = None) -> NamedSharding:
+  """NamedSharding on `mesh` of an array with `logical` axis names (`logical_to_spec`;
+  with `shape`, mesh axes that do not divide a dimension are dropped)."""
   return NamedSharding(mesh, logical_to_spec(logical, rules, mesh, shape))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """A NamedSharding that replicates an array on every device of `mesh`."""
   return NamedSharding(mesh, P())
 
 
@@ -173,6 +182,8 @@ def put_batch(batch: Any, mesh: Mesh, rules: LogicalRules) -> Any:
 
 
 def data_parallel_size(mesh: Mesh, rules: LogicalRules) -> int:
+  """Number of devices the batch dimension is split over: the product of the mesh
+  axes `activation_batch` maps to (1 when none)."""
   spec = logical_to_spec(("activation_batch",), rules, mesh)
   axes = spec[0]
   if axes is None:
@@ -200,6 +211,7 @@ def maybe_initialize_distributed(dist_cfg) -> None:
 
 
 def tree_specs(tree) -> Any:
+  """The `sharding` of every leaf of `tree` (None for leaves without one)."""
   return jax.tree.map(lambda x: getattr(x, "sharding", None), tree)
 
 

@@ -29,6 +29,7 @@ LossFn = Callable[[Any, dict, jax.Array, Any], tuple[jax.Array, jax.Array, dict]
 
 @flax.struct.dataclass
 class TrainState:
+  """The trained state: step (int32 scalar), params and optimizer state (pytrees)."""
   step: jax.Array
   params: Any
   opt_state: Any

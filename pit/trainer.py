@@ -42,6 +42,8 @@ TIMING_METRICS = ("tokens_per_sec",)
 
 @dataclasses.dataclass
 class TrainResult:
+  """What `train` returns: the final state, the steps this call ran, the step it resumed
+  from (None for a fresh start) and the last logged train metrics (timing left out)."""
   state: ts.TrainState
   steps_run: int
   resumed_from: int | None

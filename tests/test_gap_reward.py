@@ -6,6 +6,7 @@ import json
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -230,6 +231,7 @@ def test_short_training_on_synthetic_pairs_beats_chance_and_scores_via_ppo_score
   # weak but real signal; configs/gap_reward.py:tiny reaches far more)
   assert ev["ordering_accuracy"] > 0.55, ev
   assert ev["gap_accuracy"] > 0.6, ev
+  assert ev["eval_pairs"] == 128 and 0 < ev["ordering_accuracy_se"] < 0.05, ev
   # r_gap plugs into PPO through the one RewardModelScorer with the gap_input format
   rt_mesh, rules = mesh((1, 1, 1)), shd.rules_from_config(config.mesh)
   mdef, params = scorers.load_reward_model(str(tmp_path), rt_mesh, rules)
@@ -290,3 +292,26 @@ def test_deeper_reward_model_from_an_lm_trunk_starts_as_that_trunk(tmp_path):
   ckpt.close()
   with pytest.raises(ValueError, match="block_0"):
     reward.trunk_from_lm_checkpoint(rt(deep_def), str(tmp_path / "holey"), 0)
+
+
+def test_held_out_accuracy_standard_errors_against_scipy():
+  """The s.e. of the gap RM's held-out accuracies, pair as the unit, against
+  scipy.stats.sem of per-pair values computed by plain loops."""
+  from scipy import stats
+  from pit.pipelines import gap_reward as gap_pipeline
+  rng = np.random.default_rng(0)
+  r = rng.normal(size=(57, 4)).astype(np.float32)
+  r[:, 0] += 1.0                                  # r_wl tends to be highest
+  got = gap_pipeline.accuracy_standard_errors(r)
+  order, gap, every = [], [], []
+  for wl, ww, ll, lw in r.tolist():
+    holds = [wl > ww, wl > ll, ww > lw, ll > lw]
+    order.append(sum(holds) / 4)
+    gap.append(float(wl > lw))
+    every.append(float(all(holds)))
+  assert got["eval_pairs"] == 57
+  for key, vals in (("ordering", order), ("gap", gap), ("all_orderings", every)):
+    assert got[f"{key}_accuracy_se"] == pytest.approx(stats.sem(vals), rel=1e-12)
+  m = losses.gap_reward_metrics(jnp.asarray(r), jnp.ones(57, jnp.float32))
+  assert float(m["ordering_accuracy"]) == pytest.approx(np.mean(order), abs=1e-6)
+  assert np.isnan(gap_pipeline.accuracy_standard_errors(r[:1])["gap_accuracy_se"])

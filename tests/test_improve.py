@@ -366,3 +366,20 @@ def test_improve_pipeline_bad_config(tmp_path, kw, err, needle):
   c.improve.update(max_prompts=2, **kw)
   with pytest.raises(err, match=re.escape(needle)):
     main.run(c, str(tmp_path / "w"))
+
+
+def test_improve_reads_prompts_and_responses_from_jsonl(tmp_path):
+  """A generations.jsonl (or any {"prompt","response"} JSONL) as improve.input_path gives
+  every row's prompt and its response (the reader is consumed once for both)."""
+  import ml_collections
+  from pit.pipelines import improve as improve_pipeline
+  rows = [{"prompt": f"sort: {10 + i} 50 60 70\n", "response": f"{10 + i} 50 60", "sample": 0}
+          for i in range(5)]
+  path = tmp_path / "generations.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  for max_prompts, n in ((0, 5), (3, 3)):
+    c = ml_collections.ConfigDict({"improve": {"input_path": str(path), "max_prompts": max_prompts},
+                                   "data": {}})
+    prompts, responses = improve_pipeline.load_inputs(c, None)
+    assert prompts == [r["prompt"] for r in rows][:n]
+    assert responses == [r["response"] for r in rows][:n]

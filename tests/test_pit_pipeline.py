@@ -27,7 +27,8 @@ def test_stage_config_merges_overrides_and_names_unknown_fields():
   c = _load("configs/synthetic.py", "pit")
   gap = pit_pipeline.derive(c, "gap_reward", "gap_reward")
   assert gap.pipeline == "gap_reward" and gap.model.head == "scalar"
-  assert gap.data.max_len == 112 and gap.train.steps == c.pit.gap_reward.train.steps
+  assert gap.data.max_len == 144 and gap.train.steps == c.pit.gap_reward.train.steps
+  assert gap.data.max_len != c.data.max_len   # the stage override, not the root
   assert gap.model.d_model == c.model.d_model and c.model.head == "lm"  # root untouched
   c.pit.reward.train.no_such_field = 3
   with pytest.raises(ValueError, match=r"pit.reward.train.no_such_field: no such config field"):

@@ -170,7 +170,7 @@ def test_synthetic_source():
 
 def test_skips_in_generated_records_are_counted_and_warned(monkeypatch, caplog):
   from pit.data import synthetic
-  monkeypatch.setattr(synthetic, "ift_examples", lambda n, seed: [
+  monkeypatch.setattr(synthetic, "ift_examples", lambda n, seed, task="sort": [
       {"prompt": "a", "response": "b"}, {"prompt": "a", "response": " "}, {"prompt": 3}])
   c = _data_cfg(source="synthetic")
   with pytest.raises(records.DataError, match=r"synthetic/train:1: field 'response' is empty"):

@@ -106,7 +106,7 @@ def test_gold_garbage_and_prompt_validation():
     foreign = [str(x) for x in range(10, 100) if str(x) not in items][:4]
     assert syn.oracle_score(p, " ".join(foreign)) == 0.0 and syn.judge_points(p, "") == 0
   for bad in ["sort: 1 2 3 4\n", "sort: 11 11 12 13\n", "sort: 11 12 13\n", "sort 11 12 13 14\n",
-              "sort: 11 12 13 14 15 16 17 18\n"]:
+              "sort: " + " ".join(str(x) for x in range(11, 24)) + "\n"]:   # 13 items
     with pytest.raises(ValueError, match="sort prompt"):
       syn.oracle_score(bad, "11")
 
@@ -366,3 +366,70 @@ def test_config_points_at_shipped_files():
   assert c.model.d_model == 128 and c.model.num_layers == 4   # 2 layers never learn to copy
   with pytest.raises(ValueError, match="unknown preset"):
     mod.get_config("nope")
+
+
+# ------------------------------------------------------------ task variants
+
+@pytest.mark.parametrize("task", sorted(syn.TASKS))
+def test_task_variants_lengths_pairs_and_held_out_split(task):
+  t = syn.get_task(task)
+  rng = np.random.default_rng(5)
+  lengths = collections.Counter()
+  for _ in range(300):
+    p = syn.make_prompt(rng, "any", task)
+    n = len(syn.parse_prompt(p))
+    lengths[n] += 1
+    most = max(t.chosen_errors[0]) + max(t.gap_errors[0])               # as many as a pair gets
+    for r in syn.degrade_chain(rng, p, int(rng.integers(1, most + 1))):
+      assert len(r.encode()) <= syn.max_response_bytes(n)
+    assert syn.oracle_score(p, syn.gold_response(p)) == 1.0
+  assert set(lengths) == set(range(t.min_items, t.max_items + 1))
+  pairs = syn.preference_pairs(3000, 0, task=task)
+  assert all(syn.parse_prompt(q.prompt) for q in pairs)
+  # no pair differs only in surrounding whitespace (the readers reject those as identical)
+  assert all(q.chosen.strip() != q.rejected.strip() for q in pairs)
+  nested = np.mean([q.meta["nested"] for q in pairs])
+  assert abs(nested - t.nested_fraction) < 0.1
+  chosen_errors = collections.Counter(q.meta["chosen_errors"] for q in pairs)
+  assert set(chosen_errors) >= set(t.chosen_errors[0])   # (relabelled pairs may hold more)
+  # held out: no eval item set is ever a training item set, for every generator
+  ev = syn.eval_prompts(200, 0, task)
+  ev_sets = {frozenset(syn.parse_prompt(p)) for p in ev}
+  assert len(ev_sets) == 200 and all(syn.is_eval_items(s) for s in ev_sets)
+  train = ([r["prompt"] for r in syn.ift_examples(500, 0, task)] + [q.prompt for q in pairs] +
+           [syn.make_prompt(np.random.default_rng(s), "train", task) for s in range(200)])
+  assert not {frozenset(syn.parse_prompt(p)) for p in train} & ev_sets
+  assert all(syn.is_eval_items(syn.parse_prompt(q.prompt))
+             for q in syn.preference_pairs(50, 0, split="eval", task=task))
+
+
+def test_tasks_have_separate_streams_and_unknown_task_is_named():
+  assert syn.eval_prompts(20, 0, "sort") != syn.eval_prompts(20, 0, "sort_long")
+  assert syn.max_response_bytes(syn.MAX_ITEMS) == syn.MAX_RESPONSE_BYTES
+  with pytest.raises(ValueError, match="unknown synthetic task 'nope'.*sort_long"):
+    syn.preference_pairs(3, 0, task="nope")
+  with pytest.raises(ValueError, match="unknown synthetic task"):
+    syn.make_prompt(np.random.default_rng(0), "train", "nope")
+
+
+def test_pit_preset_uses_the_harder_task_and_fits_its_lengths():
+  """The PIT preset's lengths hold the longest sort_long rows without truncation."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("syn_cfg", os.path.join(REPO, "configs",
+                                                                        "synthetic.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("pit")
+  t = syn.get_task(c.data.synthetic_task)
+  assert t.name == "sort_long"
+  longest_prompt = len(syn.PREFIX) + 3 * t.max_items                   # "sort: " + items + "\n"
+  longest_response = syn.max_response_bytes(t.max_items)
+  assert c.data.max_response_len >= longest_response + 1                # + eos
+  assert c.data.max_len >= 1 + longest_prompt + longest_response + 1   # bos ... eos
+  pit_rows = c.pit.pit_sft.data
+  m_pit = 1 + longest_prompt + len("ref: ") + longest_response + 1 + longest_response + 1
+  assert pit_rows.max_len >= m_pit and c.pit.gap_reward.data.max_len >= m_pit
+  assert c.generate.max_new_tokens >= longest_response + 1
+  assert c.improve.max_new_tokens >= longest_response + 1 and c.ppo.max_new_tokens >= longest_response + 1
+  assert c.ppo.max_prompt_len >= m_pit - longest_response - 1
+  assert c.model.max_seq_len >= c.improve.max_prompt_len + c.improve.max_new_tokens

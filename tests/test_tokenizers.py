@@ -93,6 +93,8 @@ def test_hf_directory_loads_offline_renders_chat_and_round_trips(tmp_path, monke
     assert tok.bos_id not in ids and tok.eos_id not in ids
     assert tok.decode(ids) == text
     assert tok.decode([tok.bos_id] + ids + [tok.eos_id] + tok.encode("junk")) == text
+    # ids a model's padded vocabulary can sample beyond the tokenizer are dropped
+    assert tok.decode(ids + [len(tok.tok), len(tok.tok) + 7]) == text
   chat = tok.render_chat([("user", "hi"), ("assistant", "hello"), ("user", "bye")])
   assert chat == ("<s><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
                   "<|im_start|>user\nbye<|im_end|>\n<|im_start|>assistant\n")  # verbatim

@@ -43,10 +43,13 @@ class Example:
 
 @dataclasses.dataclass
 class TruncationStats:
+  """Counts of examples cut by `make_example`: prompts that kept only their prefix
+  and end, responses cut to `max_response_len`."""
   prompts_cut: int = 0
   responses_cut: int = 0
 
   def as_dict(self):
+    """JSON-ready counts."""
     return dataclasses.asdict(self)
 
 
@@ -82,6 +85,8 @@ def make_example(prompt_ids: Sequence[int], response_ids: Sequence[int], *, eos_
 
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
+  """The smallest of `buckets` that is >= `n` (lengths in tokens). Raises ValueError
+  when `n` exceeds the largest bucket."""
   for b in sorted(buckets):
     if n <= b:
       return b
@@ -89,6 +94,8 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
 
 
 def default_buckets(max_len: int, smallest: int = 32) -> tuple[int, ...]:
+  """Powers of two `smallest`, 2*`smallest`, ... below `max_len`, then `max_len`
+  itself (just `(max_len,)` when `max_len <= smallest`)."""
   out, b = [], smallest
   while b < max_len:
     out.append(b)
@@ -153,12 +160,17 @@ class BatchIterator:
 
   @property
   def batches_per_epoch(self) -> int:
+    """Full batches per epoch, len(examples) // batch_size (at least 1;
+    the remainder of the epoch's order is not visited that epoch)."""
     return max(len(self.examples) // self.batch_size, 1)
 
   def get_state(self) -> dict:
+    """The iterator's position {epoch, index, seed} (saved with checkpoints)."""
     return {"epoch": int(self.epoch), "index": int(self.index), "seed": int(self.seed)}
 
   def set_state(self, state: dict):
+    """Resumes at a `get_state` position. Raises ValueError when the saved seed
+    differs from this iterator's (KeyError when epoch or index is missing)."""
     if state.get("seed", self.seed) != self.seed:
       raise ValueError(f"data seed changed since the checkpoint ({state['seed']} -> {self.seed})")
     self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -43,6 +43,8 @@ def gap_texts(pair: PreferencePair, template: str = "plain",
 
 @dataclasses.dataclass
 class GapExample:
+  """A pair's four token rows for r_gap, in `GAP_ROWS` order (wl, ww, ll, lw), and its
+  margin."""
   rows: tuple[batching.Example, ...]   # 4 examples in GAP_ROWS order
   margin: float = 0.0
 
@@ -50,6 +52,9 @@ class GapExample:
 def make_gap_example(pair: PreferencePair, tokenizer, *, template: str, prompt_format: str,
                      max_len: int, max_response_len: int,
                      stats: batching.TruncationStats | None = None) -> GapExample:
+  """The GapExample of one pair: the four `gap_texts` encoded by
+  `pit.data.encoding.example` (truncation counted in `stats`); raises ValueError on a bad
+  `template` (`pit_format.template`) or max_response_len (`batching.make_example`)."""
   kw = dict(max_len=max_len, max_response_len=max_response_len, stats=stats)
   rows = tuple(encoding.example(tokenizer, p, y, **kw)
                for p, y in gap_texts(pair, template, prompt_format))

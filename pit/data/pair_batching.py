@@ -24,6 +24,8 @@ from pit.data.pairs import PreferencePair
 
 @dataclasses.dataclass
 class PairExample:
+  """A pair's two token rows (chosen, rejected), its margin and, once precomputed, the
+  reference model's summed log-probs of each response (nats)."""
   chosen: batching.Example
   rejected: batching.Example
   margin: float = 0.0
@@ -33,6 +35,9 @@ class PairExample:
 def make_pair_example(pair: PreferencePair, tokenizer, *, prompt_format: str, max_len: int,
                       max_response_len: int,
                       stats: batching.TruncationStats | None = None) -> PairExample:
+  """The PairExample of one pair: `prompt_format` applied to the prompt, then
+  [prefix prompt chosen eos] and [prefix prompt rejected eos] by `pit.data.encoding.example`
+  (truncation counted in `stats`; no reference log-probs yet)."""
   prompt = prompt_format.format(prompt=pair.prompt)
   kw = dict(max_len=max_len, max_response_len=max_response_len, stats=stats)
   return PairExample(encoding.example(tokenizer, prompt, pair.chosen, **kw),

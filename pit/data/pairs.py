@@ -16,6 +16,8 @@ from pit.data import records
 
 @dataclasses.dataclass(frozen=True)
 class PreferencePair:
+  """One preference: a rendered prompt x, the chosen response y_w, the rejected response
+  y_l, an optional known quality gap `margin` and any source fields in `meta`."""
   prompt: str            # rendered prompt text (e.g. "\n\nHuman: ...\n\nAssistant:")
   chosen: str            # the better response y_w
   rejected: str          # the worse response y_l
@@ -23,6 +25,8 @@ class PreferencePair:
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> dict:
+    """The JSONL record of `read_pairs_jsonl`: prompt, chosen, rejected, margin when
+    non-zero, and the meta fields (those not clashing with the former)."""
     out = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
     if self.margin:
       out["margin"] = self.margin

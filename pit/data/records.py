@@ -20,20 +20,26 @@ def _reason(msg: str) -> str:
 
 
 class SkipReport:
+  """Bad records skipped under data.on_error='skip': counts by reason and the first 10
+  messages (each naming file, line and field)."""
   def __init__(self):
     self.counts = collections.Counter()
     self.examples: list[str] = []
 
   def add(self, msg: str, reason: str):
+    """Counts one skipped record under `reason`, keeping `msg` while fewer than 10 are
+    kept."""
     self.counts[reason] += 1
     if len(self.examples) < 10:
       self.examples.append(msg)
 
   @property
   def total(self) -> int:
+    """Number of records skipped, all reasons together."""
     return sum(self.counts.values())
 
   def as_dict(self) -> dict:
+    """JSON-ready {total, by_reason, examples} (what `merge` reads back)."""
     return {"total": self.total, "by_reason": dict(self.counts), "examples": list(self.examples)}
 
   def merge(self, other: "SkipReport | dict"):
@@ -52,6 +58,8 @@ class SkipReport:
     self.add(msg, reason or _reason(msg))
 
   def summary(self) -> str:
+    """One line for logs: the total, the counts by reason and up to 3 example
+    messages ("no records skipped" when there were none)."""
     if not self.total:
       return "no records skipped"
     return f"skipped {self.total} record(s): {dict(self.counts)}; e.g. {self.examples[:3]}"

@@ -11,7 +11,8 @@
   'synthetic'  the oracle task of `pit.data.synthetic`, seed data.seed:
                data.synthetic_train_size records for "train" (ift_examples,
                preference_pairs), data.synthetic_eval_size for eval-like splits
-               (held-out eval_prompts with gold responses, eval pairs).
+               (held-out eval_prompts with gold responses, eval pairs), of the task
+               variant data.synthetic_task ('sort', 'sort_long': `synthetic.TASKS`).
 
 Bad records (malformed JSON, missing/empty/non-string field, non-UTF-8 bytes)
 raise `records.DataError` naming file, line and field; with
@@ -40,6 +41,8 @@ class DataReport:
   truncation: batching.TruncationStats = dataclasses.field(default_factory=batching.TruncationStats)
 
   def as_dict(self) -> dict:
+    """The counts for a summary: records skipped (total, by reason, 3 examples) and
+    prompts/responses truncated."""
     return {"records_skipped": self.skips.total, "skipped_by_reason": dict(self.skips.counts),
             "skip_examples": list(self.skips.examples[:3]), **self.truncation.as_dict()}
 
@@ -54,6 +57,7 @@ class DataReport:
 
 
 def source_name(data_cfg) -> str:
+  """data.source ('' -> 'jsonl'); ValueError naming the known sources otherwise."""
   src = data_cfg.get("source", "jsonl") or "jsonl"
   if src not in SOURCES:
     raise ValueError(f"data.source: unknown source {src!r} (known: {', '.join(SOURCES)})")
@@ -106,10 +110,11 @@ def _synthetic_sft(data_cfg, split: str) -> list[dict]:
   """Train: `ift_examples`; eval: the gold responses to the held-out `eval_prompts`."""
   from pit.data import synthetic
   n, seed = _synthetic_n(data_cfg, split), int(data_cfg.get("seed", 0))
+  task = data_cfg.get("synthetic_task", "sort")
   if _is_eval(split):
     return [{"prompt": p, "response": synthetic.gold_response(p)}
-            for p in synthetic.eval_prompts(n, seed)]
-  return synthetic.ift_examples(n, seed)
+            for p in synthetic.eval_prompts(n, seed, task)]
+  return synthetic.ift_examples(n, seed, task)
 
 
 def _check(rec: Any, fields: tuple[str, ...], where: str, on_error: str,
@@ -207,7 +212,8 @@ def load_pairs(data_cfg, split: str = "train", *,
     else:
       from pit.data import synthetic
       raw = synthetic.preference_pairs(_synthetic_n(data_cfg, split), int(data_cfg.get("seed", 0)),
-                                       split="eval" if _is_eval(split) else "train")
+                                       split="eval" if _is_eval(split) else "train",
+                                       task=data_cfg.get("synthetic_task", "sort"))
       where = f"synthetic/{split}"
     out = []
     for i, p in enumerate(raw):

@@ -3,7 +3,12 @@
 Prompt: 4-7 distinct two-digit numbers (10..99), e.g. ``"sort: 42 17 19 88\\n"``
 (<= 28 bytes). Gold response: the numbers ascending, ``"17 19 42 88"`` (<= 20
 bytes). Responses of graded quality come from controlled corruption of the gold
-(`degrade`), at most `MAX_RESPONSE_BYTES` long.
+(`degrade`), at most `max_response_bytes(n)` long (gold + 12 bytes; 32 at 7 items).
+
+Task variants (`TASKS`, `data.synthetic_task`): "sort" (the above, the default)
+and "sort_long" (8-12 numbers, prompts <= 42 bytes, responses <= 47 bytes; 80 %
+of its preference pairs nested), the PIT preset's task: a small model's greedy
+answers to it leave room to improve. One oracle scores both.
 
 Oracle. A response is read as its digit runs (tokens, compared as strings with
 the prompt's items) and the non-digit runs between/around them. Error counts:
@@ -47,6 +52,7 @@ samples per prompt into oracle best-vs-worst pairs (on-policy DPO data).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -61,8 +67,10 @@ from pit.data.pairs import PreferencePair, best_vs_worst, write_pairs_jsonl
 from pit.data.records import DataError
 
 LO, HI = 10, 99                    # item range (two-digit numbers)
-MIN_ITEMS, MAX_ITEMS = 4, 7
-MAX_RESPONSE_BYTES = 32
+MIN_ITEMS, MAX_ITEMS = 4, 7        # the default task's list lengths ("sort")
+READ_MIN_ITEMS, READ_MAX_ITEMS = 4, 12   # what the oracle reads: every task's lengths
+RESPONSE_SLACK_BYTES = 12          # a response may be this much longer than the gold one
+MAX_RESPONSE_BYTES = 32            # = max_response_bytes(MAX_ITEMS)
 MAX_ERRORS = 8
 EVAL_MODULUS = 8                   # 1/8 of item sets are held out for evaluation
 PREFIX = "sort: "
@@ -86,17 +94,21 @@ _STREAM = {"pairs": 1, "ift": 2, "eft": 3, "eval": 4, "random": 5}
 # ----------------------------------------------------------------- prompts
 
 def is_eval_items(items: Sequence[str]) -> bool:
+  """True for a held-out item set: crc32 of the sorted items mod `EVAL_MODULUS`
+  is 0 (the order of `items` does not matter)."""
   key = ",".join(sorted(items, key=int)).encode()
   return zlib.crc32(key) % EVAL_MODULUS == 0
 
 
-def make_prompt(rng: np.random.Generator, split: str = "train") -> str:
-  """A prompt of 4-7 distinct numbers in random order; `split` 'train' or 'eval'
-  (disjoint item sets, see module doc) or 'any'."""
+def make_prompt(rng: np.random.Generator, split: str = "train", task: "str | Task" = "sort") -> str:
+  """A prompt of `task`'s number of distinct items (sort: 4-7, sort_long: 8-12)
+  in random order; `split` 'train' or 'eval' (disjoint item sets, see module
+  doc) or 'any'. ValueError on an unknown split or task."""
   if split not in ("train", "eval", "any"):
     raise ValueError(f"split must be 'train', 'eval' or 'any', got {split!r}")
+  t = get_task(task)
   while True:
-    k = int(rng.integers(MIN_ITEMS, MAX_ITEMS + 1))
+    k = int(rng.integers(t.min_items, t.max_items + 1))
     items = [str(x) for x in rng.choice(np.arange(LO, HI + 1), size=k, replace=False)]
     if split == "any" or is_eval_items(items) == (split == "eval"):
       return PREFIX + " ".join(items) + "\n"
@@ -108,12 +120,21 @@ def parse_prompt(prompt: str) -> list[str]:
   if not m:
     raise ValueError(f"not a synthetic sort prompt: {prompt!r}")
   items = m.group(1).split(" ")
-  if len(set(items)) != len(items) or not MIN_ITEMS <= len(items) <= MAX_ITEMS:
-    raise ValueError(f"sort prompt needs {MIN_ITEMS}-{MAX_ITEMS} distinct numbers: {prompt!r}")
+  if len(set(items)) != len(items) or not READ_MIN_ITEMS <= len(items) <= READ_MAX_ITEMS:
+    raise ValueError(f"sort prompt needs {READ_MIN_ITEMS}-{READ_MAX_ITEMS} distinct numbers: "
+                     f"{prompt!r}")
   return items
 
 
+def max_response_bytes(n_items: int) -> int:
+  """The longest response `degrade` writes for an n-item prompt: the gold
+  response (3n - 1 bytes) plus `RESPONSE_SLACK_BYTES` (32 at 7 items, 47 at 12)."""
+  return 3 * n_items - 1 + RESPONSE_SLACK_BYTES
+
+
 def gold_response(prompt: str) -> str:
+  """The prompt's numbers ascending, single-space separated (oracle score 1);
+  ValueError if `prompt` is not a sort prompt."""
   return " ".join(sorted(parse_prompt(prompt), key=int))
 
 
@@ -174,6 +195,8 @@ def oracle_score(prompt: str, response: str) -> float:
 
 
 def oracle_scores(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+  """`oracle_score` of each (prompt, response): float32 [N] in [0, 1]; ValueError
+  when the lengths differ or a prompt is not a sort prompt."""
   if len(prompts) != len(responses):
     raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
   return np.asarray([oracle_score(p, r) for p, r in zip(prompts, responses)], np.float32)
@@ -261,7 +284,7 @@ def _apply(rng, items: list[str], text: str, kind: str) -> str | None:
   else:
     raise ValueError(f"unknown error kind {kind!r} (known: {ERROR_KINDS})")
   out = r.render()
-  return out if len(out.encode()) <= MAX_RESPONSE_BYTES else None
+  return out if len(out.encode()) <= max_response_bytes(len(items)) else None
 
 
 def degrade_chain(rng: np.random.Generator, prompt: str, n_errors: int) -> list[str]:
@@ -298,11 +321,12 @@ def degrade(rng: np.random.Generator, prompt: str, n_errors: int) -> str:
   return degrade_chain(rng, prompt, n_errors)[-1]
 
 
-def random_response(rng: np.random.Generator) -> str:
-  """The random baseline's response: 4-7 (uniform) numbers drawn uniformly with
-  replacement from 10..99, single-space separated -- well-formed but ignorant of
-  the prompt."""
-  k = int(rng.integers(MIN_ITEMS, MAX_ITEMS + 1))
+def random_response(rng: np.random.Generator, task: "str | Task" = "sort") -> str:
+  """The random baseline's response: as many numbers as `task`'s prompts hold
+  (uniform; sort 4-7), drawn uniformly with replacement from 10..99, single-space
+  separated -- well-formed but ignorant of the prompt."""
+  t = get_task(task)
+  k = int(rng.integers(t.min_items, t.max_items + 1))
   return " ".join(str(int(x)) for x in rng.integers(LO, HI + 1, size=k))
 
 
@@ -313,40 +337,92 @@ def echo_response(prompt: str) -> str:
 
 # ----------------------------------------------------------------- datasets
 
-def _rng(kind: str, seed: int) -> np.random.Generator:
-  return np.random.default_rng([int(seed), _STREAM[kind]])
+def _rng(kind: str, seed: int, task: "str | Task" = "sort") -> np.random.Generator:
+  t = get_task(task)
+  key = [int(seed), _STREAM[kind]] + ([] if t.name == "sort" else [t.stream])
+  return np.random.default_rng(key)
 
 
-# Preference pair mix: errors of the chosen response, and the extra errors of
-# the rejected one (the quality gap), with their probabilities.
+# Preference pair mix of the default task: errors of the chosen response, and the
+# extra errors of the rejected one (the quality gap), with their probabilities.
 CHOSEN_ERRORS = ((0, 1, 2, 3), (0.3, 0.3, 0.25, 0.15))
 GAP_ERRORS = ((1, 2, 3, 4), (0.4, 0.3, 0.2, 0.1))
 NESTED_FRACTION = 0.6
 
 
-def preference_pairs(n: int, seed: int, split: str = "train") -> list[PreferencePair]:
-  """n pairs, chosen strictly better by the oracle, margin = score gap.
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A variant of the sort task: its prompts' list lengths and its preference
+  pairs' error mix. The oracle is the same for every task (it reads any list of
+  `READ_MIN_ITEMS`..`READ_MAX_ITEMS` items).
 
-  Chosen has k in {0,1,2,3} errors (30/30/25/15%), so it is often imperfect;
-  the rejected one k+g, g in {1,2,3,4} (40/30/20/10%). 60% are nested (the
-  rejected response is the chosen one with g more errors, so chosen is a fix
-  of rejected), 40% independent corruptions (relabelled by the oracle if the
-  response with more errors scores higher; redrawn on a tie).
+  min_items, max_items  list length of a prompt, drawn uniformly
+  chosen_errors         (error counts, probabilities) of a pair's chosen response
+  gap_errors            (extra errors, probabilities) of the rejected response
+  nested_fraction       share of pairs whose rejected response is the chosen one
+                        with more errors (so chosen is a fix of rejected)
+  stream                keeps the task's random streams apart from the others'
   """
-  rng = _rng("pairs", seed) if split == "train" else _rng("eval", seed + 7919)
+  name: str
+  min_items: int
+  max_items: int
+  chosen_errors: tuple
+  gap_errors: tuple
+  nested_fraction: float
+  stream: int
+  description: str
+
+
+TASKS = {t.name: t for t in (
+    Task("sort", MIN_ITEMS, MAX_ITEMS, CHOSEN_ERRORS, GAP_ERRORS, NESTED_FRACTION, 0,
+         "4-7 numbers; M_P's greedy answers are nearly gold (0.94), little room to improve"),
+    # Longer lists: a 4-layer byte model trained for minutes no longer sorts them
+    # right in one pass, and y_w is usually a fix of y_l (80 % nested pairs), so a
+    # reference answer gives M_PIT the list nearly in order and errors to fix.
+    Task("sort_long", 8, 12, ((0, 1, 2, 3, 4), (0.2, 0.25, 0.25, 0.15, 0.15)),
+         ((1, 2, 3, 4), (0.4, 0.3, 0.2, 0.1)), 0.8, 1,
+         "8-12 numbers; room to improve on M_P's greedy answers (PIT's synthetic preset)"),
+)}
+
+
+def get_task(task: "str | Task") -> Task:
+  """The `Task` named `task` (a Task passes through); ValueError names the known ones."""
+  if isinstance(task, Task):
+    return task
+  if task not in TASKS:
+    raise ValueError(f"unknown synthetic task {task!r} (known: {', '.join(TASKS)})")
+  return TASKS[task]
+
+
+def preference_pairs(n: int, seed: int, split: str = "train",
+                     task: "str | Task" = "sort") -> list[PreferencePair]:
+  """n pairs of `task`'s prompts, chosen strictly better by the oracle, margin =
+  score gap in [0, 1].
+
+  The default task ("sort"): chosen has k in {0,1,2,3} errors (30/30/25/15%), so
+  it is often imperfect; the rejected one k+g, g in {1,2,3,4} (40/30/20/10%). 60%
+  are nested (the rejected response is the chosen one with g more errors, so
+  chosen is a fix of rejected), 40% independent corruptions (relabelled by the
+  oracle if the response with more errors scores higher; redrawn on a tie or
+  when the two differ only in surrounding whitespace, which `pairs.pair_error`
+  rejects).
+  Other tasks set their own mix (`Task`). ValueError on an unknown task.
+  """
+  t = get_task(task)
+  rng = _rng("pairs", seed, t) if split == "train" else _rng("eval", seed + 7919, t)
   out = []
   while len(out) < n:
-    prompt = make_prompt(rng, split)
-    kw = int(rng.choice(CHOSEN_ERRORS[0], p=CHOSEN_ERRORS[1]))
-    kl = kw + int(rng.choice(GAP_ERRORS[0], p=GAP_ERRORS[1]))
-    nested = bool(rng.random() < NESTED_FRACTION)
+    prompt = make_prompt(rng, split, t)
+    kw = int(rng.choice(t.chosen_errors[0], p=t.chosen_errors[1]))
+    kl = kw + int(rng.choice(t.gap_errors[0], p=t.gap_errors[1]))
+    nested = bool(rng.random() < t.nested_fraction)
     if nested:
       chain = degrade_chain(rng, prompt, kl)
       w, l = chain[kw], chain[kl]
     else:
       w, l = degrade(rng, prompt, kw), degrade(rng, prompt, kl)
     sw, sl = oracle_score(prompt, w), oracle_score(prompt, l)
-    if sw == sl:
+    if sw == sl or w.strip() == l.strip():   # a tie, or texts a reader takes as the same
       continue
     if sw < sl:
       w, l, sw, sl, kw, kl = l, w, sl, sw, kl, kw
@@ -356,12 +432,12 @@ def preference_pairs(n: int, seed: int, split: str = "train") -> list[Preference
   return out
 
 
-def ift_examples(n: int, seed: int) -> list[dict]:
+def ift_examples(n: int, seed: int, task: "str | Task" = "sort") -> list[dict]:
   """Instruction fine-tuning data: {"prompt", "response": gold} on train prompts."""
-  rng = _rng("ift", seed)
+  rng = _rng("ift", seed, task)
   out = []
   for _ in range(n):
-    p = make_prompt(rng)
+    p = make_prompt(rng, "train", task)
     out.append({"prompt": p, "response": gold_response(p)})
   return out
 
@@ -381,16 +457,16 @@ def justification(prompt: str, response: str, compact: bool = True) -> str:
   return f"{why}\nScore: {k}"
 
 
-def eft_examples(n: int, seed: int, compact: bool = True) -> list[dict]:
+def eft_examples(n: int, seed: int, compact: bool = True, task: "str | Task" = "sort") -> list[dict]:
   """Evaluation fine-tuning data: judge prompt over (train prompt, response of
   0..6 errors uniformly, or 10% random responses) -> justification + "Score: k".
   Each record also carries "points" (= k) and "oracle" (the oracle score)."""
-  rng = _rng("eft", seed)
+  rng = _rng("eft", seed, task)
   out = []
   for _ in range(n):
-    p = make_prompt(rng)
+    p = make_prompt(rng, "train", task)
     if rng.random() < 0.1:
-      r = random_response(rng)
+      r = random_response(rng, task)
     else:
       r = degrade(rng, p, int(rng.integers(0, 7)))
     out.append({"prompt": judge.render_judge_prompt(p, r, compact=compact),
@@ -399,12 +475,12 @@ def eft_examples(n: int, seed: int, compact: bool = True) -> list[dict]:
   return out
 
 
-def eval_prompts(n: int, seed: int) -> list[str]:
-  """n distinct held-out prompts (distinct item sets, never a training set)."""
-  rng = _rng("eval", seed)
+def eval_prompts(n: int, seed: int, task: "str | Task" = "sort") -> list[str]:
+  """n distinct held-out prompts of `task` (distinct item sets, never a training set)."""
+  rng = _rng("eval", seed, task)
   out, seen = [], set()
   while len(out) < n:
-    p = make_prompt(rng, "eval")
+    p = make_prompt(rng, "eval", task)
     key = frozenset(parse_prompt(p))
     if key not in seen:
       seen.add(key)
@@ -412,11 +488,11 @@ def eval_prompts(n: int, seed: int) -> list[str]:
   return out
 
 
-def random_baseline_score(n: int, seed: int) -> float:
-  """Mean oracle score of `random_response`s on `eval_prompts(n, seed)`."""
-  rng = _rng("random", seed)
-  prompts = eval_prompts(n, seed)
-  return float(oracle_scores(prompts, [random_response(rng) for _ in prompts]).mean())
+def random_baseline_score(n: int, seed: int, task: "str | Task" = "sort") -> float:
+  """Mean oracle score of `random_response`s on `eval_prompts(n, seed, task)`."""
+  rng = _rng("random", seed, task)
+  prompts = eval_prompts(n, seed, task)
+  return float(oracle_scores(prompts, [random_response(rng, task) for _ in prompts]).mean())
 
 
 def echo_baseline_score(prompts: Sequence[str]) -> float:
@@ -430,7 +506,10 @@ FILES = ("pairs_train", "pairs_eval", "ift", "eft", "prompts_eval", "sft_chosen"
 
 
 def write_files(out_dir: str, n_train: int, n_eval: int, seed: int,
-                files: Sequence[str] = FILES) -> dict[str, str]:
+                files: Sequence[str] = FILES, task: "str | Task" = "sort") -> dict[str, str]:
+  """Write `files` (names from `FILES`) of `task` as DIR/<name>.jsonl; returns
+  {name: path}. ValueError on an unknown file name or task."""
+  get_task(task)
   unknown = sorted(set(files) - set(FILES))
   if unknown:
     raise ValueError(f"unknown file(s) {unknown} (known: {FILES})")
@@ -439,17 +518,17 @@ def write_files(out_dir: str, n_train: int, n_eval: int, seed: int,
   for name in files:
     path = paths[name] = os.path.join(out_dir, f"{name}.jsonl")
     if name == "pairs_train":
-      write_pairs_jsonl(path, preference_pairs(n_train, seed))
+      write_pairs_jsonl(path, preference_pairs(n_train, seed, task=task))
     elif name == "sft_chosen":   # SFT data of the usual RLHF recipe: x -> y_w of pairs_train
       with open(path, "w") as f:
-        for q in preference_pairs(n_train, seed):
+        for q in preference_pairs(n_train, seed, task=task):
           f.write(json.dumps({"prompt": q.prompt, "response": q.chosen}) + "\n")
     elif name == "pairs_eval":
-      write_pairs_jsonl(path, preference_pairs(n_eval, seed, split="eval"))
+      write_pairs_jsonl(path, preference_pairs(n_eval, seed, split="eval", task=task))
     else:
-      recs = (ift_examples(n_train, seed) if name == "ift" else
-              eft_examples(n_train, seed) if name == "eft" else
-              [{"prompt": p} for p in eval_prompts(n_eval, seed)])
+      recs = (ift_examples(n_train, seed, task) if name == "ift" else
+              eft_examples(n_train, seed, task=task) if name == "eft" else
+              [{"prompt": p} for p in eval_prompts(n_eval, seed, task)])
       with open(path, "w") as f:
         for r in recs:
           f.write(json.dumps(r) + "\n")
@@ -483,13 +562,17 @@ def read_generations(path: str) -> tuple[list[str], list[str]]:
   return prompts, responses
 
 
-def score_summary(prompts: Sequence[str], responses: Sequence[str], seed: int = 0) -> dict:
+def score_summary(prompts: Sequence[str], responses: Sequence[str], seed: int = 0,
+                  task: "str | Task" = "sort") -> dict:
+  """n, oracle mean/std (in [0, 1]), exact-match rate, mean judge points (0..5),
+  the echo baseline on the same prompts and the random baseline (`seed`) on
+  `task`'s held-out prompts."""
   s = oracle_scores(prompts, responses)
   pts = [judge_points(p, r) for p, r in zip(prompts, responses)]
   return {"n": len(s), "oracle_mean": float(s.mean()), "oracle_std": float(s.std()),
           "exact_match": float(np.mean([r == gold_response(p) for p, r in zip(prompts, responses)])),
           "judge_points_mean": float(np.mean(pts)),
-          "random_baseline": random_baseline_score(len(s), seed),
+          "random_baseline": random_baseline_score(len(s), seed, task),
           "echo_baseline": echo_baseline_score(prompts)}
 
 
@@ -519,6 +602,8 @@ def oracle_pairs(prompts: Sequence[str], responses: Sequence[str],
 
 
 def main(argv=None):
+  """The CLI (module doc): write data files, `score`, or `pairs`; returns the
+  exit status (2 on a bad or unreadable generations file)."""
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "pairs":
     ap = argparse.ArgumentParser(
@@ -543,9 +628,11 @@ def main(argv=None):
                                  description="Mean oracle score of a generations.jsonl.")
     ap.add_argument("--generations", required=True)
     ap.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    ap.add_argument("--task", default="sort", choices=list(TASKS),
+                    help="task of the random baseline's prompts")
     a = ap.parse_args(argv[1:])
     try:
-      summary = score_summary(*read_generations(a.generations), seed=a.seed)
+      summary = score_summary(*read_generations(a.generations), seed=a.seed, task=a.task)
     except (OSError, DataError) as e:
       sys.stderr.write(f"error: {e}\n")
       return 2
@@ -562,9 +649,10 @@ def main(argv=None):
   ap.add_argument("--n_eval", type=int, default=500)
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--files", default=",".join(FILES), help=f"comma list of {FILES}")
+  ap.add_argument("--task", default="sort", choices=list(TASKS), help="task variant")
   a = ap.parse_args(argv)
   paths = write_files(a.out_dir, a.n_train, a.n_eval, a.seed,
-                      [f for f in a.files.split(",") if f])
+                      [f for f in a.files.split(",") if f], task=a.task)
   for name, path in paths.items():
     print(f"{name}: {path}")
   return 0

@@ -42,16 +42,25 @@ _ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "sys
 
 
 class Tokenizer(Protocol):
+  """What every tokenizer kind provides (see the module docstring for the conventions):
+  vocabulary size, pad / bos / eos ids and the ids a sequence starts with."""
   vocab_size: int
   pad_id: int
   bos_id: int
   eos_id: int
   sequence_prefix: list[int]
 
-  def encode(self, text: str) -> list[int]: ...
-  def encode_prompt_parts(self, text: str) -> tuple[list[int], list[int]]: ...
-  def decode(self, ids: Sequence[int]) -> str: ...
-  def render_chat(self, turns: Sequence[Turn], add_generation_prompt: bool = True) -> str: ...
+  def encode(self, text: str) -> list[int]:
+    """The ids of `text`, no special tokens added."""
+
+  def encode_prompt_parts(self, text: str) -> tuple[list[int], list[int]]:
+    """(prefix, body): the ids a prompt's sequence starts with and the prompt's ids."""
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of the ids before the first eos, pad / bos / other specials dropped."""
+
+  def render_chat(self, turns: Sequence[Turn], add_generation_prompt: bool = True) -> str:
+    """[(role, text), ...] as one prompt string (the chat template, else `PLAIN_CHAT`)."""
 
 
 def _role(role: str) -> str:
@@ -100,15 +109,20 @@ class ByteTokenizer:
     self.sequence_prefix = [self.bos_id]
 
   def encode(self, text: str) -> list[int]:
+    """UTF-8 bytes of `text` as ids 0..255 (no special tokens)."""
     return list(text.encode("utf-8"))
 
   def encode_prompt_parts(self, text: str) -> tuple[list[int], list[int]]:
+    """([bos], the prompt's byte ids)."""
     return list(self.sequence_prefix), self.encode(text)
 
   def decode(self, ids: Sequence[int]) -> str:
+    """Text of the bytes before the first eos; pad / bos / ids >= 256 dropped,
+    invalid UTF-8 replaced (U+FFFD)."""
     return bytes(content_ids(ids, self.eos_id, (), 256)).decode("utf-8", errors="replace")
 
   def render_chat(self, turns: Sequence[Turn], add_generation_prompt: bool = True) -> str:
+    """`render_plain_chat(turns, add_generation_prompt)`."""
     return render_plain_chat(turns, add_generation_prompt)
 
 
@@ -174,15 +188,20 @@ class SentencePieceTokenizer:
     self.sequence_prefix = [self.bos_id]
 
   def encode(self, text: str) -> list[int]:
+    """The SentencePiece ids of `text` (no bos / eos)."""
     return list(self.sp.encode(text, out_type=int))
 
   def encode_prompt_parts(self, text: str) -> tuple[list[int], list[int]]:
+    """([bos], the prompt's ids)."""
     return list(self.sequence_prefix), self.encode(text)
 
   def decode(self, ids: Sequence[int]) -> str:
+    """Text of the ids before the first eos, pad / bos and ids outside the vocabulary
+    dropped."""
     return self.sp.decode(content_ids(ids, self.eos_id, self._drop, self.vocab_size))
 
   def render_chat(self, turns: Sequence[Turn], add_generation_prompt: bool = True) -> str:
+    """`render_plain_chat(turns, add_generation_prompt)`."""
     return render_plain_chat(turns, add_generation_prompt)
 
 
@@ -229,9 +248,13 @@ class HFTokenizer:
         reverse=True)
 
   def encode(self, text: str) -> list[int]:
+    """The tokenizer's ids of `text` without special tokens."""
     return list(self.tok.encode(text, add_special_tokens=False))
 
   def encode_prompt_parts(self, text: str) -> tuple[list[int], list[int]]:
+    """(prefix, body). Text beginning with a special token (a chat template's output) is
+    encoded as written and its leading bos, if any, is the prefix; other text gets
+    `sequence_prefix` and its ids without special tokens."""
     if any(text.startswith(s) for s in self._special_texts if s):   # a chat template's output
       ids = self.encode(text)
       bos = self.tok.bos_token_id
@@ -240,9 +263,14 @@ class HFTokenizer:
     return list(self.sequence_prefix), self.encode(text)
 
   def decode(self, ids: Sequence[int]) -> str:
-    return self.tok.decode(content_ids(ids, self.eos_id, self._special), skip_special_tokens=True)
+    """Text of the ids before the first eos, special tokens and ids outside the
+    tokenizer (a model's padded vocabulary rows) dropped."""
+    return self.tok.decode(content_ids(ids, self.eos_id, self._special, len(self.tok)),
+                           skip_special_tokens=True)
 
   def render_chat(self, turns: Sequence[Turn], add_generation_prompt: bool = True) -> str:
+    """The directory's chat template applied to `turns` (roles normalised; ValueError on
+    an unknown role), else `render_plain_chat`."""
     if not self.tok.chat_template:
       return render_plain_chat(turns, add_generation_prompt)
     msgs = [{"role": _role(r), "content": text} for r, text in turns]
@@ -263,6 +291,9 @@ def _special_prefix(tok) -> list[int]:
 
 
 def make_tokenizer(cfg) -> Tokenizer:
+  """The tokenizer of a config's `tokenizer` section (kind 'byte', 'sentencepiece' or
+  'hf'; `path` for the latter two). Raises ValueError on an unknown kind (and the
+  tokenizer's own ValueError / FileNotFoundError on a missing path)."""
   kind = cfg.get("kind", "byte")
   if kind == "byte":
     return ByteTokenizer()
@@ -275,6 +306,8 @@ def make_tokenizer(cfg) -> Tokenizer:
 
 
 def main():
+  """Command line: trains a SentencePiece model (`train_sentencepiece`) and prints the
+  .model path."""
   ap = argparse.ArgumentParser(description="Train a SentencePiece model (deterministic).")
   ap.add_argument("--input", required=True, help="text file, one sentence per line")
   ap.add_argument("--vocab_size", type=int, required=True)

@@ -16,6 +16,8 @@ def _word(rng, lo=3, hi=8):
 
 
 def make_record(rng: random.Random) -> dict:
+  """One {"prompt", "response"} record of a task drawn from `rng`: reverse, upper,
+  sort (digits), add (two numbers 0..99) or repeat."""
   task = rng.choice(["reverse", "upper", "sort", "add", "repeat"])
   if task == "reverse":
     w = _word(rng)
@@ -35,17 +37,20 @@ def make_record(rng: random.Random) -> dict:
 
 
 def make_records(n: int, seed: int = 0) -> list[dict]:
+  """`n` records from `random.Random(seed)` (the same seed gives the same records)."""
   rng = random.Random(seed)
   return [make_record(rng) for _ in range(n)]
 
 
 def write_jsonl(path: str, records) -> None:
+  """Writes `records` to `path`, one JSON object per line (not atomic)."""
   with open(path, "w") as f:
     for r in records:
       f.write(json.dumps(r) + "\n")
 
 
 def main():
+  """Command line: writes `--n` records (seed `--seed`) to `--out`."""
   ap = argparse.ArgumentParser()
   ap.add_argument("--out", required=True)
   ap.add_argument("--n", type=int, default=3000)

@@ -22,12 +22,15 @@ FIELDS = ("instruction", "output", "generator", "dataset")
 
 @dataclasses.dataclass(frozen=True)
 class AlpacaRecord:
+  """One AlpacaEval model output: the instruction, the system's output, the generator
+  (system) name and the dataset name."""
   instruction: str
   output: str
   generator: str
   dataset: str
 
   def to_json(self) -> dict:
+    """The record as a dict of its four fields."""
     return dataclasses.asdict(self)
 
 

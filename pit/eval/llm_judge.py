@@ -45,6 +45,10 @@ PAIRWISE_TEMPLATE = (
 
 
 class LMJudge:
+  """An LM prompted as a judge: `pairwise` (a PairJudge from the log-probs of the two
+  choices) and `pointwise` (a Scorer, the 0-5 additive score of a greedy judgement); see the
+  module docstring. Raises ValueError for a model whose head is not 'lm'. `batch_size` is
+  rounded up to a multiple of the mesh's data-parallel size."""
   def __init__(self, mdef: ModelDef, params, tokenizer, mesh, rules=shd.DEFAULT_RULES, *,
                chat: bool = True, batch_size: int = 16, choices: tuple[str, str] = (" A", " B"),
                template: str = PAIRWISE_TEMPLATE, tie_margin: float = 0.0,
@@ -79,9 +83,13 @@ class LMJudge:
 
   # ------------------------------------------------------------------ prompts
   def render(self, text: str) -> str:
+    """`text` as one user turn of the tokenizer's chat template (`chat=True`), else
+    unchanged."""
     return self.tok.render_chat([("user", text)]) if self.chat else text
 
   def pairwise_prompt(self, instruction: str, first: str, second: str) -> str:
+    """The rendered pairwise prompt: `template` filled with the instruction and the two
+    responses (first shown as A)."""
     return self.render(self.template.format(instruction=instruction, first=first, second=second))
 
   def _ids(self, text: str) -> list[int]:

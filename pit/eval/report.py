@@ -17,6 +17,7 @@ from pit.eval.winrate import WinRateResult
 
 
 def format_cell(r: WinRateResult | None, digits: int = 2) -> str:
+  """"win/lose/Δ" of a result in % (`digits` decimals); "-" for None."""
   if r is None:
     return "-"
   return f"{r.win:.{digits}f}/{r.lose:.{digits}f}/{r.delta:.{digits}f}"
@@ -123,6 +124,7 @@ def write_report(out_dir: str, *, title: str, table_md: str | None = None,
 
 
 def finite_or_dash(x: float, digits: int = 3) -> str:
+  """`x` with `digits` decimals, or "-" when it is None or not finite."""
   return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 

@@ -33,6 +33,8 @@ import numpy as np
 
 @dataclasses.dataclass
 class AgreementResult:
+  """The agreement metrics of `agreement` (see the module docstring): percentages in
+  [0, 100], correlations in [-1, 1] (NaN where undefined) and the counts behind them."""
   pairwise_accuracy: float   # %
   best5: float               # %
   exact_match: float         # %
@@ -47,6 +49,7 @@ class AgreementResult:
   skipped_groups: int
 
   def as_dict(self) -> dict:
+    """JSON-ready fields."""
     return dataclasses.asdict(self)
 
 

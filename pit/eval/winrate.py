@@ -60,6 +60,9 @@ class ScorerJudge:
     self.scorer, self.references, self.tol = scorer, references, float(tol)
 
   def scores(self, prompts, responses_first, responses_second):
+    """(scores of responses_first, scores of responses_second), float64 [n] each, from one
+    scorer call on the 2n responses. Raises ValueError when the references or the scorer's
+    output do not match n."""
     n = len(prompts)
     refs = None if self.references is None else list(self.references)
     if refs is not None and len(refs) != n:
@@ -77,6 +80,9 @@ class ScorerJudge:
 
 @dataclasses.dataclass
 class WinRateResult:
+  """A vs B over n prompts judged in both orders: counts, percentages of the n
+  prompts (win / lose / tie / consistency in [0, 100]; delta = win - lose in percentage
+  points, in [-100, 100]) and one record per prompt."""
   name_a: str
   name_b: str
   n: int
@@ -91,6 +97,7 @@ class WinRateResult:
   records: list[dict]
 
   def summary(self) -> dict:
+    """JSON-ready fields without the per-prompt records."""
     d = dataclasses.asdict(self)
     d.pop("records")
     return d
@@ -109,6 +116,9 @@ def combine_orders(pref_a_first, pref_b_first) -> np.ndarray:
 
 def summarize(outcome, pref_a_first, pref_b_first, *, name_a="A", name_b="B",
               prompts=None, responses_a=None, responses_b=None) -> WinRateResult:
+  """The WinRateResult of per-prompt outcomes (+1 win, -1 lose, 0 tie for A) and the two
+  orders' judgements; records carry the texts when `prompts` (and both responses) are given.
+  Raises ValueError for zero prompts."""
   outcome = np.asarray(outcome)
   n = int(outcome.size)
   if n == 0:

@@ -18,6 +18,8 @@ from pit.params import ModelDef, model_def
 
 @dataclasses.dataclass
 class Runtime:
+  """What every pipeline sets up first: the device mesh, the logical-axis rules, the
+  tokenizer and the model definition."""
   mesh: jax.sharding.Mesh
   rules: tuple
   tokenizer: Tokenizer
@@ -25,6 +27,10 @@ class Runtime:
 
 
 def setup(config, **model_overrides) -> Runtime:
+  """The Runtime of `config` (jax.distributed initialised when configured; mesh and rules
+  from config.mesh, tokenizer from config.tokenizer, model from config.model with
+  `model_overrides` applied). Raises ValueError when model.vocab_size is smaller than the
+  tokenizer's vocabulary (and on a bad model, mesh or tokenizer setting)."""
   shd.maybe_initialize_distributed(config.get("distributed", None))
   mesh = shd.mesh_from_config(config.mesh)
   rules = shd.rules_from_config(config.mesh)
@@ -65,6 +71,8 @@ def train_summary(result, **fields) -> dict:
 
 
 def buckets(config) -> tuple[int, ...]:
+  """The batch length buckets: data.buckets, else powers of two from 32 up to data.max_len
+  (`batching.default_buckets`)."""
   return tuple(config.data.buckets) or batching.default_buckets(int(config.data.max_len))
 
 
@@ -102,6 +110,9 @@ def load_sft_examples(path: str, config, tokenizer, stats=None, *, split: str = 
 
 
 def split_eval(examples, fraction: float, seed: int):
+  """(train, eval): a random `fraction` of `examples` (at least one, chosen by `seed`) held
+  out, both in their original order; (examples, []) when fraction <= 0 or there are fewer
+  than 20 examples."""
   if fraction <= 0 or len(examples) < 20:
     return examples, []
   order = np.random.default_rng(seed).permutation(len(examples))

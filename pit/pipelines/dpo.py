@@ -55,10 +55,12 @@ def precompute_reference(rt, ref_params, examples, config) -> None:
 
 def oracle_eval(rt, params, config, sampler: Sampler) -> dict:
   """Mean oracle score of greedy and of sampled (temperature 1) responses to
-  `dpo.oracle_eval_prompts` held-out prompts of the synthetic task."""
+  `dpo.oracle_eval_prompts` held-out prompts of the synthetic task
+  (`data.synthetic_task`), each in [0, 1]."""
   from pit.data import synthetic
   dcfg = config.dpo
-  prompts = synthetic.eval_prompts(int(dcfg.oracle_eval_prompts), int(config.data.seed))
+  prompts = synthetic.eval_prompts(int(dcfg.oracle_eval_prompts), int(config.data.seed),
+                                   config.data.get("synthetic_task", "sort"))
   tok = rt.tokenizer
   ids = encoding.prompts_ids(tok, [config.data.prompt_format.format(prompt=p) for p in prompts])
   out = {}
@@ -71,6 +73,9 @@ def oracle_eval(rt, params, config, sampler: Sampler) -> dict:
 
 
 def run(config, workdir: str):
+  """`pipeline=dpo` (see the module docstring): trains the policy and returns the summary
+  written to WORKDIR/dpo_summary.json. Raises ValueError on a bad dpo section (reference
+  mode, loss, beta, label_smoothing, nll_coef) or a model whose head is not 'lm'."""
   dcfg = config.dpo
   if dcfg.reference not in REFERENCE_MODES:
     raise ValueError(f"dpo.reference: {dcfg.reference!r} not in {REFERENCE_MODES}")

@@ -44,11 +44,33 @@ def make_eval_fn(rt, examples, config):
       out = np.asarray(jax.device_get(rewards(state.params, shd.put_batch(b, rt.mesh, rt.rules))))
       r[idx] = out[:len(idx)]
     m = losses.gap_reward_metrics(jnp.asarray(r), jnp.ones(len(examples), jnp.float32))
-    return {k: float(v) for k, v in m.items()}
+    return {**{k: float(v) for k, v in m.items()}, **accuracy_standard_errors(r)}
   return eval_fn
 
 
+def accuracy_standard_errors(r_N4) -> dict:
+  """Standard errors of the held-out accuracies of `losses.gap_reward_metrics`, the pair
+  as the unit: for each pair its ordering accuracy (share of the 4 inequalities that hold,
+  in {0, 1/4, ..., 1}), gap (r_wl > r_lw) and all-orderings indicators; s.e. = sample
+  standard deviation (ddof 1) / sqrt(n). r_N4: [n, 4] rewards in GAP_ROWS order (wl, ww,
+  ll, lw). Returns {ordering,gap,all_orderings}_accuracy_se and eval_pairs (n); s.e. NaN
+  for n < 2."""
+  r = np.asarray(r_N4, np.float64)
+  wl, ww, ll, lw = r[:, 0], r[:, 1], r[:, 2], r[:, 3]
+  holds = np.stack([wl > ww, wl > ll, ww > lw, ll > lw], axis=1).astype(np.float64)
+  per_pair = {"ordering_accuracy": holds.mean(axis=1), "gap_accuracy": (wl > lw).astype(np.float64),
+              "all_orderings_accuracy": holds.min(axis=1)}
+  n = len(r)
+  out = {f"{k}_se": float(v.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+         for k, v in per_pair.items()}
+  out["eval_pairs"] = n
+  return out
+
+
 def run(config, workdir: str):
+  """`pipeline=gap_reward` (see the module docstring): trains r_gap and returns the summary
+  written to WORKDIR/gap_reward_summary.json. Raises ValueError when model.head is not
+  'scalar' or gap_reward.template is bad."""
   rt = common.setup(config)
   gcfg = config.gap_reward
   if rt.mdef.cfg.head != "scalar":

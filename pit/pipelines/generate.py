@@ -17,6 +17,8 @@ from pit.pipelines import common
 
 
 def load_prompts(gcfg) -> list[str]:
+  """generate.prompts followed by the "prompt" field of each record of
+  generate.prompts_path. Raises ValueError when there are none (DataError on a bad line)."""
   prompts = [str(p) for p in gcfg.prompts]
   if gcfg.prompts_path:
     prompts += [r["prompt"] for r in records.read_jsonl(gcfg.prompts_path, ("prompt",))]
@@ -26,6 +28,11 @@ def load_prompts(gcfg) -> list[str]:
 
 
 def run(config, workdir: str):
+  """`pipeline=generate`: samples `generate.num_samples` responses per prompt from the policy
+  in generate.checkpoint_dir (default: the workdir), writes them prompt-major to
+  WORKDIR/<generate.output> (JSONL with sample index, token count, summed log-prob in
+  nats and checkpoint step) and returns those rows. Raises ValueError when num_samples < 1,
+  or num_samples > 1 at temperature 0."""
   rt = common.setup(config)
   gcfg = config.generate
   model = roles.load("policy", gcfg.checkpoint_dir or workdir, mesh=rt.mesh, rules=rt.rules,

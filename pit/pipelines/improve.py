@@ -50,7 +50,7 @@ def load_inputs(config, rt, samplers=None) -> tuple[list[str], list[str]]:
       recs = alpaca_eval.read_outputs(path)
       prompts, responses = [r.instruction for r in recs], [r.output for r in recs]
     else:
-      recs = records.read_jsonl(path, ("prompt", "response"))
+      recs = list(records.read_jsonl(path, ("prompt", "response")))
       prompts, responses = [str(r["prompt"]) for r in recs], [str(r["response"]) for r in recs]
   elif icfg.initial_checkpoint_dir:
     prompts = sources.load_prompts(config.data, icfg.split)
@@ -102,6 +102,9 @@ def _rows(method, res, prompts, t, T):
 
 
 def run(config, workdir: str):
+  """`pipeline=improve` (see the module docstring): improves the answers with PIT or
+  Self-Refine, writes the per-iteration rows, the AlpacaEval outputs and the summary, and
+  returns the summary. Raises ValueError on an unknown improve.method."""
   rt = common.setup(config)
   icfg = config.improve
   if icfg.method not in METHODS:

@@ -421,9 +421,14 @@ def _notes(summaries: dict, infer: dict, decodings) -> str:
     elif name in (POLICY, PIT_SFT):
       fig = "eval " + _final(s, "final_eval", ("nll",)) + "; train " + _final(
           s, "final_train", ("loss", "token_accuracy"))
-    elif name in (REWARD, GAP):
-      fig = "eval " + _final(s, "final_eval", ("accuracy", "ordering_accuracy", "gap_accuracy",
-                                               "all_orderings_accuracy", "self_gap"))
+    elif name == REWARD:
+      fig = "eval " + _final(s, "final_eval", ("accuracy",))
+    elif name == GAP:   # held-out accuracies ± s.e. (pair as the unit), n pairs
+      ev = s.get("final_eval") or {}
+      fig = "eval " + ", ".join(
+          f"{f} {ev[f]:.4f} ± {ev.get(f + '_se', float('nan')):.4f}"
+          for f in ("ordering_accuracy", "gap_accuracy", "all_orderings_accuracy")
+          if isinstance(ev.get(f), (int, float))) + f" (n = {ev.get('eval_pairs', '?')} pairs)"
     elif name == INFER:
       fig = "; ".join(f"{d}: PIT rows stopped at iteration {s.get(d, {}).get('pit_stopped_at')}"
                       for d in decodings)

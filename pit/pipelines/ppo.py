@@ -34,6 +34,7 @@ from pit.trainer import train
 
 
 def load_prompts(config, split: str = "train") -> list[str]:
+  """The prompts of `split` for RL (`pit.data.sources.load_prompts` of config.data)."""
   try:
     from pit.data.sources import load_prompts as _load
   except ImportError:  # pragma: no cover - before pit.data.sources existed
@@ -43,6 +44,9 @@ def load_prompts(config, split: str = "train") -> list[str]:
 
 
 def make_scorer(config, rt):
+  """The reward of `ppo.scorer`: the synthetic oracle, a reward model
+  (`ppo.reward_model_dir`, input from `ppo.reward_format`) or PIT's gap reward model
+  r_gap(x, y, y_ref). Raises ValueError on an unknown scorer."""
   pcfg = config.ppo
   if pcfg.scorer == "oracle":
     return scorers.OracleScorer()
@@ -106,6 +110,8 @@ def load_prompts_and_references(config):
 
 
 def run(config, workdir: str):
+  """`pipeline=ppo` (see the module docstring): loads the prompts (and references with
+  ppo.policy_template) and the scorer, then `train_ppo`; returns its summary."""
   rt = common.setup(config)
   prompts, references = load_prompts_and_references(config)
   tmpl = config.ppo.policy_template

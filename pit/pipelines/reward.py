@@ -48,6 +48,8 @@ def load_pair_splits(config, tokenizer):
 
 
 def pair_iterator(rt, examples, config):
+  """The resumable training iterator of pair batches (`pair_batching.pair_iterator`) with
+  the config's batch size, buckets and data seed, this process's share of each batch."""
   return pair_batching.pair_iterator(
       examples, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
       pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed),
@@ -110,6 +112,9 @@ def trunk_from_lm_checkpoint(rt, checkpoint_dir: str, seed: int):
 
 
 def run(config, workdir: str):
+  """`pipeline=reward` (see the module docstring): trains the Bradley-Terry reward model and
+  returns the summary written to WORKDIR/reward_summary.json. Raises ValueError when
+  model.head is not 'scalar'."""
   if config.model.head != "scalar":
     raise ValueError("pipeline=reward needs model.head='scalar'")
   rt = common.setup(config)

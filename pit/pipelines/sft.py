@@ -49,6 +49,9 @@ def make_eval_fn(rt, examples, config):
 
 
 def run(config, workdir: str):
+  """`pipeline=sft` (see the module docstring): trains on the SFT records of config.data
+  (held out: data.eval_path, else a data.eval_fraction split of the training examples) and
+  returns the summary written to WORKDIR/sft_summary.json."""
   rt = common.setup(config)
   reports = {"train": sources.DataReport()}
   examples = common.load_sft_examples(config.data.train_path, config, rt.tokenizer,

@@ -27,6 +27,12 @@ from pit.data.batching import bucket_length, default_buckets
 
 
 class Rollouts:
+  """PPO rollouts as the trainer's batch source (see the module docstring): `prepare`
+  samples and scores a rollout of `ppo.rollout_batch_size` prompts when the buffer is
+  empty; `next` yields minibatches of tokens / mask / positions [B, T] and response_mask,
+  old_logprobs, old_values, advantages, returns [B, N] (B = this process's share of
+  `minibatch_size`, N = ppo.max_new_tokens). Raises ValueError on no prompts, an unknown
+  kl_estimator or score_norm, or a rollout size that is not a multiple of the minibatch."""
   def __init__(self, acdef: ppo.ActorCriticDef, ref_params, *, mesh, rules, tokenizer, sampler,
                scorer, prompts: Sequence[str], references: Sequence[str] | None = None, pcfg,
                minibatch_size: int, prompt_format: str = "{prompt}", policy_text_fn=None,
@@ -73,15 +79,21 @@ class Rollouts:
 
   @property
   def updates_per_rollout(self) -> int:
+    """Minibatch updates served per rollout: epochs * rollout_batch_size // minibatch."""
     return self.epochs * self.rollout_size // self.minibatch
 
   # -- state -----------------------------------------------------------------
   def get_state(self) -> dict:
+    """The position saved with checkpoints: next rollout index, KL coefficient, seed,
+    minibatches still queued and the score normalisation (mean, std) when set."""
     return {"rollout": self.rollout, "kl_coef": self.kl.value, "seed": self.seed,
             "pending_minibatches": len(self._queue),
             "score_stats": list(self.score_stats) if self.score_stats else None}
 
   def set_state(self, state: dict):
+    """Resumes at a `get_state` position (the buffer is emptied, so the next `prepare`
+    regenerates the rollout). Raises ValueError when the seed changed or the state was saved
+    with minibatches pending (mid-rollout)."""
     if int(state.get("seed", self.seed)) != self.seed:
       raise ValueError(f"train.seed changed since the checkpoint ({state['seed']} -> {self.seed})")
     if int(state.get("pending_minibatches", 0)):
@@ -98,10 +110,16 @@ class Rollouts:
     return not self._queue
 
   def metrics(self) -> dict:
+    """The last rollout's metrics: score mean and std, normalised score mean, reward, KL
+    estimates k1 / k3 and the penalty (nats per sequence), KL coefficient, response length
+    (tokens), eos fraction, entropy (nats per token), the sampler vs forward log-prob gap, the
+    rollout index and any `<monitor>_score`."""
     return dict(self._metrics)
 
   # -- batches ---------------------------------------------------------------
   def prepare(self, state, step: int):
+    """Generates the next rollout with `state.params` when no minibatch is left (the
+    trainer calls it before every `next`)."""
     if not self._queue:
       self._generate(state.params)
 

@@ -52,6 +52,9 @@ def template_format(template: str, prompt_format: str = "{prompt}") -> FormatFn:
 
 
 class OracleScorer:
+  """A scorer from a Python function `fn(prompts, responses) -> scores` (default: the
+  synthetic task's `oracle_scores`, in [0, 1]); references are ignored. Returns float32 [n];
+  raises ValueError when `fn` returns another shape."""
   def __init__(self, fn: Callable | None = None):
     if fn is None:
       from pit.data.synthetic import oracle_scores as fn

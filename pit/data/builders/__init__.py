@@ -68,6 +68,9 @@ def _cls(name: str) -> type:
 
 def make_builder(name: str, *, config: str | None = None, data_dir: str,
                  manual_dir: str | None = None, download: bool = False):
+  """The builder `name` (a key of BUILDERS) writing array_record under `data_dir`; a
+  PitBuilder also gets `manual_dir` and whether it may download. Nothing is built yet.
+  Raises KeyError for an unknown name."""
   cls = _cls(name)
   kwargs = dict(data_dir=os.fspath(data_dir), config=config, file_format="array_record")
   if issubclass(cls, _base.PitBuilder):

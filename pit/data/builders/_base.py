@@ -38,6 +38,7 @@ class SourceMissingError(FileNotFoundError):
 
 
 def text():
+  """A UTF-8 string feature (`tfds.features.Text`; reads back as bytes)."""
   return tfds.features.Text()
 
 
@@ -51,6 +52,7 @@ class PitBuilder(tfds.core.GeneratorBasedBuilder):
   @tfds_utils.classproperty
   @classmethod
   def code_path(cls) -> epath.Path:
+    """The builder's source file (TFDS's own lookup needs `importlib_resources`)."""
     # TFDS's own lookup goes through `importlib_resources`, which is not
     # installed (and not needed): the builder's source file is enough.
     return epath.Path(inspect.getfile(cls))
@@ -70,12 +72,18 @@ class PitBuilder(tfds.core.GeneratorBasedBuilder):
 
   # Subclasses: file names in a manual_dir (for messages) and the lookup.
   def expected_manual_files(self) -> list[str]:
+    """The source file names a manual_dir should hold (for error messages).
+    Subclasses implement it; NotImplementedError here."""
     raise NotImplementedError
 
   def official_urls(self) -> dict[str, list[str]]:
+    """{group (usually a split): [URL]} of the official source files.
+    Subclasses implement it; NotImplementedError here."""
     raise NotImplementedError
 
   def find_manual_files(self, manual_dir: str) -> dict[str, list[str]]:
+    """{group (usually a split): [path]} of the source files found in `manual_dir`
+    (empty lists for missing groups). Subclasses implement it; NotImplementedError here."""
     raise NotImplementedError
 
   @property
@@ -141,6 +149,8 @@ class PitBuilder(tfds.core.GeneratorBasedBuilder):
     return self._pit_skips.setdefault(split, records.SkipReport())
 
   def bad_record(self, split: str, err: DataError):
+    """Records a bad source record of `split` as skipped (see `skips`) and updates
+    `metadata['skipped']`."""
     self.skips(split).skip_or_raise(err, "skip")
     self.info.metadata["skipped"] = {s: r.as_dict() for s, r in self._pit_skips.items()}
 
@@ -151,6 +161,8 @@ class PitBuilder(tfds.core.GeneratorBasedBuilder):
 
 
 def first_existing(mdir: str, names: list[str]) -> list[str]:
+  """The files matching the first of the glob patterns `names` (relative to `mdir`)
+  that matches any, sorted; [] when none does."""
   for n in names:
     hits = sorted(glob.glob(os.path.join(mdir, n)))
     if hits:
@@ -240,4 +252,5 @@ def unzip(seq: dict) -> list[dict]:
 
 
 def log_counts(what: str, counts: dict):
+  """Logs `counts` at INFO, prefixed by `what`."""
   logging.info("%s: %s", what, counts)

@@ -92,13 +92,17 @@ class HhRlhf(_base.PitBuilder):
     )
 
   def expected_manual_files(self):
+    """<config>/train.jsonl.gz and <config>/test.jsonl.gz."""
     c = self.builder_config.name
     return [f"{c}/{s}.jsonl.gz" for s in SPLITS]
 
   def official_urls(self):
+    """{split: [the config's split file on GitHub]} for train and test."""
     return {s: [URL.format(config=self.builder_config.name, split=s)] for s in SPLITS}
 
   def find_manual_files(self, mdir):
+    """{split: paths}: <config>/<split>.jsonl[.gz], else the flat parts
+    <config>-<split>*.jsonl[.gz] in name order ([] when absent)."""
     c = self.builder_config.name
     return {s: _base.first_existing(mdir, [f"{c}/{s}.jsonl.gz", f"{c}/{s}.jsonl",
                                            f"{c}-{s}*.jsonl.gz", f"{c}-{s}*.jsonl"])

@@ -115,6 +115,8 @@ def trees_from_messages(paths: list[str], counts: dict, skips) -> list[tuple[str
 
 
 def ift_examples(trees, counts):
+  """Yields one IFT example per rank-0 assistant reply (not dropped) to an English root
+  prompt (not dropped) of `trees`; counts them in counts["examples"]."""
   for tid, root in trees:
     if root["dropped"] or root["role"] != "prompter" or root["lang"] != "en":
       continue
@@ -127,6 +129,9 @@ def ift_examples(trees, counts):
 
 
 def eft_examples(trees, counts):
+  """Yields one EFT example per English root prompt (not dropped) with at least two
+  ranked, non-dropped assistant replies, sorted by rank (0 best); counts them in
+  counts["examples"]."""
   for tid, root in trees:
     if root["dropped"] or root["role"] != "prompter" or root["lang"] != "en":
       continue
@@ -173,12 +178,16 @@ class Oasst1(_base.PitBuilder):
         homepage="https://huggingface.co/datasets/OpenAssistant/oasst1")
 
   def expected_manual_files(self):
+    """The trees export, or the HF messages files (names for error messages)."""
     return [TREES_FILE, "or train.jsonl[.gz] / validation.jsonl[.gz] (HF messages)"]
 
   def official_urls(self):
+    """{"trees": [the official trees export on the HF hub]}."""
     return {"trees": [URL]}
 
   def find_manual_files(self, mdir):
+    """{split: paths} of HF messages files (train / validation) when any exist, else
+    {"trees": [the trees export]} ([] when absent)."""
     msgs = {s: _base.first_existing(mdir, [f"{s}.jsonl", f"{s}.jsonl.gz", f"{s}-*.parquet",
                                            f"data/{s}-*.parquet"]) for s in MSG_SPLITS}
     if any(msgs.values()):

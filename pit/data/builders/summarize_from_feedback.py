@@ -93,12 +93,16 @@ class SummarizeFromFeedback(_base.PitBuilder):
     )
 
   def expected_manual_files(self):
+    """comparisons/<file> for every file of COMPARISON_FILES."""
     return [f"comparisons/{n}" for n in COMPARISON_FILES]
 
   def official_urls(self):
+    """{"comparisons": [URL of each file of COMPARISON_FILES]}."""
     return {"comparisons": [BASE_URL + n for n in COMPARISON_FILES]}
 
   def find_manual_files(self, mdir):
+    """{"comparisons": paths} of the COMPARISON_FILES found as comparisons/<file> or
+    <file> in `mdir`, in COMPARISON_FILES order."""
     found = []
     for n in COMPARISON_FILES:
       found += _base.first_existing(mdir, [f"comparisons/{n}", n])

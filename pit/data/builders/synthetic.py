@@ -5,6 +5,8 @@ margin, scores [chosen, rejected] (oracle), errors [chosen, rejected] (number
 of controlled errors), nested (chosen is the rejected response with errors
 fixed). Generated deterministically from the config's (n_train, n_eval, seed);
 no source files. `to_pair` turns a record read back into a PreferencePair.
+The builder holds the default task ("sort"); other task variants
+(`synthetic.TASKS`) are read with `data.source=synthetic` and `data.synthetic_task`.
 Scores and margin are stored as float32 (TFDS serialises floats as float32), so
 they read back rounded to float32; strings and error counts are exact.
 """
@@ -22,6 +24,7 @@ from pit.data.pairs import PreferencePair
 
 @dataclasses.dataclass(eq=False)
 class SyntheticConfig(tfds.core.BuilderConfig):
+  """A synthetic dataset's size (pairs per split) and generation seed."""
   n_train: int = 10000
   n_eval: int = 500
   seed: int = 0
@@ -52,9 +55,11 @@ class Synthetic(_base.PitBuilder):
         }))
 
   def expected_manual_files(self):
+    """[]: the dataset is generated, there are no source files."""
     return []
 
   def find_manual_files(self, manual_dir):
+    """{}: the dataset is generated, there are no source files."""
     return {}
 
   def _split_generators(self, dl_manager):
@@ -68,6 +73,8 @@ class Synthetic(_base.PitBuilder):
 
 
 def to_record(p: PreferencePair) -> dict:
+  """A synthetic PreferencePair -> the feature dict written (scores and margin as
+  float32)."""
   m = p.meta
   return {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "margin": p.margin,
           "scores": np.array([m["chosen_score"], m["rejected_score"]], np.float32),

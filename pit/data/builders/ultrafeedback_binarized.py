@@ -41,6 +41,9 @@ def _messages(rec, key, where):
 
 
 def convert(rec: dict, where: str) -> dict:
+  """One source row -> feature dict (context turns, final chosen / rejected replies,
+  scores, context_mismatch). Raises DataError naming `where` and the field on a missing
+  or mistyped field, an empty message list, or a last message that is not the assistant's."""
   f = _base.field
   chosen, rejected = _messages(rec, "chosen", where), _messages(rec, "rejected", where)
   sc = f(rec, "score_chosen", (int, float), where, "score_chosen")
@@ -77,12 +80,16 @@ class UltrafeedbackBinarized(_base.PitBuilder):
     )
 
   def expected_manual_files(self):
+    """<split>.jsonl (or .jsonl.gz / parquet) for train_prefs and test_prefs."""
     return [f"{s}.jsonl (or {s}.jsonl.gz, {s}-*.parquet, data/{s}-*.parquet)" for s in SPLITS]
 
   def official_urls(self):
+    """{split: [its parquet file on the HF hub]}."""
     return {s: [f"{BASE_URL}{s}-00000-of-00001.parquet"] for s in SPLITS}
 
   def find_manual_files(self, mdir):
+    """{split: paths}: <split>.jsonl, <split>.jsonl.gz, <split>-*.parquet or
+    data/<split>-*.parquet, the first pattern that matches ([] when none)."""
     return {s: _base.first_existing(mdir, [f"{s}.jsonl", f"{s}.jsonl.gz", f"{s}-*.parquet",
                                            f"data/{s}-*.parquet"]) for s in SPLITS}
 

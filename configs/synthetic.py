@@ -2,12 +2,13 @@
 every response, so self-improvement methods are measured, not just run.
 
 Presets:
-  pit (default): PIT end to end (`pipeline=pit`) on the task's preference pairs:
-    M_P, M_PIT, an ordinary RM, the gap RM, two RL rounds (references from the data,
-    then from M_P), iterative inference, Self-Refine, oracle/RM-judged win rates and
-    WORKDIR/report.md. d_model 128, 4-layer byte-level models. `pit_smoke`: the same
-    stages with a few steps each (CI).
-  sft: the `sft` pipeline on the task's IFT data (`data/synthetic/ift.jsonl`; 3000
+  pit (default): PIT end to end (`pipeline=pit`) on the harder variant's preference
+    pairs (`sort_long`: 8-12 numbers): M_P, M_PIT, an ordinary RM, the gap RM, two RL
+    rounds (references from the data, then from M_P), iterative inference and
+    Self-Refine at t0 and t1, oracle/RM-judged win rates and WORKDIR/report.md. d_model
+    128, 4-layer byte-level models; ~54 min on 2 cores. `pit_smoke`: the same stages with
+    a few steps each (CI).
+  sft: the `sft` pipeline on the default task's (`sort`, 4-7 numbers) IFT data (`data/synthetic/ift.jsonl`; 3000
     steps, ~12 min on 2 cores; regenerate the data with
     `python -m pit.data.synthetic --out_dir data/synthetic --files ift,prompts_eval`).
     Measure: `--config.pipeline=generate` samples the held-out prompts

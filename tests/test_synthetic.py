@@ -354,12 +354,17 @@ def test_shipped_data_is_what_the_cli_regenerates(tmp_path):
     assert os.path.getsize(os.path.join(shipped, f"{name}.jsonl")) < 1 << 20
 
 
-def test_config_points_at_shipped_files():
+def _synthetic_config_module():
   import importlib.util
   spec = importlib.util.spec_from_file_location("syn_cfg", os.path.join(REPO, "configs",
                                                                         "synthetic.py"))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
+  return mod
+
+
+def test_config_points_at_shipped_files():
+  mod = _synthetic_config_module()
   c = mod.get_config("sft")
   assert c.pipeline == "sft" and os.path.exists(c.data.train_path)
   assert os.path.exists(c.generate.prompts_path)
@@ -414,12 +419,7 @@ def test_tasks_have_separate_streams_and_unknown_task_is_named():
 
 def test_pit_preset_uses_the_harder_task_and_fits_its_lengths():
   """The PIT preset's lengths hold the longest sort_long rows without truncation."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("syn_cfg", os.path.join(REPO, "configs",
-                                                                        "synthetic.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("pit")
+  c = _synthetic_config_module().get_config("pit")
   t = syn.get_task(c.data.synthetic_task)
   assert t.name == "sort_long"
   longest_prompt = len(syn.PREFIX) + 3 * t.max_items                   # "sort: " + items + "\n"

@@ -69,18 +69,6 @@ def saved_config(path: str, head: str | None = None) -> dict | None:
   return None
 
 
-def model_def_for(path: str, role: str, default: ModelDef | None = None) -> ModelDef:
-  """The model definition of `role` saved with the workdir of `path`, else `default`.
-  Raises FileNotFoundError when neither exists."""
-  cfg = saved_config(path, HEADS[role])
-  if cfg is not None:
-    return model_def(ModelConfig.from_config(cfg["model"]))
-  if default is None:
-    raise FileNotFoundError(f"{workdir_of(path)}: no config_*.json with "
-                            f"model.head='{HEADS[role]}' for the {role}")
-  return default
-
-
 @dataclasses.dataclass
 class Model:
   """A loaded role: its model definition, verified params and the step they are from."""
@@ -110,9 +98,16 @@ def load(role: str, path: str, *, mesh, rules, default_mdef: ModelDef | None = N
     raise ValueError(f"unknown role {role!r} (known: {', '.join(HEADS)})")
   field = field or role
   ckpt_dir = checkpoint_dir(path, field)
-  mdef = model_def_for(path, role, default_mdef)
+  cfg = saved_config(path, HEADS[role])      # the model's shape: saved with it, else the default
+  if cfg is not None:
+    mdef = model_def(ModelConfig.from_config(cfg["model"]))
+  elif default_mdef is not None:
+    mdef = default_mdef
+  else:
+    raise FileNotFoundError(f"{workdir_of(path)}: no config_*.json with "
+                            f"model.head='{HEADS[role]}' for the {role}")
   if mdef.cfg.head != HEADS[role]:
     raise ValueError(f"{field}: a {role} needs model.head='{HEADS[role]}', the model at {path} "
                      f"has '{mdef.cfg.head}'")
   params, step = restore_params(mdef, ckpt_dir, mesh, rules, field)
-  return Model(role, mdef, params, step, ckpt_dir, saved_config(path, HEADS[role]))
+  return Model(role, mdef, params, step, ckpt_dir, cfg)

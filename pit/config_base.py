@@ -12,10 +12,17 @@ def model_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       vocab_size=384, d_model=64, num_layers=2, num_heads=4, num_kv_heads=0, head_dim=0,
       d_ff=256, max_seq_len=512, norm="rmsnorm", norm_eps=1e-6, position="rope",
-      rope_theta=10000.0, rotary_fraction=1.0, mlp="swiglu", gelu_approximate=True,
+      rope_theta=10000.0, rotary_fraction=1.0, rope_scaling="none", rope_scaling_factor=1.0,
+      rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_len=8192,
+      qk_norm=False, embed_scale=False, attn_scale=0.0, attn_softcap=0.0, final_softcap=0.0,
+      sliding_window=0, sliding_window_pattern=1, post_norms=False, family="",
+      mlp="swiglu", gelu_approximate=True,
       qkv_bias=False, out_bias=False, mlp_bias=False, lm_head_bias=False,
       tie_embeddings=False, parallel_residual=False, shared_parallel_norm=False, head="lm",
-      dtype="float32", param_dtype="float32", remat="none", init_std=0.02))
+      dtype="float32", param_dtype="float32", remat="none", init_std=0.02,
+      # where the weights start: '' (random) | hf:DIR | gguf:FILE | checkpoint:DIR
+      # (pit.pretrained); the shape, tokenizer and chat template then come from there
+      init_from=""))
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -1,7 +1,10 @@
 """One configurable decoder-only Transformer (Flax NNX).
 
-Covers the Llama family (RMSNorm, RoPE, SwiGLU, GQA, optional q/k/v bias, tied or
-untied embeddings) and GPT-2 / Phi / NeoX options (LayerNorm, learned positions
+Covers the Llama family (RMSNorm, RoPE with optional Llama-3 / linear scaling, SwiGLU,
+GQA, optional q/k/v bias, tied or untied embeddings), Mistral / Phi-3 (sliding-window
+attention), Qwen3 (per-head q/k RMSNorm), Gemma / Gemma 2 (scaled embeddings, GeGLU,
+logit soft-capping, alternating sliding-window layers, post-attention / post-MLP norms,
+a custom attention scale) and GPT-2 / Phi / NeoX options (LayerNorm, learned positions
 or partial rotary, GELU, parallel attention+MLP residual, biases). `head='lm'`
 gives next-token logits; `head='scalar'` gives one value per token (reward and
 value models read it at the last non-pad token).
@@ -43,6 +46,20 @@ class ModelConfig:
   position: str = "rope"         # rope | learned | none
   rope_theta: float = 10000.0
   rotary_fraction: float = 1.0   # partial rotary (Phi / NeoX): share of head_dim rotated
+  rope_scaling: str = "none"     # none | linear (positions / factor) | llama3 (Llama 3.1)
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0    # llama3 scaling
+  rope_high_freq_factor: float = 4.0   # llama3 scaling
+  rope_original_max_len: int = 8192    # llama3 scaling: the pre-training context length
+  qk_norm: bool = False          # Qwen3: RMSNorm over head_dim of q and k before RoPE
+  embed_scale: bool = False      # Gemma: embeddings multiplied by sqrt(d_model)
+  attn_scale: float = 0.0        # score scale; 0 -> head_dim ** -0.5 (Gemma 2: query_pre_attn_scalar ** -0.5)
+  attn_softcap: float = 0.0      # Gemma 2: scores -> cap * tanh(scores / cap); 0 = off
+  final_softcap: float = 0.0     # Gemma 2: logits -> cap * tanh(logits / cap); 0 = off
+  sliding_window: int = 0        # > 0: a query sees keys less than this many slots back
+  sliding_window_pattern: int = 1  # layer i slides iff i % pattern == 0 (1: all; Gemma 2: 2)
+  post_norms: bool = False       # Gemma 2: norms after attention and after the MLP, too
+  family: str = ""               # HF model_type it came from / exports as ('' -> inferred)
   mlp: str = "swiglu"            # swiglu | geglu | gelu | relu
   gelu_approximate: bool = True  # tanh GELU (GPT-2 "gelu_new")
   qkv_bias: bool = False
@@ -71,12 +88,23 @@ class ModelConfig:
     choices = dict(norm=("rmsnorm", "layernorm"), position=("rope", "learned", "none"),
                    mlp=("swiglu", "geglu", "gelu", "relu"), head=("lm", "scalar"),
                    remat=("none", "full", "dots"), dtype=("float32", "bfloat16", "float16"),
+                   rope_scaling=("none", "linear", "llama3"),
                    param_dtype=("float32", "bfloat16"))
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
         bad(field, f"{getattr(self, field)!r} not in {allowed}")
     if self.rotary_dim % 2:
       bad("rotary_fraction", f"rotated dims ({self.rotary_dim}) must be even")
+    for field in ("rope_scaling_factor", "rope_theta"):
+      if getattr(self, field) <= 0:
+        bad(field, f"must be positive, got {getattr(self, field)}")
+    if self.rope_scaling == "llama3" and self.rope_high_freq_factor <= self.rope_low_freq_factor:
+      bad("rope_high_freq_factor", "must exceed rope_low_freq_factor")
+    for field in ("attn_scale", "attn_softcap", "final_softcap", "sliding_window"):
+      if getattr(self, field) < 0:
+        bad(field, f"must be >= 0, got {getattr(self, field)}")
+    if self.sliding_window_pattern < 1:
+      bad("sliding_window_pattern", f"must be >= 1, got {self.sliding_window_pattern}")
 
   @property
   def kv_heads(self) -> int:
@@ -94,6 +122,29 @@ class ModelConfig:
     position='rope'."""
     return int(self.dim_per_head * self.rotary_fraction) if self.position == "rope" else 0
 
+  def layer_window(self, layer: int) -> int:
+    """The sliding window of layer `layer` (0: full causal attention)."""
+    return self.sliding_window if layer % self.sliding_window_pattern == 0 else 0
+
+  def inv_freq(self) -> jax.Array:
+    """RoPE inverse frequencies [rotary_dim // 2] (fp32), with `rope_scaling` applied
+    (linear: / factor; llama3: Llama 3.1's wavelength-dependent scaling, HF
+    `_compute_llama3_parameters`)."""
+    rd = self.rotary_dim
+    inv = 1.0 / (self.rope_theta ** (jnp.arange(0, rd, 2, dtype=jnp.float32) / rd))
+    factor = self.rope_scaling_factor
+    if self.rope_scaling == "linear":
+      return inv / factor
+    if self.rope_scaling == "llama3":
+      old, lo, hi = self.rope_original_max_len, self.rope_low_freq_factor, self.rope_high_freq_factor
+      wavelen = 2 * jnp.pi / inv
+      scaled = jnp.where(wavelen > old / lo, inv / factor, inv)
+      smooth = (old / wavelen - lo) / (hi - lo)
+      smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+      medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+      return jnp.where(medium, smoothed, scaled)
+    return inv
+
   @property
   def compute_dtype(self):
     """The compute dtype (`dtype`) as a jnp.dtype."""
@@ -101,8 +152,10 @@ class ModelConfig:
 
   @classmethod
   def from_config(cls, cfg) -> "ModelConfig":
-    """From an ml_collections ConfigDict (or dict); unknown fields are an error."""
+    """From an ml_collections ConfigDict (or dict); unknown fields are an error
+    (`init_from`, the weights' source, is not a field and is ignored)."""
     values = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    values.pop("init_from", None)   # where the weights come from (pit.pretrained), not a shape
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -127,16 +180,19 @@ def _param(rngs, shape, axes, cfg: ModelConfig, init: str = "normal", std=None):
 
 
 class Norm(nnx.Module):
-  """RMSNorm or LayerNorm (`cfg.norm`) over D, computed in fp32: x_BLD [B, L, D] ->
-  [B, L, D] in the compute dtype (scale, and bias for LayerNorm)."""
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    self.cfg = cfg
-    self.scale = _param(rngs, (cfg.d_model,), ("norm",), cfg, "ones")
-    self.bias = _param(rngs, (cfg.d_model,), ("norm",), cfg, "zeros") if cfg.norm == "layernorm" else None
+  """RMSNorm or LayerNorm (`cfg.norm`) over the last axis (D, or E for `HeadNorm`),
+  computed in fp32: x [..., D] -> [..., D] in the compute dtype (scale, and bias for
+  LayerNorm)."""
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, dim: int = 0, axis: str = "norm",
+               kind: str = ""):
+    self.cfg, self.kind = cfg, kind or cfg.norm
+    dim = dim or cfg.d_model
+    self.scale = _param(rngs, (dim,), (axis,), cfg, "ones")
+    self.bias = _param(rngs, (dim,), (axis,), cfg, "zeros") if self.kind == "layernorm" else None
 
   def __call__(self, x_BLD):
     x = x_BLD.astype(jnp.float32)
-    if self.cfg.norm == "layernorm":
+    if self.kind == "layernorm":
       x = x - x.mean(-1, keepdims=True)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.cfg.norm_eps)
     x = x * self.scale[...].astype(jnp.float32)
@@ -145,12 +201,13 @@ class Norm(nnx.Module):
     return x.astype(self.cfg.compute_dtype)
 
 
-def rope(x_BLHE, positions_BL, rotary_dim: int, theta: float):
-  """Rotary embedding on the first `rotary_dim` dims (half-split / `rotate_half` layout)."""
+def rope(x_BLHE, positions_BL, rotary_dim: int, inv_freq_F):
+  """Rotary embedding on the first `rotary_dim` dims (half-split / `rotate_half` layout)
+  with inverse frequencies inv_freq_F [rotary_dim // 2] (`ModelConfig.inv_freq`)."""
   if rotary_dim == 0:
     return x_BLHE
   half = rotary_dim // 2
-  inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) * 2 / rotary_dim))
+  inv_freq = inv_freq_F
   angle_BLF = positions_BL.astype(jnp.float32)[..., None] * inv_freq
   sin, cos = jnp.sin(angle_BLF)[:, :, None, :], jnp.cos(angle_BLF)[:, :, None, :]
   rot, rest = x_BLHE[..., :rotary_dim], x_BLHE[..., rotary_dim:]
@@ -161,10 +218,12 @@ def rope(x_BLHE, positions_BL, rotary_dim: int, theta: float):
 
 class Attention(nnx.Module):
   """Causal multi-head / grouped-query attention with RoPE (or none), optional q/k/v and
-  output biases: (x_BLD [B, L, D], positions_BL, kv_mask_BS[, cache, cache_index]) ->
+  output biases, per-head q/k norms, score soft-capping and a sliding window (layer
+  `layer`): (x_BLD [B, L, D], positions_BL, kv_mask_BS[, cache, cache_index]) ->
   (out_BLD [B, L, D], new cache {'k', 'v'} [B, K, S, E] or None)."""
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, layer: int = 0):
     self.cfg = cfg
+    self.window = cfg.layer_window(layer)
     D, H, K, E = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
     out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
     self.wq = _param(rngs, (D, H, E), ("embed", "q_heads", "head_dim"), cfg)
@@ -178,6 +237,11 @@ class Attention(nnx.Module):
     else:
       self.bq = self.bk = self.bv = None
     self.bo = _param(rngs, (D,), ("embed",), cfg, "zeros") if cfg.out_bias else None
+    if cfg.qk_norm:
+      self.q_norm = Norm(cfg, rngs, E, "head_dim", "rmsnorm")
+      self.k_norm = Norm(cfg, rngs, E, "head_dim", "rmsnorm")
+    else:
+      self.q_norm = self.k_norm = None
 
   def _proj(self, x_BLD, w, b):
     dt = self.cfg.compute_dtype
@@ -186,8 +250,12 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BLD, positions_BL, kv_mask_BS, cache=None, cache_index=None):
     cfg = self.cfg
-    q_BLHE = rope(self._proj(x_BLD, self.wq, self.bq), positions_BL, cfg.rotary_dim, cfg.rope_theta)
-    k_BLKE = rope(self._proj(x_BLD, self.wk, self.bk), positions_BL, cfg.rotary_dim, cfg.rope_theta)
+    q_BLHE, k_BLKE = self._proj(x_BLD, self.wq, self.bq), self._proj(x_BLD, self.wk, self.bk)
+    if self.q_norm is not None:
+      q_BLHE, k_BLKE = self.q_norm(q_BLHE), self.k_norm(k_BLKE)
+    inv_freq = cfg.inv_freq() if cfg.rotary_dim else None
+    q_BLHE = rope(q_BLHE, positions_BL, cfg.rotary_dim, inv_freq)
+    k_BLKE = rope(k_BLKE, positions_BL, cfg.rotary_dim, inv_freq)
     v_BLKE = self._proj(x_BLD, self.wv, self.bv)
     q_BLHE = constrain(q_BLHE, ("activation_batch", "activation_length", "activation_heads", None))
     L = x_BLD.shape[1]
@@ -209,21 +277,27 @@ class Attention(nnx.Module):
       q_slot_L = jnp.arange(L)
     S = k_BSKE.shape[1]
     causal_LS = jnp.arange(S)[None, :] <= q_slot_L[:, None]
+    if self.window:  # HF: a key is visible when q_slot - k_slot < sliding_window
+      causal_LS = causal_LS & (q_slot_L[:, None] - jnp.arange(S)[None, :] < self.window)
     mask_BLS = causal_LS[None] & kv_mask_BS[:, None, :].astype(bool)
-    out_BLHE = attend(q_BLHE, k_BSKE.astype(q_BLHE.dtype), v_BSKE.astype(q_BLHE.dtype), mask_BLS)
+    out_BLHE = attend(q_BLHE, k_BSKE.astype(q_BLHE.dtype), v_BSKE.astype(q_BLHE.dtype), mask_BLS,
+                      scale=cfg.attn_scale, softcap=cfg.attn_softcap)
     out_BLD = jnp.einsum("blhe,hed->bld", out_BLHE, self.wo[...].astype(cfg.compute_dtype))
     if self.bo is not None:
       out_BLD = out_BLD + self.bo[...].astype(cfg.compute_dtype)
     return out_BLD, new_cache
 
 
-def attend(q_BLHE, k_BSKE, v_BSKE, mask_BLS):
-  """Grouped-query softmax attention with fp32 scores."""
+def attend(q_BLHE, k_BSKE, v_BSKE, mask_BLS, scale: float = 0.0, softcap: float = 0.0):
+  """Grouped-query softmax attention with fp32 scores, scaled by `scale` (0: E ** -0.5)
+  and soft-capped to (-softcap, softcap) when softcap > 0 (Gemma 2)."""
   B, L, H, E = q_BLHE.shape
   K = k_BSKE.shape[2]
   q_BLKGE = q_BLHE.reshape(B, L, K, H // K, E)
   scores_BKGLS = jnp.einsum("blkge,bske->bkgls", q_BLKGE, k_BSKE,
-                            preferred_element_type=jnp.float32) * (E ** -0.5)
+                            preferred_element_type=jnp.float32) * (scale or E ** -0.5)
+  if softcap:
+    scores_BKGLS = softcap * jnp.tanh(scores_BKGLS / softcap)
   scores_BKGLS = jnp.where(mask_BLS[:, None, None], scores_BKGLS, NEG_INF)
   probs_BKGLS = jax.nn.softmax(scores_BKGLS, axis=-1).astype(v_BSKE.dtype)
   out_BLKGE = jnp.einsum("bkgls,bske->blkge", probs_BKGLS, v_BSKE)
@@ -267,15 +341,18 @@ class Mlp(nnx.Module):
 
 
 class Block(nnx.Module):
-  """A pre-norm Transformer layer: x + attn(norm(x)), then x + mlp(norm(x)), or the parallel
-  residual x + attn(n1(x)) + mlp(n2(x)) (one shared norm with shared_parallel_norm).
-  Returns (x_BLD [B, L, D], the layer's new cache or None)."""
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  """A pre-norm Transformer layer (number `layer`): x + attn(norm(x)), then
+  x + mlp(norm(x)); with post_norms (Gemma 2) each branch's output is normed again before
+  the residual add; or the parallel residual x + attn(n1(x)) + mlp(n2(x)) (one shared norm
+  with shared_parallel_norm). Returns (x_BLD [B, L, D], the layer's new cache or None)."""
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, layer: int = 0):
     self.cfg = cfg
     self.attn_norm = Norm(cfg, rngs)
-    self.attn = Attention(cfg, rngs)
+    self.attn = Attention(cfg, rngs, layer)
     self.mlp_norm = None if (cfg.parallel_residual and cfg.shared_parallel_norm) else Norm(cfg, rngs)
     self.mlp = Mlp(cfg, rngs)
+    self.attn_post_norm = Norm(cfg, rngs) if cfg.post_norms else None
+    self.mlp_post_norm = Norm(cfg, rngs) if cfg.post_norms else None
 
   def __call__(self, x_BLD, positions_BL, kv_mask_BS, cache=None, cache_index=None):
     h_BLD = self.attn_norm(x_BLD)
@@ -284,8 +361,13 @@ class Block(nnx.Module):
       mlp_in = h_BLD if self.mlp_norm is None else self.mlp_norm(x_BLD)
       x_BLD = x_BLD + attn_BLD + self.mlp(mlp_in)
     else:
+      if self.attn_post_norm is not None:
+        attn_BLD = self.attn_post_norm(attn_BLD)
       x_BLD = x_BLD + attn_BLD
-      x_BLD = x_BLD + self.mlp(self.mlp_norm(x_BLD))
+      mlp_BLD = self.mlp(self.mlp_norm(x_BLD))
+      if self.mlp_post_norm is not None:
+        mlp_BLD = self.mlp_post_norm(mlp_BLD)
+      x_BLD = x_BLD + mlp_BLD
     x_BLD = constrain(x_BLD, ("activation_batch", "activation_length", "activation_embed"))
     return x_BLD, new_cache
 
@@ -311,7 +393,7 @@ class Transformer(nnx.Module):
                       if cfg.position == "learned" else None)
     self.num_blocks = cfg.num_layers
     for i in range(cfg.num_layers):
-      setattr(self, f"block_{i}", Block(cfg, rngs))
+      setattr(self, f"block_{i}", Block(cfg, rngs, i))
     self.final_norm = Norm(cfg, rngs)
     if cfg.head == "scalar":
       self.score = _param(rngs, (D, 1), ("embed", "score"), cfg, std=1.0 / (D + 1) ** 0.5)
@@ -331,6 +413,8 @@ class Transformer(nnx.Module):
     cfg = self.cfg
     dt = cfg.compute_dtype
     x_BLD = jnp.take(self.embed[...], tokens_BL, axis=0).astype(dt)
+    if cfg.embed_scale:  # Gemma: the normaliser is rounded to the compute dtype first
+      x_BLD = x_BLD * jnp.asarray(cfg.d_model ** 0.5, dt)
     if self.pos_embed is not None:
       x_BLD = x_BLD + jnp.take(self.pos_embed[...], positions_BL, axis=0).astype(dt)
     x_BLD = constrain(x_BLD, ("activation_batch", "activation_length", "activation_embed"))
@@ -359,6 +443,9 @@ class Transformer(nnx.Module):
                               preferred_element_type=jnp.float32)
     if self.lm_head_bias is not None:
       logits_BLV = logits_BLV + self.lm_head_bias[...].astype(jnp.float32)
+    if self.cfg.final_softcap:
+      cap = self.cfg.final_softcap
+      logits_BLV = cap * jnp.tanh(logits_BLV / cap)
     return constrain(logits_BLV, ("activation_batch", "activation_length", "activation_vocab"))
 
   def __call__(self, tokens_BL, positions_BL=None, mask_BL=None, cache=None, cache_index=None):

@@ -584,12 +584,10 @@ def load_hf_checkpoint(path: str, **overrides) -> tuple[ModelConfig, dict]:
   return cfg, convert(hf, TensorSource(checkpoint_files(path)), cfg)
 
 
-def load_params_sharded(path: str, mdef, mesh, rules, skip_head: bool = False) -> dict:
-  """The HF checkpoint at `path` as `mdef`'s params on `mesh`: each tensor converted and
-  placed onto its shards (`jax.make_array_from_callback`, only each device's slice is
-  copied) in the model's param dtype, then released. With `skip_head` the scalar head is
-  left out (the caller adds a fresh one)."""
-  hf = read_hf_config(path)
+def placer(mdef, mesh, rules) -> Callable[[str, np.ndarray], Any]:
+  """`place(param_path, array)` for `convert`: the array cast to `mdef`'s param dtype and
+  put onto its shards of `mesh` (`jax.make_array_from_callback`: only each device's slice is
+  copied)."""
   shardings = {_path_name(p): s for p, s in
                jax.tree_util.tree_flatten_with_path(mdef.shardings(mesh, rules))[0]}
   dtype = np.dtype(jax.numpy.dtype(mdef.cfg.param_dtype))
@@ -597,8 +595,16 @@ def load_params_sharded(path: str, mdef, mesh, rules, skip_head: bool = False) -
   def place(name, array):
     array = array.astype(dtype, copy=False)
     return jax.make_array_from_callback(array.shape, shardings[name], lambda idx: array[idx])
+  return place
 
-  return convert(hf, TensorSource(checkpoint_files(path)), mdef.cfg, place, skip_head)
+
+def load_params_sharded(path: str, mdef, mesh, rules, skip_head: bool = False) -> dict:
+  """The HF checkpoint at `path` as `mdef`'s params on `mesh`, each tensor converted,
+  placed onto its shards (`placer`) in the model's param dtype and released. With
+  `skip_head` the scalar head is left out (the caller adds a fresh one)."""
+  hf = read_hf_config(path)
+  return convert(hf, TensorSource(checkpoint_files(path)), mdef.cfg, placer(mdef, mesh, rules),
+                 skip_head)
 
 
 def check_params(cfg: ModelConfig, params: dict) -> None:

@@ -8,6 +8,8 @@ Kinds (`config.tokenizer.kind`, `make_tokenizer`):
   'hf'             `HFTokenizer(tokenizer.path)`: a local Hugging Face tokenizer
                    directory (tokenizer.json / tokenizer_config.json), loaded
                    offline; its `chat_template` renders chats.
+  'gguf'           `HFTokenizer.from_gguf(tokenizer.path)`: the tokenizer and chat
+                   template in a .gguf file's metadata.
 
 Conventions shared by every kind (the pipelines rely on them):
   * `encode(text)` adds no special tokens.
@@ -219,18 +221,20 @@ class HFTokenizer:
   template, the plain HH template.
   """
 
-  def __init__(self, path: str):
-    if not path:
-      raise ValueError("tokenizer.path: no Hugging Face tokenizer directory given")
-    if not os.path.isdir(path):
-      raise FileNotFoundError(f"tokenizer.path: tokenizer directory not found: {path}")
-    known = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
-    if not any(os.path.exists(os.path.join(path, f)) for f in known):
-      raise FileNotFoundError(f"tokenizer.path: {os.path.join(path, 'tokenizer.json')} not found "
-                              f"(nor any of {', '.join(known[1:])})")
-    from transformers import AutoTokenizer
+  def __init__(self, path: str, tok=None):
+    if tok is None:
+      if not path:
+        raise ValueError("tokenizer.path: no Hugging Face tokenizer directory given")
+      if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer.path: tokenizer directory not found: {path}")
+      known = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+      if not any(os.path.exists(os.path.join(path, f)) for f in known):
+        raise FileNotFoundError(f"tokenizer.path: {os.path.join(path, 'tokenizer.json')} not found "
+                                f"(nor any of {', '.join(known[1:])})")
+      from transformers import AutoTokenizer
+      tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     self.path = path
-    self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    self.tok = tok
     t = self.tok
     if t.eos_token_id is None:
       raise ValueError(f"{path}: tokenizer defines no eos_token (set it in tokenizer_config.json)")
@@ -246,6 +250,13 @@ class HFTokenizer:
         {str(s) for s in t.all_special_tokens} |
         {str(a.content) for a in added.values() if getattr(a, "special", False)}, key=len,
         reverse=True)
+
+  @classmethod
+  def from_gguf(cls, path: str) -> "HFTokenizer":
+    """The tokenizer and chat template stored in a GGUF file's metadata
+    (`pit.gguf_import.tokenizer_from_gguf`; no torch)."""
+    from pit import gguf_import
+    return cls(path, gguf_import.tokenizer_from_gguf(path))
 
   def encode(self, text: str) -> list[int]:
     """The tokenizer's ids of `text` without special tokens."""
@@ -291,8 +302,8 @@ def _special_prefix(tok) -> list[int]:
 
 
 def make_tokenizer(cfg) -> Tokenizer:
-  """The tokenizer of a config's `tokenizer` section (kind 'byte', 'sentencepiece' or
-  'hf'; `path` for the latter two). Raises ValueError on an unknown kind (and the
+  """The tokenizer of a config's `tokenizer` section (kind 'byte', 'sentencepiece', 'hf' or
+  'gguf'; `path` for the last three). Raises ValueError on an unknown kind (and the
   tokenizer's own ValueError / FileNotFoundError on a missing path)."""
   kind = cfg.get("kind", "byte")
   if kind == "byte":
@@ -301,8 +312,13 @@ def make_tokenizer(cfg) -> Tokenizer:
     return SentencePieceTokenizer(cfg.get("path", ""))
   if kind == "hf":
     return HFTokenizer(cfg.get("path", ""))
+  if kind == "gguf":
+    path = cfg.get("path", "")
+    if not path or not os.path.isfile(path):
+      raise FileNotFoundError(f"tokenizer.path: GGUF file not found: {path!r}")
+    return HFTokenizer.from_gguf(path)
   raise ValueError(f"tokenizer.kind: unknown tokenizer {kind!r} "
-                   "(known: 'byte', 'sentencepiece', 'hf')")
+                   "(known: 'byte', 'sentencepiece', 'hf', 'gguf')")
 
 
 def main():

@@ -33,10 +33,13 @@ setup(
         "matplotlib>=3.8",
         "scipy>=1.11",  # evaluation intervals (pit.eval.evaluator)
         "jinja2>=3.1",  # chat templates (transformers' apply_chat_template); not a transformers dependency
+        "gguf>=0.17",  # GGUF import (pit.gguf_import): reader + dequantization, no torch
     ],
     extras_require={
         # setuptools: tests/test_packaging.py builds and installs the package itself
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0", "setuptools>=70"],
+        # accelerate: transformers' GGUF loader, the reference of tests/test_gguf.py
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0", "setuptools>=70",
+                 "accelerate>=1.0"],
     },
     entry_points={"console_scripts": ["pit=pit.main:entry"]},
 )

@@ -35,13 +35,14 @@ class UsageError(Exception):
 
 def run(config, workdir: str):
   """Runs `config.pipeline` in `workdir`, holding the workdir's lock (one run per workdir)."""
-  from pit import sharding, workdir_lock
+  from pit import pretrained, sharding, workdir_lock
   from pit.pipelines import PIPELINES, common  # jax imported only after flags parsed
   if config.pipeline not in PIPELINES:
     raise UsageError(f"unknown pipeline {config.pipeline!r}; choose one of {sorted(PIPELINES)}")
   # before anything asks jax for the process index (the lock: only process 0 takes it)
   sharding.maybe_initialize_distributed(config.get("distributed", None))
   with workdir_lock.hold(workdir):
+    pretrained.resolve(config)   # model.init_from: the saved config carries the real shape
     common.save_config(config, workdir)
     return PIPELINES[config.pipeline](config, workdir)
 

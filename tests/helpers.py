@@ -58,3 +58,40 @@ def sigkill_when(cmd, *, cwd, env, marker, timeout: float = 300.0):
 def without_run(summary: dict) -> dict:
   """A pipeline summary less what depends on how the run was interrupted ("run")."""
   return {k: v for k, v in summary.items() if k != "run"}
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def build_hf_model_dir(path, corpus, *, family="llama", vocab_size=300, seed=0, **config):
+  """A tiny random HF causal LM (transformers, PyTorch CPU) with a byte-level BPE tokenizer
+  trained on `corpus` and a ChatML chat template, saved as safetensors. Returns the model."""
+  import torch
+  import transformers
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
+  t = Tokenizer(models.BPE(unk_token="<unk>"))
+  t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  t.decoder = decoders.ByteLevel()
+  t.train_from_iterator(list(corpus), trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=specials,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=t, pad_token="<pad>", bos_token="<|im_start|>", eos_token="<|im_end|>",
+      unk_token="<unk>")
+  fast.chat_template = CHATML
+  fast.save_pretrained(str(path))
+  cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
+  kw = dict(vocab_size=len(fast), hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, num_hidden_layers=2, max_position_embeddings=256,
+            tie_word_embeddings=True, pad_token_id=fast.pad_token_id,
+            bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, **config)
+  cfg = getattr(transformers, cls[family][0])(**kw)
+  torch.manual_seed(seed)
+  model = getattr(transformers, cls[family][1])(cfg).float().eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  model.save_pretrained(str(path))
+  return model

@@ -8,7 +8,7 @@ import os
 import jax
 import numpy as np
 
-from pit import jsonio
+from pit import jsonio, pretrained
 from pit import sharding as shd
 from pit.data import batching, encoding, sources
 from pit.data.tokenizer import Tokenizer, make_tokenizer
@@ -32,6 +32,7 @@ def setup(config, **model_overrides) -> Runtime:
   `model_overrides` applied). Raises ValueError when model.vocab_size is smaller than the
   tokenizer's vocabulary (and on a bad model, mesh or tokenizer setting)."""
   shd.maybe_initialize_distributed(config.get("distributed", None))
+  pretrained.resolve(config)
   mesh = shd.mesh_from_config(config.mesh)
   rules = shd.rules_from_config(config.mesh)
   tokenizer = make_tokenizer(config.tokenizer)

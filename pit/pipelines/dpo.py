@@ -23,7 +23,7 @@ import logging
 import jax
 import numpy as np
 
-from pit import losses, roles
+from pit import losses, pretrained, roles
 from pit import sharding as shd
 from pit.data import encoding, pair_batching
 from pit.params import init_params
@@ -87,8 +87,11 @@ def run(config, workdir: str):
   if dcfg.init_checkpoint:
     load_init = lambda: roles.restore_params(rt.mdef, dcfg.init_checkpoint, rt.mesh, rt.rules,
                                              "dpo.init_checkpoint")[0]
+  elif pretrained.init_fn(rt, config) is not None:
+    load_init = pretrained.init_fn(rt, config)
   else:
-    logging.warning("dpo.init_checkpoint is empty: policy and reference start at random")
+    logging.warning("dpo.init_checkpoint and model.init_from are empty: policy and reference "
+                    "start at random")
     load_init = lambda: init_params(rt.mdef, rt.mesh, rt.rules, seed)
   if dcfg.reference_checkpoint:
     ref_params = roles.restore_params(rt.mdef, dcfg.reference_checkpoint, rt.mesh, rt.rules,

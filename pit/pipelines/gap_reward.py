@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pit import losses, pit_format, roles
+from pit import losses, pit_format, pretrained, roles
 from pit import sharding as shd
 from pit.data import gap_batching
 from pit.pipelines import common, reward
@@ -88,10 +88,11 @@ def run(config, workdir: str):
       pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed),
       process_index=jax.process_index(), process_count=jax.process_count())
   eval_fn = make_eval_fn(rt, eval_ex, config)
-  init_fn = None
+  init_fn = pretrained.init_fn(rt, config)
   if gcfg.init_checkpoint:  # trunk of an LM (M_PIT reads the same prefix), fresh scalar head
     ckpt_dir = roles.checkpoint_dir(gcfg.init_checkpoint, "gap_reward.init_checkpoint")
-    init_fn = lambda: reward.trunk_from_lm_checkpoint(rt, ckpt_dir, int(config.train.seed))
+    init_fn = lambda: pretrained.trunk_from_lm_checkpoint(rt.mdef, rt.mesh, rt.rules, ckpt_dir,
+                                                          int(config.train.seed))
   result = train(config, workdir, rt.mdef, loss_fn, data, mesh=rt.mesh, rules=rt.rules,
                  init_params_fn=init_fn,
                  eval_fn=eval_fn, name="gap_reward")

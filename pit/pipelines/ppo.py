@@ -22,7 +22,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from pit import pit_format, ppo, roles
+from pit import pit_format, ppo, pretrained, roles
 from pit.checkpoint import Checkpointer
 from pit.data import records
 from pit.params import init_params, model_def
@@ -68,8 +68,9 @@ def make_scorer(config, rt):
 
 def _check(config, updates_per_rollout: int):
   pcfg = config.ppo
-  if not pcfg.init_checkpoint_dir:
-    raise ValueError("ppo.init_checkpoint_dir: give the SFT checkpoint directory to start from")
+  if not pcfg.init_checkpoint_dir and not config.model.get("init_from", ""):
+    raise ValueError("ppo.init_checkpoint_dir: give the SFT checkpoint directory to start from "
+                     "(or model.init_from)")
   k = updates_per_rollout
   if int(config.train.steps) % k:
     raise ValueError(f"train.steps={config.train.steps} must be a multiple of the updates per "
@@ -134,9 +135,13 @@ def train_ppo(config, workdir: str, rt, *, prompts, references=None, scorer, pol
   if rt.mdef.cfg.head != "lm":
     raise ValueError("ppo: model.head must be 'lm' (the policy); the value model is derived")
   acdef = ppo.ActorCriticDef(rt.mdef, model_def(rt.mdef.cfg.replace(head="scalar")))
-  init_dir = roles.checkpoint_dir(pcfg.init_checkpoint_dir, "ppo.init_checkpoint_dir")
+  pretrained_init = None if pcfg.init_checkpoint_dir else pretrained.init_fn(rt, config)
+  init_dir = (roles.checkpoint_dir(pcfg.init_checkpoint_dir, "ppo.init_checkpoint_dir")
+              if pcfg.init_checkpoint_dir else config.model.init_from)
   ref_dir = (roles.checkpoint_dir(pcfg.reference_checkpoint_dir, "ppo.reference_checkpoint_dir")
              if pcfg.reference_checkpoint_dir else init_dir)
+  load_policy = pretrained_init or (lambda: roles.restore_params(rt.mdef, init_dir, rt.mesh,
+                                                                  rt.rules)[0])
   seed = int(config.train.seed)
   sampler = Sampler(rt.mdef, rt.mesh, rt.rules, pad_id=rt.tokenizer.pad_id,
                     eos_id=rt.tokenizer.eos_id, prompt_buckets=tuple(pcfg.prompt_buckets) or None)
@@ -147,12 +152,15 @@ def train_ppo(config, workdir: str, rt, *, prompts, references=None, scorer, pol
                   seed=seed, process_index=jax.process_index(), process_count=jax.process_count(),
                   monitors=monitors)
   _check(config, data.updates_per_rollout)
-  data.ref_params, ref_step = roles.restore_params(rt.mdef, ref_dir, rt.mesh, rt.rules)
+  if ref_dir is init_dir and pretrained_init is not None:
+    data.ref_params, ref_step = pretrained_init(), 0
+  else:
+    data.ref_params, ref_step = roles.restore_params(rt.mdef, ref_dir, rt.mesh, rt.rules)
   logging.info("ppo: policy from %s, KL reference %s step %d; %d updates per rollout", init_dir,
                ref_dir, ref_step, data.updates_per_rollout)
 
   def init_fn():
-    policy, _ = roles.restore_params(rt.mdef, init_dir, rt.mesh, rt.rules)
+    policy = load_policy()
     value = init_params(acdef.value, rt.mesh, rt.rules, seed + 1)
     if pcfg.value_init == "policy":  # trunk from the SFT policy (own buffers), zero scalar
       value = {k: (jax.tree.map(jnp.copy, policy[k]) if k in policy  # head: V = 0 at first,

@@ -11,16 +11,12 @@ the end; WORKDIR/reward_summary.json has the final figures.
 """
 from __future__ import annotations
 
-import logging
-import os
 
 import jax
 
-from pit import losses, roles
+from pit import losses, pretrained, roles
 from pit import sharding as shd
-from pit.checkpoint import Checkpointer
 from pit.data import pair_batching, sources
-from pit.params import init_params
 from pit.pipelines import common
 from pit.trainer import train
 
@@ -85,32 +81,6 @@ def make_pair_eval_fn(rt, examples, config, loss_fn, extra=None, prefix=""):
   return eval_fn
 
 
-def trunk_from_lm_checkpoint(rt, checkpoint_dir: str, seed: int):
-  """Scalar-model params: a fresh head (`score`, `score_bias`) on the trunk of an
-  LM checkpoint of the same width. A reward model deeper than the LM (model.num_layers
-  above the checkpoint's) takes the LM's blocks as its lower blocks; each extra top block
-  starts as the identity (its attention and MLP output projections zero), so training
-  starts from exactly the LM trunk's features."""
-  head = ("score", "score_bias")
-  target = {k: v for k, v in rt.mdef.sharded_abstract(rt.mesh, rt.rules).items() if k not in head}
-  ckpt = Checkpointer(checkpoint_dir, read_only=True, async_save=False)
-  trunk, step = ckpt.restore_params(target, allow_missing=lambda k: k.startswith("block_"))
-  ckpt.close()
-  extra = sorted((k for k in target if k not in trunk), key=lambda k: int(k.split("_")[1]))
-  n_lm = sum(k.startswith("block_") for k in trunk)
-  if [int(k.split("_")[1]) for k in extra] != list(range(n_lm, n_lm + len(extra))):
-    raise ValueError(f"{checkpoint_dir}: the LM lacks {extra}, not only the reward model's top blocks")
-  params = dict(init_params(rt.mdef, rt.mesh, rt.rules, seed))
-  for k in extra:
-    block = params[k]
-    params[k] = {**block, "attn": {**block["attn"], "wo": block["attn"]["wo"] * 0},
-                 "mlp": {**block["mlp"], "w_down": block["mlp"]["w_down"] * 0}}
-  params.update(trunk)
-  logging.info("reward model trunk from %s step %d%s", checkpoint_dir, step,
-               f" (+{len(extra)} identity-initialised top blocks)" if extra else "")
-  return params
-
-
 def run(config, workdir: str):
   """`pipeline=reward` (see the module docstring): trains the Bradley-Terry reward model and
   returns the summary written to WORKDIR/reward_summary.json. Raises ValueError when
@@ -121,10 +91,11 @@ def run(config, workdir: str):
   train_ex, eval_ex, report = load_pair_splits(config, rt.tokenizer)
   loss_fn = losses.make_reward_loss(config.reward)
   eval_fn = make_pair_eval_fn(rt, eval_ex, config, loss_fn)
-  init_fn = None
+  init_fn = pretrained.init_fn(rt, config)
   if config.reward.init_checkpoint:
     ckpt_dir = roles.checkpoint_dir(config.reward.init_checkpoint, "reward.init_checkpoint")
-    init_fn = lambda: trunk_from_lm_checkpoint(rt, ckpt_dir, int(config.train.seed))
+    init_fn = lambda: pretrained.trunk_from_lm_checkpoint(rt.mdef, rt.mesh, rt.rules, ckpt_dir,
+                                                          int(config.train.seed))
   result = train(config, workdir, rt.mdef, loss_fn, pair_iterator(rt, train_ex, config),
                  mesh=rt.mesh, rules=rt.rules, eval_fn=eval_fn, init_params_fn=init_fn,
                  name="reward")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from pit import losses, roles
+from pit import losses, pretrained, roles
 from pit import sharding as shd
 from pit.data import batching, sources
 from pit.pipelines import common
@@ -68,7 +68,7 @@ def run(config, workdir: str):
       pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed),
       process_index=jax.process_index(), process_count=jax.process_count())
   eval_fn = make_eval_fn(rt, eval_ex, config)
-  init_fn = None
+  init_fn = pretrained.init_fn(rt, config)
   if config.train.get("init_checkpoint", ""):
     init_fn = lambda: roles.restore_params(rt.mdef, config.train.init_checkpoint, rt.mesh,
                                            rt.rules, "train.init_checkpoint")[0]

@@ -264,18 +264,17 @@ def test_deeper_reward_model_from_an_lm_trunk_starts_as_that_trunk(tmp_path):
   blocks, and its extra top block is the identity, so it scores exactly as the
   same-depth RM with the same head; a gap in the middle is an error."""
   from pit.checkpoint import Checkpointer
-  from pit.pipelines import common, reward
+  from pit.pretrained import trunk_from_lm_checkpoint
   m, rules = mesh((1, 1, 1)), shd.DEFAULT_RULES
   lm = tiny_mdef(vocab_size=V)
   lm_params = init_params(lm, m, rules, 3)
   ckpt = Checkpointer(str(tmp_path / "lm"), save_every=1, keep=1, async_save=False)
   ckpt.save(1, {"params": lm_params}, {})
   ckpt.close()
-  rt = lambda mdef: common.Runtime(m, rules, TOK, mdef)
-  same = reward.trunk_from_lm_checkpoint(rt(tiny_mdef(vocab_size=V, head="scalar")),
-                                         str(tmp_path / "lm"), 0)
+  same = trunk_from_lm_checkpoint(tiny_mdef(vocab_size=V, head="scalar"), m, rules,
+                                  str(tmp_path / "lm"), 0)
   deep_def = tiny_mdef(vocab_size=V, head="scalar", num_layers=3)
-  deep = reward.trunk_from_lm_checkpoint(rt(deep_def), str(tmp_path / "lm"), 0)
+  deep = trunk_from_lm_checkpoint(deep_def, m, rules, str(tmp_path / "lm"), 0)
   for k in ("embed", "block_0", "block_1", "final_norm"):
     jax.tree.map(np.testing.assert_array_equal, deep[k], lm_params[k])
   assert not np.any(deep["block_2"]["attn"]["wo"]) and not np.any(deep["block_2"]["mlp"]["w_down"])
@@ -291,7 +290,7 @@ def test_deeper_reward_model_from_an_lm_trunk_starts_as_that_trunk(tmp_path):
   ckpt.save(1, {"params": lm1}, {})
   ckpt.close()
   with pytest.raises(ValueError, match="block_0"):
-    reward.trunk_from_lm_checkpoint(rt(deep_def), str(tmp_path / "holey"), 0)
+    trunk_from_lm_checkpoint(deep_def, m, rules, str(tmp_path / "holey"), 0)
 
 
 def test_held_out_accuracy_standard_errors_against_scipy():

@@ -76,7 +76,7 @@ def _gelu_approximate(hf: dict, act: str) -> bool:
   _unsupported(hf, f"activation {act!r}")
 
 
-def _window(hf: dict, n_layers: int) -> dict:
+def _window(hf: dict) -> dict:
   """sliding_window / sliding_window_pattern from `layer_types` (v5) or the flat keys."""
   window = hf.get("sliding_window")
   types = hf.get("layer_types")
@@ -144,7 +144,7 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
   bias = bool(hf.get("attention_bias", False))
   kw.update(norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp=mlp,
             gelu_approximate=approximate, qkv_bias=bias or kind == "qwen2",
-            out_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)), **_window(hf, n_layers))
+            out_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)), **_window(hf))
   if kind == "qwen3":
     kw["qk_norm"] = True
   if kind in ("gemma", "gemma2"):
@@ -218,7 +218,7 @@ def _norm_entries(hf_name, ours, cfg, offset=0.0):
   return out
 
 
-def _head_entries(cfg, prefix_root: str = "") -> list[Entry]:
+def _head_entries(cfg) -> list[Entry]:
   out = []
   if cfg.head == "lm" and not cfg.tie_embeddings:
     out.append(_transposed("lm_head.weight", "lm_head"))

@@ -139,7 +139,7 @@ def test_bad_init_from_values_are_named(tmp_path):
 
 def test_ppo_policy_value_and_kl_reference_come_from_init_from(hf_dir, tmp_path):
   """PPO with no init checkpoint: policy, KL reference and value trunk are the HF model."""
-  from pit.pipelines import common, ppo as ppo_pipeline
+  from pit.pipelines import ppo as ppo_pipeline
   path, model = hf_dir
   c = _config("ppo", "tiny", init_from=f"hf:{path}")
   c.ppo.update(init_checkpoint_dir="", rollout_batch_size=8, max_new_tokens=4, epochs=1,
@@ -161,4 +161,3 @@ def test_ppo_policy_value_and_kl_reference_come_from_init_from(hf_dir, tmp_path)
                        rules=shd.DEFAULT_RULES).mdef
   ids = np.arange(24).reshape(2, 12) % model.config.vocab_size
   np.testing.assert_allclose(_logits(rt_mdef, ref, ids), _hf_logits(model, ids), atol=1e-4, rtol=0)
-  del common

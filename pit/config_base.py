@@ -53,7 +53,12 @@ def base_config() -> ml_collections.ConfigDict:
       grad_clip_norm=1.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1))
   c.train = ml_collections.ConfigDict(dict(
       steps=1000, batch_size=32, accum_steps=1, log_every=10, eval_every=0, seed=0,
-      init_checkpoint=""))  # sft: start from this LM workdir / checkpoints dir (params only)
+      init_checkpoint="",  # sft: start from this LM workdir / checkpoints dir (params only)
+      # LoRA (pit.lora): rank 0 = full fine-tuning; else only these adapters (and a scalar
+      # head) train, the optimizer state and checkpoints hold only them, merged at the end
+      lora=ml_collections.ConfigDict(dict(
+          rank=0, alpha=16.0, dropout=0.0,
+          targets=("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")))))
   c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True))
   c.eval = eval_defaults()
   c.generate = ml_collections.ConfigDict(dict(

@@ -32,7 +32,8 @@ _CLASS_PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen
                  "gemma": "Gemma", "gemma2": "Gemma2", "phi3": "Phi3", "gpt2": "GPT2",
                  "phi": "Phi"}
 # Fields that describe how we run a model, not what it computes.
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "init_std", "head", "family")
+_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "init_std", "head", "family", "lora_rank",
+                   "lora_alpha", "lora_targets")
 _DTYPES = {"float32": (np.float32, "F32"), "bfloat16": (ml_dtypes.bfloat16, "BF16"),
            "float16": (np.float16, "F16")}
 

@@ -26,6 +26,7 @@ from flax import nnx
 from pit.sharding import constrain
 
 NEG_INF = -1e30  # finite so fully-masked (pad) query rows give no NaNs.
+LORA_TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,11 @@ class ModelConfig:
   sliding_window_pattern: int = 1  # layer i slides iff i % pattern == 0 (1: all; Gemma 2: 2)
   post_norms: bool = False       # Gemma 2: norms after attention and after the MLP, too
   family: str = ""               # HF model_type it came from / exports as ('' -> inferred)
+  # LoRA adapters (set by the trainer from train.lora; saved model configs never carry them):
+  # y = x W + (lora_alpha / lora_rank) * (x A) B on the named weights; B starts at zero.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
   mlp: str = "swiglu"            # swiglu | geglu | gelu | relu
   gelu_approximate: bool = True  # tanh GELU (GPT-2 "gelu_new")
   qkv_bias: bool = False
@@ -103,6 +109,11 @@ class ModelConfig:
     for field in ("attn_scale", "attn_softcap", "final_softcap", "sliding_window"):
       if getattr(self, field) < 0:
         bad(field, f"must be >= 0, got {getattr(self, field)}")
+    if self.lora_rank < 0:
+      bad("lora_rank", f"must be >= 0, got {self.lora_rank}")
+    unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+    if unknown:
+      bad("lora_targets", f"unknown weight(s) {unknown}; known: {list(LORA_TARGETS)}")
     if self.sliding_window_pattern < 1:
       bad("sliding_window_pattern", f"must be >= 1, got {self.sliding_window_pattern}")
 
@@ -179,6 +190,35 @@ def _param(rngs, shape, axes, cfg: ModelConfig, init: str = "normal", std=None):
   return nnx.Param(value, axes=tuple(axes))
 
 
+def _lora_pair(module, rngs, cfg: ModelConfig, name: str, in_shape, in_axes, out_shape, out_axes):
+  """Adds LoRA factors `{name}_lora_a` [*in, r] ~ N(0, 1/fan_in) and `{name}_lora_b`
+  [r, *out] = 0 to `module` when `name` is a target (else None attributes)."""
+  if not cfg.lora_rank or name not in cfg.lora_targets:
+    setattr(module, f"{name}_lora_a", None)
+    setattr(module, f"{name}_lora_b", None)
+    return
+  r = cfg.lora_rank
+  fan_in = 1
+  for d in in_shape:
+    fan_in *= d
+  setattr(module, f"{name}_lora_a", _param(rngs, (*in_shape, r), (*in_axes, "lora_rank"), cfg,
+                                           std=fan_in ** -0.5))
+  setattr(module, f"{name}_lora_b", _param(rngs, (r, *out_shape), ("lora_rank", *out_axes), cfg,
+                                           "zeros"))
+
+
+def _lora_delta(module, name: str, x, n_in: int):
+  """(alpha / r) * (x A) B for weight `name` (x's last `n_in` dims contract with A), or None."""
+  a = getattr(module, f"{name}_lora_a", None)
+  if a is None:
+    return None
+  cfg = module.cfg
+  dt = cfg.compute_dtype
+  b = getattr(module, f"{name}_lora_b")
+  h = jnp.tensordot(x, a[...].astype(dt), axes=n_in)
+  return jnp.tensordot(h, b[...].astype(dt), axes=1) * (cfg.lora_alpha / cfg.lora_rank)
+
+
 class Norm(nnx.Module):
   """RMSNorm or LayerNorm (`cfg.norm`) over the last axis (D, or E for `HeadNorm`),
   computed in fp32: x [..., D] -> [..., D] in the compute dtype (scale, and bias for
@@ -237,26 +277,34 @@ class Attention(nnx.Module):
     else:
       self.bq = self.bk = self.bv = None
     self.bo = _param(rngs, (D,), ("embed",), cfg, "zeros") if cfg.out_bias else None
+    for name, out_shape, out_axes in (("wq", (H, E), ("q_heads", "head_dim")),
+                                      ("wk", (K, E), ("kv_heads", "head_dim")),
+                                      ("wv", (K, E), ("kv_heads", "head_dim"))):
+      _lora_pair(self, rngs, cfg, name, (D,), ("embed",), out_shape, out_axes)
+    _lora_pair(self, rngs, cfg, "wo", (H, E), ("q_heads", "head_dim"), (D,), ("embed",))
     if cfg.qk_norm:
       self.q_norm = Norm(cfg, rngs, E, "head_dim", "rmsnorm")
       self.k_norm = Norm(cfg, rngs, E, "head_dim", "rmsnorm")
     else:
       self.q_norm = self.k_norm = None
 
-  def _proj(self, x_BLD, w, b):
+  def _proj(self, x_BLD, w, b, name):
     dt = self.cfg.compute_dtype
     y = jnp.einsum("bld,dhe->blhe", x_BLD, w[...].astype(dt))
+    delta = _lora_delta(self, name, x_BLD, 1)
+    if delta is not None:
+      y = y + delta
     return y + b[...].astype(dt) if b is not None else y
 
   def __call__(self, x_BLD, positions_BL, kv_mask_BS, cache=None, cache_index=None):
     cfg = self.cfg
-    q_BLHE, k_BLKE = self._proj(x_BLD, self.wq, self.bq), self._proj(x_BLD, self.wk, self.bk)
+    q_BLHE, k_BLKE = self._proj(x_BLD, self.wq, self.bq, "wq"), self._proj(x_BLD, self.wk, self.bk, "wk")
     if self.q_norm is not None:
       q_BLHE, k_BLKE = self.q_norm(q_BLHE), self.k_norm(k_BLKE)
     inv_freq = cfg.inv_freq() if cfg.rotary_dim else None
     q_BLHE = rope(q_BLHE, positions_BL, cfg.rotary_dim, inv_freq)
     k_BLKE = rope(k_BLKE, positions_BL, cfg.rotary_dim, inv_freq)
-    v_BLKE = self._proj(x_BLD, self.wv, self.bv)
+    v_BLKE = self._proj(x_BLD, self.wv, self.bv, "wv")
     q_BLHE = constrain(q_BLHE, ("activation_batch", "activation_length", "activation_heads", None))
     L = x_BLD.shape[1]
     if cache is not None:
@@ -283,6 +331,9 @@ class Attention(nnx.Module):
     out_BLHE = attend(q_BLHE, k_BSKE.astype(q_BLHE.dtype), v_BSKE.astype(q_BLHE.dtype), mask_BLS,
                       scale=cfg.attn_scale, softcap=cfg.attn_softcap)
     out_BLD = jnp.einsum("blhe,hed->bld", out_BLHE, self.wo[...].astype(cfg.compute_dtype))
+    delta = _lora_delta(self, "wo", out_BLHE, 2)
+    if delta is not None:
+      out_BLD = out_BLD + delta
     if self.bo is not None:
       out_BLD = out_BLD + self.bo[...].astype(cfg.compute_dtype)
     return out_BLD, new_cache
@@ -318,6 +369,10 @@ class Mlp(nnx.Module):
     self.b_up = _param(rngs, (F,), ("mlp",), cfg, "zeros") if cfg.mlp_bias else None
     self.b_gate = _param(rngs, (F,), ("mlp",), cfg, "zeros") if cfg.mlp_bias and gated else None
     self.b_down = _param(rngs, (D,), ("embed",), cfg, "zeros") if cfg.mlp_bias else None
+    if gated:
+      _lora_pair(self, rngs, cfg, "w_gate", (D,), ("embed",), (F,), ("mlp",))
+    _lora_pair(self, rngs, cfg, "w_up", (D,), ("embed",), (F,), ("mlp",))
+    _lora_pair(self, rngs, cfg, "w_down", (F,), ("mlp",), (D,), ("embed",))
 
   def _act(self, x):
     if self.cfg.mlp == "swiglu":
@@ -328,16 +383,19 @@ class Mlp(nnx.Module):
 
   def __call__(self, x_BLD):
     dt = self.cfg.compute_dtype
-    def dense(x, w, b):
+    def dense(x, w, b, name):
       y = x @ w[...].astype(dt)
+      delta = _lora_delta(self, name, x, 1)
+      if delta is not None:
+        y = y + delta
       return y + b[...].astype(dt) if b is not None else y
-    up_BLF = dense(x_BLD, self.w_up, self.b_up)
+    up_BLF = dense(x_BLD, self.w_up, self.b_up, "w_up")
     if self.w_gate is not None:
-      h_BLF = self._act(dense(x_BLD, self.w_gate, self.b_gate)) * up_BLF
+      h_BLF = self._act(dense(x_BLD, self.w_gate, self.b_gate, "w_gate")) * up_BLF
     else:
       h_BLF = self._act(up_BLF)
     h_BLF = constrain(h_BLF, ("activation_batch", "activation_length", "activation_mlp"))
-    return dense(h_BLF, self.w_down, self.b_down)
+    return dense(h_BLF, self.w_down, self.b_down, "w_down")
 
 
 class Block(nnx.Module):

@@ -34,13 +34,14 @@ HEADS = {"policy": "lm", "reference": "lm", "judge": "lm", "reward": "scalar",
 
 def checkpoint_dir(path: str, field: str = "checkpoint") -> str:
   """The checkpoints folder of `path`: WORKDIR/policy/checkpoints (an RL round's exported
-  policy), else WORKDIR/checkpoints, else `path` itself. Errors name `field` (the config
+  policy), else WORKDIR/merged/checkpoints (a LoRA run's merged model, `pit.lora`), else
+  WORKDIR/checkpoints, else `path` itself. Errors name `field` (the config
   field that gave the path)."""
   if not path:
     raise ValueError(f"{field}: no checkpoint directory given")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{field}: not a directory: {path}")
-  for sub in (("policy", "checkpoints"), ("checkpoints",)):
+  for sub in (("policy", "checkpoints"), ("merged", "checkpoints"), ("checkpoints",)):
     d = os.path.join(path, *sub)
     if os.path.isdir(d):
       return d
@@ -52,7 +53,7 @@ def workdir_of(path: str) -> str:
   p = os.path.normpath(path)
   if os.path.basename(p) == "checkpoints":
     p = os.path.dirname(p)
-    if os.path.basename(p) == "policy":
+    if os.path.basename(p) in ("policy", "merged"):
       p = os.path.dirname(p)
   return p
 

@@ -82,36 +82,43 @@ def _keys(path) -> tuple:
 def make_train_step(mdef: ModelDef, loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     mesh: Mesh, rules, state_shardings: TrainState, *, accum_steps: int = 1,
                     seed: int = 0, lr_schedule: optax.Schedule | None = None,
-                    extra_shardings: Any = None, donate: bool = True):
-  """Returns jitted `step(state, batch, extra) -> (state, metrics)`."""
+                    extra_shardings: Any = None, donate: bool = True,
+                    frozen_shardings: Any = None):
+  """Returns jitted `step(state, batch, extra, frozen=None) -> (state, metrics)`. With
+  `frozen_shardings` (LoRA, `pit.lora`) the state holds only the trained leaves and `frozen`
+  (the rest of `mdef`'s params, not donated, never updated) is joined to them for the
+  forward pass."""
   base_key = jax.random.key(seed)
 
-  def micro_loss(params, batch, rng, extra):
+  def micro_loss(params, batch, rng, extra, frozen):
+    if frozen is not None:
+      from pit import lora
+      params = lora.join(frozen, params)
     model = mdef.merge(params)
     loss, weight, metrics = loss_fn(model, batch, rng, extra)
     return loss * weight, (weight, metrics)
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-  def step(state: TrainState, batch, extra):
+  def step(state: TrainState, batch, extra, frozen):
     rng = jax.random.fold_in(base_key, state.step)
     with shd.axis_rules(mesh, rules):
       if accum_steps == 1:
-        (wloss, (weight, metrics)), grads = grad_fn(state.params, batch, rng, extra)
+        (wloss, (weight, metrics)), grads = grad_fn(state.params, batch, rng, extra, frozen)
         wmetrics = jax.tree.map(lambda m: m * weight, metrics)
       else:
         micro = jax.tree.map(lambda x: _split_micro(x, accum_steps), batch)
 
         def body(carry, xs):
           mb, i = xs
-          (wl, (w, m)), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), extra)
+          (wl, (w, m)), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), extra, frozen)
           acc_g, acc_l, acc_w, acc_m = carry
           return (jax.tree.map(jnp.add, acc_g, g), acc_l + wl, acc_w + w,
                   jax.tree.map(lambda a, b: a + b * w, acc_m, m)), None
 
         zeros_g = jax.tree.map(jnp.zeros_like, state.params)
         _, (_, m_shape) = jax.eval_shape(micro_loss, state.params,
-                                         jax.tree.map(lambda x: x[0], micro), rng, extra)
+                                         jax.tree.map(lambda x: x[0], micro), rng, extra, frozen)
         zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
         (grads, wloss, weight, wmetrics), _ = jax.lax.scan(
             body, (zeros_g, 0.0, 0.0, zeros_m), (micro, jnp.arange(accum_steps)))
@@ -135,14 +142,15 @@ def make_train_step(mdef: ModelDef, loss_fn: LossFn, optimizer: optax.GradientTr
   batch_sharding = lambda b: jax.tree.map(lambda x: shd.batch_sharding(mesh, rules, x.ndim, x.shape), b)
   compiled = {}
 
-  def run(state, batch, extra=None):
+  def run(state, batch, extra=None, frozen=None):
     key = jax.tree.structure(batch), tuple(x.shape for x in jax.tree.leaves(batch))
     if key not in compiled:
       compiled[key] = jax.jit(
-          step, in_shardings=(state_shardings, batch_sharding(batch), extra_shardings),
+          step, in_shardings=(state_shardings, batch_sharding(batch), extra_shardings,
+                              frozen_shardings),
           out_shardings=(state_shardings, shd.replicated(mesh)),
           donate_argnums=(0,) if donate else ())
-    return compiled[key](state, batch, extra)
+    return compiled[key](state, batch, extra, frozen)
 
   run.num_compiled = lambda: len(compiled)
   return run

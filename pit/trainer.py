@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from pit import optim, preemption, workdir_lock
+from pit import lora, optim, preemption, workdir_lock
 from pit import sharding as shd
 from pit import train_step as ts
 from pit.checkpoint import Checkpointer
@@ -81,12 +81,28 @@ def _train(config, workdir, mdef, loss_fn, data, *, mesh, rules, extra, extra_sh
   tcfg, ccfg = config.train, config.checkpoint
   optimizer = optim.make_optimizer(config.optim)
   schedule = optim.learning_rate_schedule(config.optim)
-  param_shardings = mdef.shardings(mesh, rules)
+  lcfg = lora.LoraConfig.from_config(tcfg.get("lora", None))
+  plain_mdef = mdef
+  frozen = frozen_shardings = None
+  if lcfg.enabled:   # the state holds the factors (+ a scalar head); the rest is frozen
+    mdef = lora.augment(plain_mdef, lcfg)
+    frozen_shardings, param_shardings = lora.split(mdef.shardings(mesh, rules))
+    abstract = lora.split(mdef.abstract_params)[1]
+  else:
+    param_shardings = mdef.shardings(mesh, rules)
+    abstract = mdef.abstract_params
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=ccfg.every,
                       keep=ccfg.keep, async_save=ccfg.get("async_save", True))
-  abs_state, state_shardings = ts.abstract_train_state(mdef.abstract_params, optimizer, mesh,
+  abs_state, state_shardings = ts.abstract_train_state(abstract, optimizer, mesh,
                                                        param_shardings)
   restored = ckpt.restore_latest(abs_state)
+  if lcfg.enabled:   # rebuilt on every start: the frozen weights are never checkpointed
+    base = init_params_fn() if init_params_fn else init_params(plain_mdef, mesh, rules,
+                                                               int(tcfg.seed))
+    frozen, head = lora.split(base)
+    del base
+    logging.info("%s: LoRA rank %d on %s: %d trained / %d frozen parameters", name, lcfg.rank,
+                 ",".join(lcfg.targets), lora.count(abstract), lora.count(frozen))
   last: dict = {}
   if restored is not None:
     state, data_state, last, resumed_from = restored
@@ -95,11 +111,17 @@ def _train(config, workdir, mdef, loss_fn, data, *, mesh, rules, extra, extra_sh
     logging.info("%s: resumed from step %d", name, resumed_from)
   else:
     resumed_from = None
-    params = init_params_fn() if init_params_fn else init_params(mdef, mesh, rules, int(tcfg.seed))
+    if lcfg.enabled:
+      params = lora.join(head, lora.fresh_factors(abstract, param_shardings, int(tcfg.seed)))
+    else:
+      params = init_params_fn() if init_params_fn else init_params(mdef, mesh, rules,
+                                                                    int(tcfg.seed))
     state, state_shardings = ts.create_train_state(params, optimizer, mesh, param_shardings)
   step_fn = ts.make_train_step(mdef, loss_fn, optimizer, mesh, rules, state_shardings,
                                accum_steps=int(tcfg.accum_steps), seed=int(tcfg.seed),
-                               lr_schedule=schedule, extra_shardings=extra_shardings)
+                               lr_schedule=schedule, extra_shardings=extra_shardings,
+                               frozen_shardings=frozen_shardings)
+  view = _MergedView.maker(frozen, lcfg, plain_mdef, mesh, rules)
   start = int(jax.device_get(state.step))
   total = int(tcfg.steps)
   if start > total:
@@ -119,11 +141,11 @@ def _train(config, workdir, mdef, loss_fn, data, *, mesh, rules, extra, extra_sh
   try:
     for step in range(start, total):
       if prepare is not None:
-        prepare(state, step)
+        prepare(view(state), step)
       batch = next(data)
       tokens_since += int(np.sum(batch["mask"])) if "mask" in batch else 0
       batch = shd.put_batch(batch, mesh, rules)
-      state, metrics = step_fn(state, batch, extra)
+      state, metrics = step_fn(state, batch, extra, frozen)
       done = step + 1
       guard.add(done, metrics)
       can_save = checkpointable is None or checkpointable()
@@ -144,7 +166,7 @@ def _train(config, workdir, mdef, loss_fn, data, *, mesh, rules, extra, extra_sh
         tokens_since, t_since = 0, time.perf_counter()
       if eval_fn is not None and tcfg.get("eval_every", 0) and done % int(tcfg.eval_every) == 0:
         guard.check()
-        writer.write(done, eval_fn(state, done), split="eval")
+        writer.write(done, eval_fn(view(state), done), split="eval")
       if can_save:
         data_state = data.get_state() if hasattr(data, "get_state") else {}
         if ckpt.manager.should_save(done) or done == total or stopping:
@@ -162,7 +184,53 @@ def _train(config, workdir, mdef, loss_fn, data, *, mesh, rules, extra, extra_sh
     bar.close()
     ckpt.close()
     writer.close()
+  if lcfg.enabled:
+    state = state.replace(params=view(state).params)
+    abstract_plain = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                                  plain_mdef.abstract_params, plain_mdef.shardings(mesh, rules))
+    _save_merged(workdir, total, state.params, abstract_plain)
   return TrainResult(state, total - start, resumed_from, last)
+
+
+class _MergedView:
+  """A train state as the rest of the code knows it: `params` are the plain model's
+  (LoRA factors merged into the weights, computed once, on first use); step as the
+  state's. Without LoRA `maker` returns the identity."""
+
+  def __init__(self, state, merge_fn):
+    self.step, self.opt_state, self._state, self._merge = state.step, state.opt_state, state, merge_fn
+    self._params = None
+
+  @property
+  def params(self):
+    """The merged plain params."""
+    if self._params is None:
+      self._params = self._merge(self._state.params)
+    return self._params
+
+  @classmethod
+  def maker(cls, frozen, lcfg, plain_mdef, mesh, rules):
+    """state -> view (LoRA) or state -> state."""
+    if not lcfg.enabled:
+      return lambda state: state
+    merge = jax.jit(lambda fr, tr: lora.merge(lora.join(fr, tr), lcfg.scale),
+                    out_shardings=plain_mdef.shardings(mesh, rules))
+    return lambda state: cls(state, lambda trained: merge(frozen, trained))
+
+
+def _save_merged(workdir: str, step: int, params, abstract):
+  """WORKDIR/merged/checkpoints at `step`: the plain model every loader reads; kept when an
+  intact one is there (a resumed finished run), else written (again)."""
+  ckpt = Checkpointer(os.path.join(workdir, "merged", "checkpoints"), save_every=1, keep=1,
+                      async_save=False)
+  try:
+    if ckpt.latest_step() == step and ckpt.is_intact(abstract, step):
+      return
+    if ckpt.latest_step() == step:
+      ckpt.quarantine(step)
+    ckpt.save(step, {"params": params}, {"source": "lora merge"}, force=True)
+  finally:
+    ckpt.close()
 
 
 class _FiniteGuard:

@@ -39,7 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
       rules=tuple((k, v) for k, v in DEFAULT_RULES)))
   c.distributed = ml_collections.ConfigDict(dict(
       enabled=False, coordinator_address="", num_processes=-1, process_id=-1))
-  c.tokenizer = ml_collections.ConfigDict(dict(kind="byte", path=""))  # pit.data.tokenizer
+  # pit.data.tokenizer; chat_template: HF / GGUF tokenizers render prompts through theirs
+  c.tokenizer = ml_collections.ConfigDict(dict(kind="byte", path="", chat_template=True))
   c.data = ml_collections.ConfigDict(dict(
       train_path="", eval_path="", prompt_format="{prompt}", max_len=256,
       max_response_len=128, buckets=(), on_error="raise", eval_fraction=0.05, seed=0,

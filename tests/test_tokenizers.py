@@ -197,9 +197,19 @@ def test_chat_prompts_get_exactly_the_template_ids(tmp_path, style):
     # every path that builds a sequence from this prompt starts with the same ids
     ex = encoding.example(tok, tok.render_chat(turns), " fine", max_len=256, max_response_len=64)
     assert ex.tokens.tolist()[:len(want)] == want
-    assert ex.tokens.tolist()[len(want):] == tok.encode(" fine") + [tok.eos_id]
-  # plain text: the tokenizer's own prefix (its post-processor), exactly like ref(text)
-  assert encoding.prompt_ids(tok, "the lazy dog") == ref("the lazy dog")["input_ids"]
+    # the template's assistant header separates the response: its leading space is dropped
+    assert ex.tokens.tolist()[len(want):] == tok.encode("fine") + [tok.eos_id]
+  # plain text and plain-HH prompts are rendered through the template as turns
+  want, _ = _hf_chat_ids(path, [{"role": "user", "content": "the lazy dog"}])
+  assert encoding.prompt_ids(tok, "the lazy dog") == want
+  hh = "\n\nHuman: hi\n\nAssistant: hello there\n\nHuman: sort 3 1 2\n\nAssistant:"
+  want, _ = _hf_chat_ids(path, [{"role": "user", "content": "hi"},
+                                {"role": "assistant", "content": "hello there"},
+                                {"role": "user", "content": "sort 3 1 2"}])
+  assert encoding.prompt_ids(tok, hh) == want
+  # with chat_template=False: the tokenizer's own prefix (its post-processor), like ref(text)
+  raw = tk.HFTokenizer(path, chat_template=False)
+  assert encoding.prompt_ids(raw, "the lazy dog") == ref("the lazy dog")["input_ids"]
   if style == "chatml":
     assert tok.sequence_prefix == [] and want[0] == ref.convert_tokens_to_ids("<|im_start|>")
   else:

@@ -30,8 +30,12 @@ def prompt_ids(tokenizer, text: str, max_len: int = 0) -> list[int]:
 
 def example(tokenizer, prompt: str, response: str, *, max_len: int, max_response_len: int,
             stats: batching.TruncationStats | None = None) -> batching.Example:
-  """[prefix] prompt response [eos] with the loss on response + eos."""
+  """[prefix] prompt response [eos] with the loss on response + eos. With a chat template
+  (`chat_active`) the response's leading whitespace is dropped: the template's assistant
+  header already separates it (HH responses start with a space)."""
   prefix, body = tokenizer.encode_prompt_parts(prompt)
+  if getattr(tokenizer, "chat_active", False):
+    response = response.lstrip()
   return batching.make_example(prefix + body, tokenizer.encode(response), eos_id=tokenizer.eos_id,
                                max_len=max_len, max_response_len=max_response_len,
                                keep_prefix=len(prefix), stats=stats)

@@ -90,6 +90,28 @@ def render_plain_chat(turns: Sequence[Turn], add_generation_prompt: bool = True)
   return "".join(out)
 
 
+def parse_plain_chat(text: str) -> list[Turn]:
+  """The turns of a prompt in the plain HH format (`render_plain_chat`'s output, which is
+  how the builders store conversations): text before the first "\n\nHuman: " is a system
+  turn, then alternating user / assistant turns; a trailing "\n\nAssistant:" (the
+  generation prompt) is dropped. Text without the markers is one user turn. Whitespace at
+  the ends of each turn is stripped."""
+  import re
+  parts = re.split(r"\n\n(Human|Assistant):", text)
+  if len(parts) == 1:
+    return [("user", text.strip())]
+  turns: list[Turn] = []
+  if parts[0].strip():
+    turns.append(("system", parts[0].strip()))
+  pairs = list(zip(parts[1::2], parts[2::2]))
+  for i, (marker, body) in enumerate(pairs):
+    role = "user" if marker == "Human" else "assistant"
+    if role == "assistant" and not body.strip() and i == len(pairs) - 1:
+      continue   # the generation prompt
+    turns.append((role, body.strip()))
+  return turns
+
+
 def content_ids(ids: Sequence[int], eos_id: int, drop, vocab_size: int | None = None) -> list[int]:
   """The ids before the first eos, without those in `drop` (pad/bos/specials) or out of range."""
   out = []
@@ -221,7 +243,7 @@ class HFTokenizer:
   template, the plain HH template.
   """
 
-  def __init__(self, path: str, tok=None):
+  def __init__(self, path: str, tok=None, chat_template: bool = True):
     if tok is None:
       if not path:
         raise ValueError("tokenizer.path: no Hugging Face tokenizer directory given")
@@ -244,6 +266,8 @@ class HFTokenizer:
                    self.sequence_prefix[0] if self.sequence_prefix else self.eos_id)
     self.pad_id = int(t.pad_token_id) if t.pad_token_id is not None else self.eos_id
     self.vocab_size = len(t)
+    # Prompts in the plain HH format go through the model's own chat template.
+    self.chat_active = bool(chat_template and t.chat_template)
     self._special = set(int(i) for i in t.all_special_ids)
     added = getattr(t, "added_tokens_decoder", {}) or {}
     self._special_texts = sorted(
@@ -252,21 +276,29 @@ class HFTokenizer:
         reverse=True)
 
   @classmethod
-  def from_gguf(cls, path: str) -> "HFTokenizer":
+  def from_gguf(cls, path: str, chat_template: bool = True) -> "HFTokenizer":
     """The tokenizer and chat template stored in a GGUF file's metadata
     (`pit.gguf_import.tokenizer_from_gguf`; no torch)."""
     from pit import gguf_import
-    return cls(path, gguf_import.tokenizer_from_gguf(path))
+    return cls(path, gguf_import.tokenizer_from_gguf(path), chat_template)
 
   def encode(self, text: str) -> list[int]:
     """The tokenizer's ids of `text` without special tokens."""
     return list(self.tok.encode(text, add_special_tokens=False))
 
   def encode_prompt_parts(self, text: str) -> tuple[list[int], list[int]]:
-    """(prefix, body). Text beginning with a special token (a chat template's output) is
+    """(prefix, body). With a chat template (`chat_active`), a prompt in the plain HH format
+    (or plain text: one user turn) is first rendered through it (`parse_plain_chat`, then
+    `render_chat`). Text beginning with a special token (a chat template's output) is
     encoded as written and its leading bos, if any, is the prefix; other text gets
     `sequence_prefix` and its ids without special tokens."""
-    if any(text.startswith(s) for s in self._special_texts if s):   # a chat template's output
+    starts_special = any(text.startswith(s) for s in self._special_texts if s)
+    if self.chat_active and not starts_special:
+      text = self.render_chat(parse_plain_chat(text))
+      starts_special = any(text.startswith(s) for s in self._special_texts if s)
+      if not starts_special:   # a template that begins with plain text
+        return [], self.encode(text)
+    if starts_special:   # a chat template's output
       ids = self.encode(text)
       bos = self.tok.bos_token_id
       k = 1 if ids and bos is not None and ids[0] == int(bos) else 0
@@ -310,13 +342,14 @@ def make_tokenizer(cfg) -> Tokenizer:
     return ByteTokenizer()
   if kind == "sentencepiece":
     return SentencePieceTokenizer(cfg.get("path", ""))
+  chat = bool(cfg.get("chat_template", True))
   if kind == "hf":
-    return HFTokenizer(cfg.get("path", ""))
+    return HFTokenizer(cfg.get("path", ""), chat_template=chat)
   if kind == "gguf":
     path = cfg.get("path", "")
     if not path or not os.path.isfile(path):
       raise FileNotFoundError(f"tokenizer.path: GGUF file not found: {path!r}")
-    return HFTokenizer.from_gguf(path)
+    return HFTokenizer.from_gguf(path, chat_template=chat)
   raise ValueError(f"tokenizer.kind: unknown tokenizer {kind!r} "
                    "(known: 'byte', 'sentencepiece', 'hf', 'gguf')")
 

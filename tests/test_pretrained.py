@@ -67,7 +67,7 @@ def test_sft_and_reward_start_from_hf_and_checkpoint_and_export_back(hf_dir, tmp
   saved = json.load(open(os.path.join(sft_dir, "config_sft.json")))
   assert saved["model"]["d_model"] == 32 and saved["model"]["vocab_size"] == model.config.vocab_size
   assert saved["model"]["family"] == "llama" and saved["model"]["tie_embeddings"] is True
-  assert saved["tokenizer"] == {"kind": "hf", "path": path}
+  assert saved["tokenizer"] == {"kind": "hf", "path": path, "chat_template": True}
   policy = roles.load("policy", sft_dir, mesh=mesh, rules=shd.DEFAULT_RULES)
   np.testing.assert_allclose(_logits(policy.mdef, policy.params, ids), _hf_logits(model, ids),
                              atol=1e-4, rtol=0)

@@ -72,6 +72,9 @@ def _check(config):
   if config.model.head != "lm":
     raise ValueError("pit: model.head is the policies' ('lm'); reward stages set 'scalar' "
                      "in pit.reward / pit.gap_reward")
+  if pcfg.get("require_pretrained", False) and not config.model.get("init_from", ""):
+    raise ValueError("pit: this preset starts from a pretrained model: give "
+                     "--config.model.init_from=hf:DIR (or gguf:FILE / checkpoint:DIR)")
 
 
 # ------------------------------------------------------------------------------ data

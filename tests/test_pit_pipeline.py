@@ -94,6 +94,12 @@ def test_smoke_runs_every_stage_and_reports_each_decoding_separately(smoke):
                "| PIT vs PIT (SFT only) | t1 | reward_model |", "| Original vs y_w | t0 |"):
     assert line in report, line
   assert "(greedy)" not in report   # no row mixes a greedy and a sampled system
+  # a few answers per system are quoted, each the system's actual output at that decoding
+  for dec in ("t0", "t1"):
+    assert f"## Example answers ({dec}" in report
+    for name in ("pit", "self_refine"):
+      first = json.loads((wd / "evaluate" / f"alpaca_eval_{name}_{dec}.json").read_text())[0]["output"]
+      assert "> " + (first.strip().splitlines() or [""])[0][:80] in report, (name, dec)
   for png in ("RL_gap_reward_of_rollouts.png", "oracle_score_per_inference_iteration_t0.png",
               "oracle_score_per_inference_iteration_t1.png", "RL_oracle_score_of_rollouts.png"):
     assert (wd / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

@@ -123,6 +123,33 @@ def write_report(out_dir: str, *, title: str, table_md: str | None = None,
   return path
 
 
+def examples_markdown(prompts: Sequence[str], outputs: Mapping[str, Mapping[str, Sequence[str]]],
+                      decoding: str, *, k: int = 3, max_chars: int = 500,
+                      display: Mapping[str, str] | None = None) -> str:
+  """A "## Example answers" section: for the first `k` prompts, the prompt's end and every
+  system's answer at `decoding` (`outputs[system][decoding][i]`), each cut to `max_chars`
+  (marked "…"), as quoted markdown."""
+  def cut(text: str, tail: bool = False) -> str:
+    text = text.strip()
+    if len(text) <= max_chars:
+      return text
+    return "…" + text[-max_chars:] if tail else text[:max_chars] + "…"
+
+  def quote(text: str) -> str:
+    return "\n".join("> " + line for line in (text.splitlines() or [""]))
+
+  lines = [f"## Example answers ({decoding}, first {min(k, len(prompts))} held-out prompts)\n"]
+  for i, prompt in enumerate(prompts[:k]):
+    lines.append(f"### Prompt {i + 1}\n")
+    lines.append(quote(cut(prompt, tail=True)) + "\n")
+    for name, by_dec in outputs.items():
+      answers = by_dec.get(decoding)
+      if answers is not None and i < len(answers):
+        lines.append(f"**{(display or {}).get(name, name)}**\n")
+        lines.append(quote(cut(answers[i])) + "\n")
+  return "\n".join(lines)
+
+
 def finite_or_dash(x: float, digits: int = 3) -> str:
   """`x` with `digits` decimals, or "-" when it is None or not finite."""
   return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"

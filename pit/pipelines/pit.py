@@ -399,7 +399,9 @@ def evaluate_stage(config, before: list[str]):
           workdir, title=f"PIT run report: {c.pit.dataset_name}",
           table_md=("## Win / lose / Δ (%), judged both ways round, both systems decoded the "
                     "same way\n\n" + evaluator.table_markdown(result_rows)),
-          metrics=plots, notes=_notes(summaries, infer, decodings),
+          metrics=plots, notes=_notes(summaries, infer, decodings) + "\n" + "\n".join(
+              report.examples_markdown(prompts, outputs, dec, display=DISPLAY)
+              for dec in decodings),
           xlabels={t: "inference iteration" for t in plots if "iteration" in t})
       for dec in decodings:
         for name in SYSTEMS:

@@ -129,7 +129,9 @@ def hf_config_from_gguf(f: GGUFFile) -> dict:
     hf["hidden_act"] = "gelu_pytorch_tanh"
   if f.arch == "gemma2":
     window = f.get(".attention.sliding_window")
-    hf.update(query_pre_attn_scalar=head_dim,
+    # llama.cpp: Gemma 2 27B (46 layers) scales queries by (d_model / heads) ** -0.5 (144, not
+    # its head_dim 128); the other sizes by head_dim ** -0.5. The file does not say which.
+    hf.update(query_pre_attn_scalar=D // heads if hf["num_hidden_layers"] == 46 else head_dim,
               attn_logit_softcapping=f.get(".attn_logit_softcapping"),
               final_logit_softcapping=f.get(".final_logit_softcapping"),
               sliding_window=window,
@@ -144,6 +146,9 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
   return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+_GEMMA2_NAMES = {"ffn_norm": "pre_feedforward_layernorm"}   # llama.cpp's FFN_PRE_NORM
+
+
 class _GGUFSource(hf_convert.TensorSource):
   """The file's tensors under their HF names, dequantized on demand (the interface of
   `hf_convert.TensorSource`)."""
@@ -152,7 +157,7 @@ class _GGUFSource(hf_convert.TensorSource):
     self.f, self.hf, self.used = f, hf, set()
     self.names: dict[str, str] = {}
     for name in f.tensors:
-      hf_name = _hf_name(name)
+      hf_name = _hf_name(name, f.arch)
       if hf_name is None:
         raise ValueError(f"{f.path}: tensor {name!r} has no place in a {f.arch} model")
       self.names[hf_name] = name
@@ -176,10 +181,11 @@ class _GGUFSource(hf_convert.TensorSource):
     pass
 
 
-def _hf_name(gguf_name: str) -> str | None:
+def _hf_name(gguf_name: str, arch: str = "llama") -> str | None:
   m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", gguf_name)
   if m:
-    inner = _BLOCK_NAMES.get(m.group(2))
+    names = {**_BLOCK_NAMES, **_GEMMA2_NAMES} if arch == "gemma2" else _BLOCK_NAMES
+    inner = names.get(m.group(2))
     return None if inner is None else f"model.layers.{m.group(1)}.{inner}.{m.group(3)}"
   m = re.fullmatch(r"(\w+)\.(weight|bias)", gguf_name)
   if m and m.group(1) in _TOP_NAMES:

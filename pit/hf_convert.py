@@ -94,6 +94,8 @@ def _window(hf: dict) -> dict:
     if hf.get("use_sliding_window"):
       _unsupported(hf, "use_sliding_window")
     return {}
+  if window and hf.get("model_type") == "gemma2":   # configs written before `layer_types`
+    return dict(sliding_window=int(window), sliding_window_pattern=2)
   if window:
     return dict(sliding_window=int(window), sliding_window_pattern=1)
   return {}
@@ -124,6 +126,8 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
   D = hf["hidden_size"]
   n_layers = hf["num_hidden_layers"]
   act = hf.get("hidden_activation") or hf.get("hidden_act", "silu")
+  if kind in ("gemma", "gemma2") and not hf.get("hidden_activation"):
+    act = "gelu_pytorch_tanh"   # HF's Gemma uses the tanh GELU whatever old configs' hidden_act says
   kw = dict(vocab_size=hf["vocab_size"], d_model=D, num_layers=n_layers,
             num_heads=H, num_kv_heads=hf.get("num_key_value_heads") or H,
             head_dim=hf.get("head_dim") or D // H, d_ff=hf["intermediate_size"],

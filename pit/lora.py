@@ -133,29 +133,53 @@ def augment(mdef, cfg: LoraConfig):
 def fresh_factors(abstract_trainable: dict, shardings: dict, seed: int) -> dict:
   """New factors placed on their shardings: A ~ N(0, 1/fan_in), B = 0 (so the adapted
   model starts equal to the frozen one). Head leaves are not made here."""
-  leaves = jax.tree_util.tree_flatten_with_path(abstract_trainable)[0]
-  flat_sh = dict((tuple(map(str, (getattr(k, "key", k) for k in p))), s)
-                 for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0])
-  out: dict = {}
-  key = jax.random.key(seed)
-  for i, (path, a) in enumerate(leaves):
-    name = _name(path)
-    if not name.endswith(SUFFIXES):
-      continue
-    sharding = flat_sh[tuple(map(str, (getattr(k, "key", k) for k in path)))]
-    if name.endswith("_lora_b"):
-      value = jax.jit(lambda: jnp.zeros(a.shape, a.dtype), out_shardings=sharding)()
-    else:
-      fan_in = 1
-      for d in a.shape[:-1]:
-        fan_in *= d
-      value = jax.jit(lambda k: (jax.random.normal(k, a.shape, jnp.float32) * fan_in ** -0.5)
-                      .astype(a.dtype), out_shardings=sharding)(jax.random.fold_in(key, i))
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(getattr(k, "key", k), {})
-    node[name] = value
-  return out
+  keep = lambda p: _name(p).endswith(SUFFIXES)
+  abstract = _partition(abstract_trainable, keep)
+  out_shardings = _partition(shardings, keep)
+
+  def make(key):   # one compiled function for every factor, placed on its shards
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    values = []
+    for i, (path, a) in enumerate(leaves):
+      if _name(path).endswith("_lora_b"):
+        values.append(jnp.zeros(a.shape, a.dtype))
+      else:
+        fan_in = 1
+        for d in a.shape[:-1]:
+          fan_in *= d
+        values.append((jax.random.normal(jax.random.fold_in(key, i), a.shape, jnp.float32)
+                       * fan_in ** -0.5).astype(a.dtype))
+    return jax.tree_util.tree_unflatten(treedef, values)
+  return jax.jit(make, out_shardings=out_shardings)(jax.random.key(seed))
+
+
+def check_frozen_base(workdir: str, frozen, cfg: LoraConfig, *, resuming: bool):
+  """Records (fresh start) or checks (resume) WORKDIR/lora_base.json: the checksums of the
+  frozen weights and the rank / alpha / targets the factors were trained with. A resume onto
+  other frozen weights (the init source changed or was trained further) or another LoRA
+  setting raises ValueError naming what differs — the factors would silently mean something
+  else."""
+  import json
+  import os
+
+  from pit import integrity, jsonio
+  path = os.path.join(workdir, "lora_base.json")
+  now = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
+         "frozen_checksums": integrity.leaf_checksums(frozen)}
+  if resuming and os.path.exists(path):
+    with open(path) as f:
+      before = json.load(f)
+    changed = [k for k in ("rank", "alpha", "targets") if before.get(k) != now[k]]
+    problem = integrity.compare(before.get("frozen_checksums", {}), now["frozen_checksums"])
+    if changed or problem:
+      what = (f"train.lora {', '.join(changed)} changed" if changed else
+              f"the frozen weights differ from those the adapters were trained on ({problem}): "
+              "the stage's init source changed or was trained further")
+      raise ValueError(f"{workdir}: cannot resume LoRA training: {what}; use a fresh workdir "
+                       "or restore the original init")
+    return
+  if jax.process_index() == 0:
+    jsonio.write_atomic(path, now)
 
 
 def count(tree: Any) -> int:

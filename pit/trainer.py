@@ -101,6 +101,8 @@ def _train(config, workdir, mdef, loss_fn, data, *, mesh, rules, extra, extra_sh
                                                                int(tcfg.seed))
     frozen, head = lora.split(base)
     del base
+    frozen = jax.device_put(frozen, frozen_shardings)
+    lora.check_frozen_base(workdir, frozen, lcfg, resuming=restored is not None)
     logging.info("%s: LoRA rank %d on %s: %d trained / %d frozen parameters", name, lcfg.rank,
                  ",".join(lcfg.targets), lora.count(abstract), lora.count(frozen))
   last: dict = {}

@@ -55,7 +55,7 @@ def _config(name, preset, steps, **lora_kw):
   c.train.update(steps=steps, batch_size=8, log_every=1, eval_every=0)
   c.optim.update(learning_rate=1e-2, warmup_steps=0, decay_steps=8)
   c.checkpoint.update(every=2, async_save=False)
-  c.train.lora.update(rank=4, alpha=8.0, **lora_kw)
+  c.train.lora.update(**{"rank": 4, "alpha": 8.0, **lora_kw})
   return c
 
 
@@ -64,6 +64,15 @@ def test_only_adapters_train_and_are_saved_resume_is_exact_and_loaders_see_the_m
   # 4 steps straight, and 2 + 2 with a restart in between.
   run(_config("sft", "tiny", 4), str(tmp_path / "straight"))
   run(_config("sft", "tiny", 2), str(tmp_path / "split"))
+  # resuming the factors onto other frozen weights (here: another init seed) or another
+  # LoRA setting is refused, naming why
+  other = _config("sft", "tiny", 4)
+  other.train.seed = 7
+  with pytest.raises(ValueError, match="cannot resume LoRA training: the frozen weights differ"):
+    run(other, str(tmp_path / "split"))
+  other = _config("sft", "tiny", 4, alpha=4.0)
+  with pytest.raises(ValueError, match="cannot resume LoRA training: train.lora alpha changed"):
+    run(other, str(tmp_path / "split"))
   run(_config("sft", "tiny", 4), str(tmp_path / "split"))
 
   ckpt = Checkpointer(str(tmp_path / "straight" / "checkpoints"), read_only=True, async_save=False)

@@ -73,7 +73,8 @@ class LMJudge:
     from pit.data.tokenizer import HFTokenizer
     overrides = {"dtype": dtype} if dtype else {}
     cfg, params_np = hf_convert.load_hf_checkpoint(path, **overrides)
-    tok = HFTokenizer(tokenizer_path or path)
+    # The judge renders the template itself (`chat`), so the tokenizer must not add one.
+    tok = HFTokenizer(tokenizer_path or path, chat_template=False)
     if tok.vocab_size > cfg.vocab_size:
       raise ValueError(f"{path}: tokenizer has {tok.vocab_size} ids but the model only "
                        f"{cfg.vocab_size} embeddings")

@@ -78,6 +78,9 @@ def _check(config, updates_per_rollout: int):
   if int(config.checkpoint.every) % k:
     raise ValueError(f"checkpoint.every={config.checkpoint.every} must be a multiple of the "
                      f"updates per rollout ({k}): PPO checkpoints fall on rollout boundaries")
+  if pcfg.value_init == "random" and int(config.train.get("lora", {}).get("rank", 0) or 0):
+    raise ValueError("ppo.value_init='random' with train.lora: the value model's trunk would be "
+                     "a frozen random network; use value_init='policy'")
   if pcfg.value_init not in ("policy", "random"):
     raise ValueError(f"ppo.value_init: {pcfg.value_init!r} not in ('policy', 'random')")
 

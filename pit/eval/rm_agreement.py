@@ -15,10 +15,11 @@ r = reference score, sgn = sign, pairs are unordered i < j within one prompt):
   (s >= `best_score`, 5 for the 5-point judge): share that are a reference-best
   candidate of their prompt (r == max r; tied bests all count). NaN when the
   model gives no perfect score.
-- Spearman / Kendall tau: per prompt, Spearman = Pearson correlation of average
-  ranks (ties get the mean rank) and Kendall tau-b = sum sgn(ds) sgn(dr) /
-  sqrt(#pairs untied in s * #pairs untied in r); averaged over the prompts where
-  it is defined (neither side constant). `*_prompts` counts them.
+- Spearman / Kendall tau: per prompt, Spearman's rho = Pearson correlation of average
+  ranks (ties get the mean rank) and Kendall's tau-b = sum sgn(ds) sgn(dr) /
+  sqrt(#pairs untied in s * #pairs untied in r), both computed by `scipy.stats`
+  (`spearmanr`, `kendalltau(variant='b')`); averaged over the prompts where it is
+  defined (neither side constant). `*_prompts` counts them.
 
 Groups with fewer than two candidates are skipped and counted (`skipped_groups`).
 """
@@ -65,28 +66,27 @@ def _signs(x):
   return np.sign(x[:, None] - x[None, :]), np.triu(np.ones((k, k), bool), 1)
 
 
-def average_ranks(x) -> np.ndarray:
-  """1-based ranks, ties get the mean of the ranks they span."""
-  x = np.asarray(x, np.float64)
-  less = np.sum(x[None, :] < x[:, None], axis=1)
-  equal = np.sum(x[None, :] == x[:, None], axis=1)
-  return less + (equal + 1) / 2.0
+def _statistic(fn, s, r) -> float:
+  """A scipy.stats rank statistic of one group; NaN when either side is constant (no ranking
+  to correlate: scipy warns and returns NaN there too)."""
+  s, r = np.asarray(s, np.float64), np.asarray(r, np.float64)
+  if np.all(s == s[0]) or np.all(r == r[0]):
+    return math.nan
+  return float(fn(s, r).statistic)
 
 
 def spearman(s, r) -> float:
-  """Spearman rho with average ranks; NaN if either side is constant."""
-  a, b = average_ranks(s), average_ranks(r)
-  a, b = a - a.mean(), b - b.mean()
-  den = math.sqrt(float(np.sum(a * a) * np.sum(b * b)))
-  return float(np.sum(a * b) / den) if den > 0 else math.nan
+  """Spearman's rho (`scipy.stats.spearmanr`: Pearson correlation of average ranks, ties get
+  the mean rank); NaN if either side is constant."""
+  from scipy import stats
+  return _statistic(stats.spearmanr, s, r)
 
 
 def kendall_tau_b(s, r) -> float:
-  """Kendall tau-b; NaN if either side is constant."""
-  ss, upper = _signs(s)
-  sr, _ = _signs(r)
-  den = math.sqrt(float(np.sum(np.abs(ss)[upper]) * np.sum(np.abs(sr)[upper])))
-  return float(np.sum((ss * sr)[upper]) / den) if den > 0 else math.nan
+  """Kendall's tau-b (`scipy.stats.kendalltau`, variant 'b': concordant minus discordant
+  pairs over sqrt(pairs untied in s * pairs untied in r)); NaN if either side is constant."""
+  from scipy import stats
+  return _statistic(lambda a, b: stats.kendalltau(a, b, variant="b"), s, r)
 
 
 def agreement(model_scores: Sequence[Sequence[float]], reference_scores: Sequence[Sequence[float]],

@@ -7,6 +7,7 @@ from pit.pipelines import gap_reward, generate, ppo, sft
 from pit.pipelines import dpo, reward
 from pit.pipelines import improve
 from pit.pipelines import pit
+from pit.pipelines import self_rewarding
 
 PIPELINES: dict[str, Callable] = {
     "sft": sft.run,
@@ -17,4 +18,5 @@ PIPELINES: dict[str, Callable] = {
     "dpo": dpo.run,
     "improve": improve.run,
     "pit": pit.run,
+    "self_rewarding": self_rewarding.run,
 }

@@ -75,12 +75,12 @@ def synthetic(c, smoke: bool):
   if smoke:
     c.data.update(synthetic_train_size=64, max_len=384)
     c.model.update(d_model=64, num_layers=2, num_heads=2, num_kv_heads=1, d_ff=128)
-    sr.update(ict_rows=16, max_eft_rows=512, prompt_attempts=24, new_prompts=12, eval_prompts=8,
+    sr.update(ict_rows=300, max_eft_rows=512, prompt_attempts=64, new_prompts=12, eval_prompts=8,
               judge_eval_groups=4, judge_samples=2, chunk=16, max_new_tokens=40,
-              judge_max_new_tokens=48, prompt_max_new_tokens=48, prompt_source="seed")
+              judge_max_new_tokens=48, prompt_max_new_tokens=48)
     sr.generation.update(batch_size=16)
     sr.sft = stage_overrides(steps=150, batch_size=16, learning_rate=3e-3, log_every=50)
-    sr.dpo = stage_overrides(steps=2, batch_size=4, learning_rate=1e-4, log_every=1,
+    sr.dpo = stage_overrides(steps=4, batch_size=4, learning_rate=5e-4, log_every=1,
                              weight_decay=0.0, end_lr_ratio=1.0)
     return
   sr.sft = stage_overrides(steps=3000, batch_size=32, learning_rate=3e-3, warmup_steps=50,
@@ -109,22 +109,32 @@ def hh_rlhf(c):
             judge_samples=3, judge_max_new_tokens=96, eval_prompts=24, judge_eval_groups=24,
             chunk=32)
   sr.generation.update(batch_size=16, max_prompt_len=640)
-  c.eval.update(temperatures=(0.0,), judges=("reward_model", "llm_judge"))
   c.dpo.update(beta=0.1, nll_coef=1.0)
   _smollm2(c)
+  # The evaluation's judge: SmolLM2-135M-Instruct itself asked "A or B?" both ways round (a
+  # fixed judge, independent of the iterations, but a weak one); give a better one with
+  # --config.self_rewarding.llm_judge=hf:DIR or a reward model with reward_model_dir.
+  c.eval.update(temperatures=(0.0,), judges=("llm_judge", "reward_model"))
+  sr.llm_judge = c.model.init_from
+  # The full judge prompt is ~400 tokens and a judgement up to 96: M1's rows must hold both,
+  # or it learns judgements cut before their "Score: k".
   sr.sft = stage_overrides(steps=16, batch_size=8, learning_rate=2e-4, warmup_steps=2,
-                           eval_every=16, log_every=4, weight_decay=0.0)
+                           eval_every=16, log_every=4, weight_decay=0.0,
+                           data=dict(max_len=768, max_response_len=128))
   sr.dpo = stage_overrides(steps=8, batch_size=4, learning_rate=5e-5, warmup_steps=1,
                            eval_every=8, log_every=2, weight_decay=0.0, end_lr_ratio=1.0,
                            data=dict(max_len=384))
 
 
 def oasst1(c):
+  """OASST1 seed data; needs model.init_from and an evaluation judge (llm_judge or
+  reward_model_dir) on the command line."""
   sr = c.self_rewarding
   c.data.update(source="tfds", tfds_name="oasst1", eval_fraction=0.05, on_error="skip",
                 max_len=1024, max_response_len=512)
   sr.update(dataset_name="OASST1 (first-turn English)", judge_prompt="full", eft_source="model",
             eft_judge="sft_baseline", sft_baseline=True, prompt_attempts=4000, new_prompts=2000,
+            judge_eval_groups=0,
             max_new_tokens=512, judge_max_new_tokens=256, chunk=256)
   sr.sft = stage_overrides(steps=1000, batch_size=32, learning_rate=1e-5, warmup_steps=20,
                            eval_every=250, checkpoint_every=250, weight_decay=0.0)
@@ -140,7 +150,7 @@ def hf(c):
   c.data.update(max_len=2048, max_response_len=1024)
   alpaca = paths.shared_dir("data", "alpaca_eval")
   sr = c.self_rewarding
-  sr.update(iterations=3, max_new_tokens=1024, alpaca_max_new_tokens=1024,
+  sr.update(iterations=2, max_new_tokens=1024, alpaca_max_new_tokens=1024,
             alpaca_eval_path=os.path.join(alpaca, "gpt4_1106_preview_model_outputs.json.gz")
             if alpaca else "")
   sr.generation.update(batch_size=64)

@@ -299,7 +299,8 @@ def self_rewarding_defaults() -> ml_collections.ConfigDict:
       # evaluation
       eval_prompts=200, judge_eval_groups=200, judge_eval_candidates=4, eval_top_p=1.0,
       comparisons=(),               # () -> each M_i vs M_{i-1}, last vs M1, vs the SFT baseline
-      reward_model_dir="", llm_judge_dir="",   # extra judges of the evaluation
+      reward_model_dir="",          # evaluation judge: a PIT reward-model workdir
+      llm_judge="",                 # evaluation judge (A or B?): hf:DIR | gguf:FILE | a PIT workdir
       alpaca_eval_path="",          # an AlpacaEval outputs file: its instructions are answered
       alpaca_eval_max=0, alpaca_max_new_tokens=512,
       # generation batching (every stage), and the resumable chunk (items per saved part)

@@ -41,53 +41,80 @@ def _read_part(path: str, n: int, digest: str) -> list | None:
   return rec["results"]
 
 
+def _agreed(values: list[int]) -> list[int]:
+  """Process 0's `values` on every process (multi-host: which chunks are done is decided once,
+  so every process runs the same generation collectives)."""
+  if jax.process_count() == 1:
+    return values
+  import numpy as np
+  from jax.experimental import multihost_utils
+  out = multihost_utils.broadcast_one_to_all(np.asarray(values, np.int32))
+  return [int(x) for x in out]
+
+
 def map_chunks(directory: str, name: str, items: Sequence[Any],
                fn: Callable[[list, int], Sequence[Any]], chunk_size: int, *,
                progress: Callable[[int, int], None] | None = None) -> list:
   """fn over `items` in chunks of `chunk_size`, resumable (module docstring); returns the
   results in item order. Raises ValueError when `fn` returns the wrong number of results or
-  chunk_size < 1."""
+  chunk_size < 1. Multi-host: process 0 decides which chunks are done (all processes then read
+  them from the shared workdir) and alone writes files."""
   if chunk_size < 1:
-    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    raise ValueError(f"{name}: chunk size must be >= 1, got {chunk_size}")
   items = list(items)
+  lead = jax.process_index() == 0
   final = os.path.join(directory, f"{name}.jsonl")
   whole = _digest(items)
-  if os.path.exists(final):
+  if _agreed([int(lead and _read_final(final, whole, len(items)) is not None)])[0]:
     rows = _read_final(final, whole, len(items))
-    if rows is not None:
-      return rows
+    if rows is None:
+      raise RuntimeError(f"{final}: readable on process 0 but not here (is the workdir shared?)")
+    return rows
+  if lead and os.path.exists(final):
     logging.warning("%s: unreadable or for other inputs; recomputing", final)
   parts_dir = os.path.join(directory, f"{name}.parts")
-  if jax.process_index() == 0:
-    os.makedirs(parts_dir, exist_ok=True)
-  out: list = []
   chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
-  done = 0
-  for c, chunk in enumerate(chunks):
-    path = os.path.join(parts_dir, f"{c:06d}.json")
-    digest = _digest(chunk)
-    res = _read_part(path, len(chunk), digest) if os.path.exists(path) else None
-    if res is None and os.path.exists(path):
-      logging.warning("%s: unreadable, or not this chunk's results: set aside as %s.bad and "
-                      "recomputed", path, path)
-      if jax.process_index() == 0:
+  paths = [os.path.join(parts_dir, f"{c:06d}.json") for c in range(len(chunks))]
+  digests = [_digest(chunk) for chunk in chunks]
+  done = [0] * len(chunks)
+  if lead:
+    os.makedirs(parts_dir, exist_ok=True)
+    for c, path in enumerate(paths):
+      if not os.path.exists(path):
+        continue
+      if _read_part(path, len(chunks[c]), digests[c]) is not None:
+        done[c] = 1
+      else:
+        logging.warning("%s: unreadable, or not this chunk's results: set aside as %s.bad and "
+                        "recomputed", path, path)
         os.replace(path, path + ".bad")
-    if res is None:
+  done = _agreed(done)
+  out: list = []
+  for c, chunk in enumerate(chunks):
+    if done[c]:
+      res = _read_part(paths[c], len(chunk), digests[c])
+      if res is None:
+        raise RuntimeError(f"{paths[c]}: readable on process 0 but not here (is the workdir "
+                           "shared?)")
+    else:
       res = list(fn(chunk, c))
       if len(res) != len(chunk):
         raise ValueError(f"{name}: chunk {c} gave {len(res)} results for {len(chunk)} items")
-      if jax.process_index() == 0:
-        jsonio.write_atomic(path, {"n": len(chunk), "digest": digest, "results": res})
-    else:
-      done += 1
+      if lead:
+        jsonio.write_atomic(paths[c], {"n": len(chunk), "digest": digests[c], "results": res})
     out.extend(res)
     if progress is not None:
       progress(c + 1, len(chunks))
-  if done:
-    logging.info("%s: %d of %d chunks read back from an earlier run", name, done, len(chunks))
-  if jax.process_index() == 0:
+  if sum(done):
+    logging.info("%s: %d of %d chunks read back from an earlier run", name, sum(done),
+                 len(chunks))
+  if lead:
     jsonio.write_jsonl_atomic(final, [{"digest": whole, "n": len(items)}] +
                               [{"result": r} for r in out])
+  if jax.process_count() > 1:   # nobody reads the parts any more
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"pit-resumable-{name}")
+  if lead:
     shutil.rmtree(parts_dir, ignore_errors=True)
   return out
 

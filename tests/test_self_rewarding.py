@@ -54,7 +54,7 @@ def test_filter_candidates_counts_every_reason():
 
 
 def test_synthetic_validity_rejects_unparseable_and_held_out_sets():
-  valid = self_instruct.synthetic_validity()
+  valid = self_instruct.synthetic_validity("sort_long")
   rng = np.random.default_rng(0)
   train = synthetic.make_prompt(rng, "train", "sort_long").strip()
   held = synthetic.make_prompt(rng, "eval", "sort_long").strip()
@@ -63,6 +63,8 @@ def test_synthetic_validity_rejects_unparseable_and_held_out_sets():
   items = held.split(" ")[1:]
   assert valid("sort: " + " ".join(reversed(items))) == "held_out"   # any order of the set
   assert valid("sort: 12 12 13 14") == "unparseable"                 # a repeated item
+  assert valid("sort: 12 13 14 15") == "wrong_length"                # 4 items: not sort_long
+  assert self_instruct.synthetic_validity("sort")("sort: 12 13 14 15") in (None, "held_out")
   assert valid("sort 12 13 14 15") == "unparseable"
 
 
@@ -177,6 +179,9 @@ def test_map_chunks_sets_aside_a_damaged_part(tmp_path):
   (parts / "000000.json").write_text('{"n": 3, "digest": "x", "results": [7, 7, 7]}')  # stale
   (parts / "000001.json").write_text('{"n": 3, "dig')                                    # torn
   assert resumable.map_chunks(str(tmp_path), "job", items, fn, 2 + 1) == [100 + x for x in items]
+  assert not parts.exists()   # set aside as .bad, then the folder removed once the job is done
+  assert resumable.map_chunks(str(tmp_path), "job", items, lambda b, c: 1 / 0, 3) == \
+      [100 + x for x in items]   # read back from the finished file, nothing recomputed
   with pytest.raises(ValueError, match="chunk 0 gave 1 results for 2 items"):
     resumable.map_chunks(str(tmp_path), "other", [1, 2], lambda b, c: [0], 2)
 
@@ -255,12 +260,34 @@ def test_what_flows_between_the_stages(smoke_run):
       {r["response"] for r in sft_rows}
   rt = common.setup(cfg)
   for i in (1, 2):
+    # the new prompts are M_i's few-shot continuations, parsed and filtered
+    gens = [r["result"] for r in _read(os.path.join(wd, f"prompts_{i}", "generations.jsonl"))[1:]]
+    rng = np.random.default_rng([int(cfg.data.seed), 17, i])
+    seeds = [r["instruction"] for r in _read(os.path.join(wd, "data", "seed_instructions.jsonl"))]
+    fewshot = [self_instruct.fewshot_prompt(self_instruct.draw_shots(rng, seeds, int(sr.shots)),
+                                            sr.fewshot_layout)
+               for _ in range(int(sr.prompt_attempts))][:int(sr.chunk)]
+    settings = recipe._settings(sr, temperature=sr.prompt_temperature, top_p=sr.prompt_top_p,
+                                max_new_tokens=sr.prompt_max_new_tokens,
+                                offset=recipe.seed_offset("prompts", i))
+    for m in (i, 3 - i):
+      gen = generation.from_checkpoint(rt, os.path.join(wd, f"m{m}"), settings)
+      assert (gen(fewshot, 0) == gens[:len(fewshot)]) == (m == i), f"prompts_{i} vs M{m}"
+    kept, _ = self_instruct.filter_candidates(
+        [self_instruct.parse_generated(t, sr.fewshot_layout) for t in gens], seeds,
+        min_chars=int(sr.min_prompt_chars), max_chars=int(sr.max_prompt_chars),
+        valid=self_instruct.synthetic_validity("sort_long"), limit=int(sr.new_prompts))
+    made = _read(os.path.join(wd, f"prompts_{i}", "prompts.jsonl"))
+    assert [r["instruction"] for r in made] == kept and kept
+    assert [r["prompt"] for r in _read(os.path.join(wd, f"candidates_{i}", "candidates.jsonl"))] \
+        == [k + "\n" for k in kept]
     judged = _read(os.path.join(wd, f"judgements_{i}", "judgements.jsonl"))
     cands = _read(os.path.join(wd, f"candidates_{i}", "candidates.jsonl"))
     assert [r["candidates"] for r in judged] == [r["candidates"] for r in cands]
     # the judge is M_i: its first chunk of judgements is what M_i samples with those seeds
     settings = recipe._settings(sr, temperature=sr.judge_temperature, top_p=sr.judge_top_p,
-                                max_new_tokens=sr.judge_max_new_tokens, seed_offset=1000 * i + 3)
+                                max_new_tokens=sr.judge_max_new_tokens,
+                                offset=recipe.seed_offset("judgements", i))
     items = [(r["prompt"], x) for r in cands for x in r["candidates"]][:int(sr.chunk)]
     texts = [recipe.judge_prompt(p, x, True) for p, x in items]
     for m in (i, 3 - i):
@@ -290,7 +317,8 @@ def test_what_flows_between_the_stages(smoke_run):
   # the candidates of iteration 2 are M2's samples, not M1's
   cands = _read(os.path.join(wd, "candidates_2", "candidates.jsonl"))
   settings = recipe._settings(sr, temperature=sr.candidate_temperature, top_p=sr.candidate_top_p,
-                              max_new_tokens=sr.max_new_tokens, seed_offset=2002)
+                              max_new_tokens=sr.max_new_tokens,
+                              offset=recipe.seed_offset("candidates", 2))
   prompts = [r["prompt"] for r in cands][:int(sr.chunk)]
   for m in (2, 1):
     gen = generation.from_checkpoint(rt, os.path.join(wd, f"m{m}"), settings)
@@ -328,6 +356,51 @@ def test_report_and_judge_metrics(smoke_run):
   prompts = [r["prompt"] for r in _read(os.path.join(wd, "data", "eval_prompts.jsonl"))]
   assert ev["mean_scores"]["oracle"]["t0"]["m3"]["mean"] == pytest.approx(
       float(np.mean(synthetic.oracle_scores(prompts, [r["result"] for r in outs]))), abs=1e-6)
+
+
+def test_eft_from_the_seed_models_own_judgements(smoke_run, tmp_path):
+  """eft_source='model': M0 (here a trained checkpoint, `model.init_from`) judges oracle-ranked
+  candidates; the rows M1 would train on are its judgements of the groups whose order agrees,
+  with the judge prompt it judged."""
+  from pit import generation, stages
+  from pit.pipelines import common
+  from pit.pipelines import self_rewarding as recipe
+  m0 = os.path.join(smoke_run, "m1")
+  cfg = _cfg(eft_source="model", max_eft_groups=24, eft_samples=2, eft_temperature=0.7,
+             judge_eval_candidates=2)
+  cfg.model.init_from = f"checkpoint:{m0}"
+  wd = str(tmp_path / "run")
+  plan = recipe.build_stages(cfg)
+  assert [s.name for s in plan[:3]] == ["data", "eft", "m1"]
+  stages.run_stages(wd, plan[:2])
+  sr = cfg.self_rewarding
+  groups = _read(os.path.join(wd, "data", "eft_groups.jsonl"))
+  texts = [r["result"] for r in _read(os.path.join(wd, "eft", "judgements.jsonl"))[1:]]
+  items = [(g["prompt"], x) for g in groups for x in g["responses"]]
+  assert len(groups) == 24 and len(texts) == len(items)
+  rt = common.setup(cfg)
+  settings = recipe._settings(sr, temperature=0.7, top_p=sr.judge_top_p,
+                              max_new_tokens=sr.judge_max_new_tokens,
+                              offset=recipe.seed_offset("eft"))
+  gen = generation.from_checkpoint(rt, m0, settings)
+  first = [recipe.judge_prompt(p, x, True) for p, x in items][:int(sr.chunk)]
+  assert [[g.text for g in d] for d in gen.sample(first, 2, 0)] == texts[:len(first)]
+  summary = json.load(open(os.path.join(wd, "eft", "stage_done.json")))["summary"]
+  rows = _read(os.path.join(wd, "eft", "eft_train.jsonl"))
+  expect = []
+  for j, g in enumerate(groups):
+    picked = []
+    for t in texts[2 * j:2 * j + 2]:
+      scored = [(x, judge_prompts.parse_judge_score(x)) for x in t]
+      picked.append(next(((x, sc) for x, sc in scored if sc is not None), None))
+    if None in picked or not eft.ordering_agrees([sc for _, sc in picked], g["reference"]):
+      continue
+    expect += [(recipe.judge_prompt(g["prompt"], x, True), eft.trim_judgement(t), sc)
+               for x, (t, sc) in zip(g["responses"], picked)]
+  assert summary["groups_kept"] * 2 == len(expect) and expect
+  assert sorted((r["prompt"], r["response"], r["points"]) for r in rows) == \
+      sorted(e for e in expect if e in [(r["prompt"], r["response"], r["points"]) for r in rows])
+  assert len(rows) == len(expect) - summary.get("balance", {}).get("dropped", 0)
 
 
 @pytest.mark.parametrize("variant", ["teacher_reward", "teacher_demo"])
@@ -391,3 +464,58 @@ def test_killed_inside_an_iteration_resumes_there(smoke_run, tmp_path):
   for rel in (("judgements_2", "judgements.jsonl"), ("pairs_2", "pairs_train.jsonl"),
               ("evaluate", "outputs_m3_t0.jsonl")):
     assert _read(os.path.join(wd, *rel)) == _read(os.path.join(smoke_run, *rel)), rel
+
+
+def test_judge_prompt_shows_a_dialogue_as_lines_not_turns():
+  from pit.data.tokenizer import parse_plain_chat
+  from pit.pipelines import self_rewarding as recipe
+  one = recipe.judge_prompt("\n\nHuman: Why is the sky blue?\n\nAssistant:", " Rayleigh.", False)
+  assert "User: Why is the sky blue?\n" in one and "\n\nHuman:" not in one
+  multi = recipe.judge_prompt("\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Help me\n\nAssistant:",
+                              " Sure.", True)
+  assert "User: Human: Hi\nAssistant: Hello!\nHuman: Help me\n" in multi
+  for text in (one, multi):   # the chat template sees one user turn, not the dialogue's turns
+    assert [r for r, _ in parse_plain_chat(text)] == ["user"]
+  # EFT rows are rendered with the prompt the judgements were made with
+  groups = [{"prompt": "\n\nHuman: Why?\n\nAssistant:", "responses": [" A.", " B."],
+             "reference": [1, 0]}]
+  rows, _ = eft.from_judgements(groups, [[["ok\nScore: 4\nextra words"], ["Score: 2"]]],
+                                render=lambda p, r: recipe.judge_prompt(p, r, False))
+  assert [r["prompt"] for r in rows] == [recipe.judge_prompt(groups[0]["prompt"], x, False)
+                                         for x in (" A.", " B.")]
+  assert rows[0]["response"] == "ok\nScore: 4"   # cut after the score line
+
+
+def test_oasst1_seed_data(tmp_path):
+  """IFT = first-turn English rank-0 replies, EFT groups ranked by the human ranks, rendered as
+  the SFT view renders OASST1; held out by message tree."""
+  from pit import stages
+  from pit.pipelines import self_rewarding as recipe
+  sys.path.insert(0, os.path.join(REPO, "tests"))
+  from test_builders import _oasst_trees, _write_jsonl
+  trees = _oasst_trees()
+  for k in range(20):   # more English trees, so a share can be held out
+    t = json.loads(json.dumps(trees[0]).replace('"p1"', f'"q{k}"').replace(
+        "What is 2+2?", f"What is {k}+{k}?"))
+    t["message_tree_id"] = f"q{k}"
+    trees.append(t)
+  _write_jsonl(str(tmp_path / "m" / "2023-04-12_oasst_ready.trees.jsonl.gz"), trees, gz=True)
+  c = _cfg("oasst1")
+  c.data.update(manual_dir=str(tmp_path / "m"), data_dir=str(tmp_path / "d"), eval_fraction=0.2)
+  wd = str(tmp_path / "run")
+  ctx = stages.StageContext(wd, "data", os.path.join(wd, "data"), ())
+  os.makedirs(ctx.dir)
+  summary = recipe.data_stage(c).run(ctx)
+  ift = _read(os.path.join(ctx.dir, "ift_train.jsonl"))
+  ift_eval = _read(os.path.join(ctx.dir, "ift_eval.jsonl"))
+  groups = _read(os.path.join(ctx.dir, "eft_groups.jsonl"))
+  held = _read(os.path.join(ctx.dir, "judge_eval.jsonl"))
+  assert summary["data"]["ift_train"] + summary["data"]["ift_eval"] == 22
+  assert len(ift_eval) == len(held) == 4   # int(21 trees * 0.2) held out, all English
+  assert not {r["prompt"] for r in ift} & {r["prompt"] for r in ift_eval}
+  assert {"prompt": "\n\nHuman: Name a color.\n\nAssistant:", "response": " Blue."} in ift + ift_eval
+  g = next(g for g in groups + held if "2+2" in g["prompt"])
+  assert g["responses"] == [" It is 4.", " Four.", " It is 5."] and g["reference"] == [0, -1, -2]
+  seeds = _read(os.path.join(ctx.dir, "seed_instructions.jsonl"))
+  assert {s["instruction"] for s in seeds} == {recipe.self_instruct.PromptStyle(
+      "plain_chat").instruction(r["prompt"]) for r in ift}

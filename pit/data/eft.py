@@ -11,7 +11,7 @@ the oracle (`pit.data.synthetic.eft_examples`) and only the balancing applies.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -27,7 +27,18 @@ def ordering_agrees(scores: Sequence[float], reference: Sequence[float]) -> bool
   return bool(np.all(ds == dr))
 
 
+def trim_judgement(text: str) -> str:
+  """The judgement up to the end of its last "Score: k" line (what a judge should stop after;
+  text the model wrote beyond it is not taught)."""
+  labels = list(judge._LABEL_RE.finditer(text)) or list(judge._PROSE_LABEL_RE.finditer(text))
+  if not labels:
+    return text
+  end = text.find("\n", labels[-1].end())
+  return text if end < 0 else text[:end]
+
+
 def from_judgements(groups: Sequence[dict], judgements: Sequence[Sequence[Sequence[str]]], *,
+                    render: Callable[[str, str], str] | None = None,
                     compact: bool = False) -> tuple[list[dict], dict]:
   """EFT rows from the seed model's judgements of ranked candidates.
 
@@ -35,9 +46,11 @@ def from_judgements(groups: Sequence[dict], judgements: Sequence[Sequence[Sequen
   judgements[g][c] = the judgement texts sampled for candidate c (the first one with a readable
   score is that candidate's judgement). A group is kept when every candidate has a readable
   judgement and the scores order the candidates as the reference does (`ordering_agrees`);
-  each kept candidate gives a row {"prompt": judge prompt, "response": judgement, "points":
-  score}. counts: groups, candidates, unparsed_candidates, groups_unparsed (some candidate had
-  no readable judgement), groups_disagree, groups_kept, rows."""
+  each kept candidate gives a row {"prompt": render(prompt, response) (default: the additive
+  judge prompt, `compact` or not; pass the one the judgements were made with), "response": the
+  judgement cut after its score line (`trim_judgement`), "points": score}. counts: groups,
+  candidates, unparsed_candidates, groups_unparsed (some candidate had no readable judgement),
+  groups_disagree, groups_kept, rows."""
   if len(groups) != len(judgements):
     raise ValueError(f"{len(groups)} groups but {len(judgements)} judgement groups")
   counts = dict(groups=len(groups), candidates=0, unparsed_candidates=0, groups_unparsed=0,
@@ -62,13 +75,15 @@ def from_judgements(groups: Sequence[dict], judgements: Sequence[Sequence[Sequen
       continue
     counts["groups_kept"] += 1
     for resp, (text, score) in zip(grp["responses"], picked):
-      rows.append({"prompt": judge.render_judge_prompt(grp["prompt"], resp, compact=compact),
-                   "response": text, "points": float(score)})
+      prompt = (render(grp["prompt"], resp) if render is not None else
+                judge.render_judge_prompt(grp["prompt"], resp, compact=compact))
+      rows.append({"prompt": prompt, "response": trim_judgement(text), "points": float(score)})
   counts["rows"] = len(rows)
   return rows, counts
 
 
-def balance_scores(rows: Sequence[dict], seed: int, *, key: str = "points") -> tuple[list[dict], dict]:
+def balance_scores(rows: Sequence[dict], seed: int, *,
+                   key: str = "points") -> tuple[list[dict], dict]:
   """Down-samples the over-represented score: every score keeps at most as many rows as the
   second most frequent score has (Yuan et al. 2024 down-sample the dominant score 4); rows are
   drawn at random (`seed`) and returned in their original order. counts: before (score ->

@@ -167,17 +167,26 @@ def filter_candidates(texts: Iterable[str | None], seeds: Iterable[str], *, min_
 
 def synthetic_validity(task: str = "sort") -> Callable[[str], str | None]:
   """`valid` for the synthetic sort task: the instruction must parse as a sort prompt
-  ("unparseable" otherwise) whose item set is not held out ("held_out": no eval prompt ever
-  becomes a training prompt, `pit.data.synthetic`)."""
+  ("unparseable" otherwise) of the task's list length ("wrong_length") whose item set is not
+  held out ("held_out": no eval prompt ever becomes a training prompt, `pit.data.synthetic`)."""
   from pit.data import synthetic
+  t = synthetic.get_task(task)
 
   def valid(instruction: str) -> str | None:
     try:
       items = synthetic.parse_prompt(instruction.strip() + "\n")
     except ValueError:
       return "unparseable"
+    if not t.min_items <= len(items) <= t.max_items:
+      return "wrong_length"
     if synthetic.is_eval_items(items):
       return "held_out"
     return None
-  del task
   return valid
+
+
+def usable_seeds(seeds: Sequence[str], layout: str) -> list[str]:
+  """The seed instructions a few-shot prompt of `layout` can show (those without its end
+  marker: a multi-line instruction cannot be one line of the 'lines' layout)."""
+  end = FEWSHOT_TEMPLATES[layout][3]
+  return [s for s in seeds if end not in s]

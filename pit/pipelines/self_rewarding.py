@@ -120,19 +120,47 @@ def _check(config):
     if int(sr[field]) > 1 and float(sr[temp]) <= 0:
       raise ValueError(f"self_rewarding.{field} > 1 needs {temp} > 0 (greedy decoding repeats "
                        "one answer)")
+  for field, low in (("chunk", 1), ("new_prompts", 1), ("prompt_attempts", 1), ("shots", 1),
+                     ("judge_samples", 1), ("eft_samples", 1)):
+    if int(sr[field]) < low:
+      raise ValueError(f"self_rewarding.{field} must be >= {low}, got {sr[field]}")
+  if not 0.0 <= float(sr.dpo_eval_fraction) < 1.0:
+    raise ValueError(f"self_rewarding.dpo_eval_fraction must be in [0, 1), got "
+                     f"{sr.dpo_eval_fraction}")
   if config.model.head != "lm":
     raise ValueError("self_rewarding: model.head must be 'lm'")
+  names = set(config.eval.judges)
+  has_judge = (("oracle" in names and _data_kind(config) == "synthetic")
+               or ("reward_model" in names and sr.reward_model_dir)
+               or ("llm_judge" in names and sr.llm_judge))
+  if not has_judge:
+    raise ValueError("self_rewarding: the evaluation has no judge (eval.judges="
+                     f"{tuple(config.eval.judges)}): the oracle judges only the synthetic task; "
+                     "set self_rewarding.reward_model_dir (a PIT reward-model workdir) or "
+                     "self_rewarding.llm_judge (hf:DIR, gguf:FILE or a PIT workdir) and name it "
+                     "in eval.judges")
 
 
 # ------------------------------------------------------------------------------ generation
 
 
+# Sampling streams: every (stage kind, iteration) draws from its own seed range, far apart from
+# the others' (`generation` seeds a chunk with seed + call * CALL_STRIDE + batch).
+STREAMS = {"prompts": 1, "candidates": 2, "judgements": 3, "teacher": 4, "eft": 5,
+           "judge_eval": 6, "evaluate": 7, "alpaca": 8}
+
+
+def seed_offset(kind: str, iteration: int = 0) -> int:
+  """The seed offset of a stage kind's samples in an iteration (< 2**31)."""
+  return (STREAMS[kind] * 10 + int(iteration)) * 10_000_000
+
+
 def _settings(sr, *, temperature: float, top_p: float, max_new_tokens: int,
-              seed_offset: int) -> generation.Settings:
+              offset: int) -> generation.Settings:
   g = sr.generation
   return generation.Settings.from_config(g, temperature=float(temperature), top_p=float(top_p),
                                          max_new_tokens=int(max_new_tokens),
-                                         seed=int(g.seed) + int(seed_offset))
+                                         seed=int(g.seed) + int(offset))
 
 
 def _generator(rt, config, source: str, settings, samplers) -> generation.Generator:
@@ -194,6 +222,22 @@ def _ranked_group(prompt: str, responses, reference) -> dict:
           "reference": [float(x) for x in reference]}
 
 
+def _candidates_group(rng, prompt: str, k: int, task: str) -> dict:
+  """k distinct responses of graded quality (as the EFT data's: 0-6 errors, 10 % random) ranked
+  by the oracle; each also carries the oracle's own 0-5 points (`synthetic.judge_points`), the
+  best a judge taught those points can do."""
+  from pit.data import synthetic
+  cands: list[str] = []
+  while len(cands) < k:
+    r = (synthetic.random_response(rng, task) if rng.random() < 0.1
+         else synthetic.degrade(rng, prompt, int(rng.integers(0, 7))))
+    if r not in cands:
+      cands.append(r)
+  g = _ranked_group(prompt, cands, [synthetic.oracle_score(prompt, r) for r in cands])
+  g["points"] = [float(synthetic.judge_points(prompt, r)) for r in cands]
+  return g
+
+
 def _synthetic_data(c, counts) -> dict:
   from pit.data import synthetic
   dcfg, sr = c.data, c.self_rewarding
@@ -204,19 +248,16 @@ def _synthetic_data(c, counts) -> dict:
   held = synthetic.eval_prompts(n_eval + n_groups, seed, task)
   eval_prompts, group_prompts = held[:n_eval], held[n_eval:]
   rng = np.random.default_rng([seed, 15])
-  groups = []
-  for p in group_prompts:   # ranked candidates of graded quality, as the EFT data's
-    cands: list[str] = []
-    while len(cands) < int(sr.judge_eval_candidates):
-      r = (synthetic.random_response(rng, task) if rng.random() < 0.1
-           else synthetic.degrade(rng, p, int(rng.integers(0, 7))))
-      if r not in cands:
-        cands.append(r)
-    groups.append(_ranked_group(p, cands, [synthetic.oracle_score(p, r) for r in cands]))
+  groups = [_candidates_group(rng, p, int(sr.judge_eval_candidates), task) for p in group_prompts]
   out = {"ift_train": ift,
          "ift_eval": [{"prompt": p, "response": synthetic.gold_response(p)} for p in eval_prompts],
          "eval_prompts": [{"prompt": p} for p in eval_prompts],
          "judge_eval": groups}
+  if _eft_source(c) == "model":   # the seed model judges oracle-ranked training candidates
+    train = [synthetic.make_prompt(rng, "train", task)
+             for _ in range(int(sr.max_eft_groups) or 1000)]
+    out["eft_groups"] = [_candidates_group(rng, p, int(sr.judge_eval_candidates), task)
+                         for p in train]
   if _eft_source(c) == "oracle":
     rows = synthetic.eft_examples(int(sr.max_eft_rows) or int(dcfg.synthetic_train_size), seed,
                                   compact=compact, task=task)
@@ -256,19 +297,21 @@ def _pairs_data(c, counts) -> dict:
 
 
 def _oasst1_data(c, counts) -> dict:
+  """OASST1 via its builder (configs 'ift' and 'eft'), rendered as the `load_sft` view renders
+  it (a plain-HH user turn; the reply with a leading space); bad records counted (on_error)."""
   from pit.data import builders
+  from pit.data.records import SkipReport
+  from pit.data.tokenizer import render_plain_chat
   dcfg, sr = c.data, c.self_rewarding
-  kw = sources._tfds_kwargs(dcfg, "train")
+  kw = sources._tfds_kwargs(dcfg, sr.train_split)
   kw.pop("config")
-  name = kw.pop("name")
-  split = kw.pop("split")
-  on_error = dcfg.on_error
-  ift = builders.records(name, config="ift", split=split, on_error=on_error, **kw)
-  groups = builders.records(name, config="eft", split=split, on_error=on_error, **kw)
+  name, split = kw.pop("name"), kw.pop("split")
+  skips = SkipReport()
+  get = lambda cfg, sp: builders.records(name, config=cfg, split=sp, on_error=dcfg.on_error,
+                                         report=skips, **kw)
+  ift, groups = get("ift", split), get("eft", split)
   if sr.eval_split:
-    ift_eval = builders.records(name, config="ift", split=sr.eval_split, on_error=on_error, **kw)
-    groups_eval = builders.records(name, config="eft", split=sr.eval_split, on_error=on_error,
-                                   **kw)
+    ift_eval, groups_eval = get("ift", sr.eval_split), get("eft", sr.eval_split)
   else:   # held out by message tree, so no prompt is on both sides
     trees = sorted({r["message_tree_id"] for r in ift} | {g["message_tree_id"] for g in groups})
     rng = np.random.default_rng(int(dcfg.seed))
@@ -277,18 +320,22 @@ def _oasst1_data(c, counts) -> dict:
     groups_eval = [g for g in groups if g["message_tree_id"] in held]
     ift = [r for r in ift if r["message_tree_id"] not in held]
     groups = [g for g in groups if g["message_tree_id"] not in held]
-  render = lambda p: dcfg.prompt_format.format(prompt=p)
-  as_group = lambda g: _ranked_group(render(g["prompt"]), [r["text"] for r in g["responses"]],
-                                     rm_agreement.reference_from_ranks(
-                                         [r["rank"] for r in g["responses"]]))
+  render = lambda p: dcfg.prompt_format.format(prompt=render_plain_chat([("user", p)]))
+  space = lambda t: t if t[:1].isspace() else " " + t
+
+  def as_group(g):
+    rs = builders.unzip(g["responses"]) if isinstance(g["responses"], dict) else g["responses"]
+    return _ranked_group(render(g["prompt"]), [space(r["text"]) for r in rs],
+                         rm_agreement.reference_from_ranks([r["rank"] for r in rs]))
   counts["data"] = {"ift_train": len(ift), "ift_eval": len(ift_eval), "eft_groups": len(groups),
-                    "eft_groups_eval": len(groups_eval)}
+                    "eft_groups_eval": len(groups_eval), "skipped": skips.as_dict()}
   n_eval = int(sr.eval_prompts) or len(ift_eval)
-  return {"ift_train": [{"prompt": render(r["prompt"]), "response": r["response"]}
+  return {"ift_train": [{"prompt": render(r["prompt"]), "response": space(r["response"])}
                         for r in ift[:int(sr.max_ift) or len(ift)]],
-          "ift_eval": [{"prompt": render(r["prompt"]), "response": r["response"]} for r in ift_eval],
+          "ift_eval": [{"prompt": render(r["prompt"]), "response": space(r["response"])}
+                       for r in ift_eval],
           "eft_groups": [as_group(g) for g in groups[:int(sr.max_eft_groups) or len(groups)]],
-          "eval_prompts": [{"prompt": render(r["prompt"]), "reference": r["response"]}
+          "eval_prompts": [{"prompt": render(r["prompt"]), "reference": space(r["response"])}
                            for r in ift_eval[:n_eval]],
           "judge_eval": [as_group(g) for g in groups_eval[:int(sr.judge_eval_groups) or None]]}
 
@@ -313,6 +360,9 @@ def data_stage(config):
       instr = style.instruction(r["prompt"])
       if instr is not None and instr not in seeds:
         seeds.append(instr)
+    counts["seed_instructions_multiline_left_out"] = len(seeds) - len(
+        self_instruct.usable_seeds(seeds, sr.fewshot_layout))
+    seeds = self_instruct.usable_seeds(seeds, sr.fewshot_layout)
     files["seed_instructions"] = [{"instruction": s} for s in seeds]
     if int(sr.ict_rows) > 0:   # instruction creation, for models that cannot few-shot yet
       if len(seeds) <= int(sr.shots):
@@ -332,11 +382,14 @@ def data_stage(config):
   return stages.Stage(DATA, run, settings=c, inputs=())
 
 
-def read_rows(path: str, fields=("prompt",)) -> list[dict]:
+def read_rows(path: str, fields=("prompt",), required: bool = True) -> list[dict]:
   """The JSON objects of a JSONL file this recipe wrote, each checked to have `fields`
-  (DataError naming file, line and field otherwise); [] when the file does not exist."""
+  (DataError naming file, line and field otherwise). A missing file is FileNotFoundError naming
+  it, or [] when not `required`."""
   import json
   if not os.path.exists(path):
+    if required:
+      raise FileNotFoundError(f"{path}: missing (an earlier stage should have written it)")
     return []
   out = []
   for lineno, raw in records.iter_lines(path):
@@ -353,8 +406,8 @@ def read_rows(path: str, fields=("prompt",)) -> list[dict]:
   return out
 
 
-def _rows(ctx, stage: str, name: str, fields=("prompt",)) -> list[dict]:
-  return read_rows(ctx.input_path(stage, f"{name}.jsonl"), fields)
+def _rows(ctx, stage: str, name: str, fields=("prompt",), required: bool = True) -> list[dict]:
+  return read_rows(ctx.input_path(stage, f"{name}.jsonl"), fields, required)
 
 
 # ------------------------------------------------------------------------------ seed models
@@ -377,7 +430,7 @@ def _sft_stage(config, name: str, sources_: tuple[str, ...]):
     for fname in ("ift_eval", "eft_eval") if EFT in sources_ or "eft_train" in sources_ else \
         ("ift_eval",):
       evals += [{"prompt": r["prompt"], "response": r["response"]}
-                for r in _rows(ctx, DATA, fname, ("prompt", "response"))]
+                for r in _rows(ctx, DATA, fname, ("prompt", "response"), fname == "ift_eval")]
     if not rows:
       raise ValueError(f"{name}: no training rows ({mix})")
     rng = np.random.default_rng(int(c.data.seed))
@@ -410,7 +463,8 @@ def eft_stage(config):
     groups = _rows(ctx, DATA, "eft_groups", ("prompt", "responses", "reference"))
     k = int(sr.eft_samples)
     settings = _settings(sr, temperature=sr.eft_temperature, top_p=sr.judge_top_p,
-                         max_new_tokens=sr.judge_max_new_tokens, seed_offset=50)
+                         max_new_tokens=sr.judge_max_new_tokens,
+                         offset=seed_offset("eft"))
     gen = _generator(rt, c, ctx.input_dir(SFT_BASE) if from_baseline else "init", settings, {})
     items = [(g["prompt"], r) for g in groups for r in g["responses"]]
     texts = _judge_all(gen, items, k, sr.judge_prompt == "compact", ctx.dir, "judgements",
@@ -419,7 +473,9 @@ def eft_stage(config):
     for g in groups:
       nested.append(texts[i:i + len(g["responses"])])
       i += len(g["responses"])
-    rows, counts = eft.from_judgements(groups, nested, compact=sr.judge_prompt == "compact")
+    compact = sr.judge_prompt == "compact"
+    rows, counts = eft.from_judgements(groups, nested,
+                                       render=lambda p, r: judge_prompt(p, r, compact))
     if sr.eft_balance and rows:
       rows, counts["balance"] = eft.balance_scores(rows, int(c.data.seed))
     counts["rows_kept"] = len(rows)
@@ -466,7 +522,8 @@ def prompts_stage(config, i: int):
     else:
       rt = common.setup(c)
       settings = _settings(sr, temperature=sr.prompt_temperature, top_p=sr.prompt_top_p,
-                           max_new_tokens=sr.prompt_max_new_tokens, seed_offset=1000 * i + 1)
+                           max_new_tokens=sr.prompt_max_new_tokens,
+                           offset=seed_offset("prompts", i))
       gen = _generator(rt, c, ctx.input_dir(model_stage(i)), settings, {})
       shots = [self_instruct.draw_shots(rng, seeds, int(sr.shots))
                for _ in range(int(sr.prompt_attempts))]
@@ -474,7 +531,7 @@ def prompts_stage(config, i: int):
       texts = resumable.map_chunks(ctx.dir, "generations", fewshot, lambda b, ci: gen(b, ci),
                                    int(sr.chunk))
       parsed = [self_instruct.parse_generated(t, sr.fewshot_layout) for t in texts]
-      synthetic_valid = (self_instruct.synthetic_validity()
+      synthetic_valid = (self_instruct.synthetic_validity(c.data.synthetic_task)
                          if _data_kind(config) == "synthetic" else None)
 
       def valid(instr):
@@ -510,11 +567,12 @@ def candidates_stage(config, i: int):
     rt = common.setup(c)
     prompts = [r["prompt"] for r in _rows(ctx, f"prompts_{i}", "prompts")]
     settings = _settings(sr, temperature=sr.candidate_temperature, top_p=sr.candidate_top_p,
-                         max_new_tokens=sr.max_new_tokens, seed_offset=1000 * i + 2)
+                         max_new_tokens=sr.max_new_tokens,
+                         offset=seed_offset("candidates", i))
     gen = _generator(rt, c, ctx.input_dir(model_stage(i)), settings, {})
     n = int(sr.num_candidates)
     cands = resumable.map_chunks(
-        ctx.dir, "candidates", prompts,
+        ctx.dir, "candidate_texts", prompts,
         lambda b, ci: [[g.text for g in d] for d in gen.sample(b, n, ci)], int(sr.chunk))
     if jax.process_index() == 0:
       jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "candidates.jsonl"),
@@ -541,7 +599,8 @@ def judgements_stage(config, i: int):
     rt = common.setup(c)
     rows = _rows(ctx, f"candidates_{i}", "candidates", ("prompt", "candidates"))
     settings = _settings(sr, temperature=sr.judge_temperature, top_p=sr.judge_top_p,
-                         max_new_tokens=sr.judge_max_new_tokens, seed_offset=1000 * i + 3)
+                         max_new_tokens=sr.judge_max_new_tokens,
+                         offset=seed_offset("judgements", i))
     gen = _generator(rt, c, _judge_source(config, ctx, i), settings, {})
     items = [(r["prompt"], x) for r in rows for x in r["candidates"]]
     texts = _judge_all(gen, items, int(sr.judge_samples), sr.judge_prompt == "compact", ctx.dir,
@@ -578,9 +637,10 @@ def teacher_stage(config, i: int):
     rt = common.setup(c)
     prompts = [r["prompt"] for r in _rows(ctx, f"prompts_{i}", "prompts")]
     settings = _settings(sr, temperature=sr.teacher_temperature, top_p=1.0,
-                         max_new_tokens=sr.max_new_tokens, seed_offset=1000 * i + 4)
+                         max_new_tokens=sr.max_new_tokens,
+                         offset=seed_offset("teacher", i))
     gen = _generator(rt, c, "ext:" + sr.teacher, settings, {})
-    answers = resumable.map_chunks(ctx.dir, "answers", prompts, lambda b, ci: gen(b, ci),
+    answers = resumable.map_chunks(ctx.dir, "answer_texts", prompts, lambda b, ci: gen(b, ci),
                                    int(sr.chunk))
     if jax.process_index() == 0:
       jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "answers.jsonl"),
@@ -610,8 +670,9 @@ def pairs_stage(config, i: int):
           [r["prompt"] for r in rows], [r["candidates"] for r in rows],
           [[math.nan if s is None else float(s) for s in r["scores"]] for r in rows])
     if not pairs:
-      raise ValueError(f"{name}: no preference pair ({counts}): the judge gave no two candidates "
-                       "of a prompt different readable scores")
+      why = ("every teacher answer was empty or equal to the student's" if demo else
+             "the judge gave no two candidates of a prompt different readable scores")
+      raise ValueError(f"{name}: no preference pair ({counts}): {why}")
     rng = np.random.default_rng([int(c.data.seed), 18, i])
     n_eval = int(len(pairs) * float(c.self_rewarding.dpo_eval_fraction))
     order = rng.permutation(len(pairs))
@@ -693,7 +754,8 @@ def judge_eval_stage(config):
     groups = _rows(ctx, DATA, "judge_eval", ("prompt", "responses", "reference"))
     items = [(g["prompt"], r) for g in groups for r in g["responses"]]
     settings = _settings(sr, temperature=sr.judge_temperature, top_p=sr.judge_top_p,
-                         max_new_tokens=sr.judge_max_new_tokens, seed_offset=90_000)
+                         max_new_tokens=sr.judge_max_new_tokens,
+                         offset=seed_offset("judge_eval"))
     samplers, out = {}, {}
     for name in names:
       gen = _generator(rt, c, ctx.input_dir(name), settings, samplers)
@@ -707,7 +769,11 @@ def judge_eval_stage(config):
         res = {"error": str(e)}
       out[name] = {**res, **counts, "candidates": len(items), "unscored_left_out": unscored}
       logging.info("judge_eval %s: %s", name, out[name])
-    return {"groups": len(groups), "models": out}
+    ceiling = None
+    if groups and all("points" in g for g in groups):   # the oracle's own 0-5 points as a judge
+      ceiling = rm_agreement.agreement([g["points"] for g in groups],
+                                       [g["reference"] for g in groups]).as_dict()
+    return {"groups": len(groups), "models": out, "oracle_points": ceiling}
   return stages.Stage(JUDGE_EVAL, run, settings=c,
                       inputs=(DATA,) + tuple(names))
 
@@ -751,7 +817,7 @@ def evaluate_stage(config, before: list[str]):
   `alpaca_eval_path` is set, and WORKDIR/report.md."""
   c = derive(config, "generate", None, keep=(
       "dataset_name", "max_new_tokens", "eval_top_p", "generation", "chunk", "comparisons",
-      "reward_model_dir", "llm_judge_dir", "alpaca_eval_path", "alpaca_eval_max",
+      "reward_model_dir", "llm_judge", "alpaca_eval_path", "alpaca_eval_max",
       "alpaca_max_new_tokens", "sft_baseline", "iterations", "variant"))
   c.eval = config.eval.to_dict()
   systems = _judges_evaluated(config)
@@ -771,7 +837,8 @@ def evaluate_stage(config, before: list[str]):
     for s in systems:
       for dec, temp in decodings.items():
         settings = _settings(sr, temperature=temp, top_p=sr.eval_top_p if temp > 0 else 1.0,
-                             max_new_tokens=sr.max_new_tokens, seed_offset=80_000)
+                             max_new_tokens=sr.max_new_tokens,
+                             offset=seed_offset("evaluate"))
         gen = None
 
         def fn(batch, ci, s=s, settings=settings):
@@ -781,10 +848,7 @@ def evaluate_stage(config, before: list[str]):
           return gen(batch, ci)
         outputs[s][dec] = resumable.map_chunks(ctx.dir, f"outputs_{s}_{dec}", prompts, fn,
                                                int(sr.chunk))
-    judges = judges_lib.from_config(
-        c.eval.judges, rt=rt, data_source=c.data.source, reward_model_dir=sr.reward_model_dir,
-        llm_judge_dir=sr.llm_judge_dir, batch_size=int(sr.generation.batch_size),
-        pairwise_llm=True)
+    judges = _eval_judges(c, rt)
     rows = evaluator.evaluate(prompts, outputs, comps, judges,
                               confidence=float(c.eval.confidence),
                               resamples=int(c.eval.bootstrap), seed=int(c.eval.seed),
@@ -812,6 +876,29 @@ def evaluate_stage(config, before: list[str]):
   return stages.Stage(EVAL, run, settings=c, inputs=tuple(before))
 
 
+def _eval_judges(c, rt) -> dict:
+  """The evaluation's judges (`eval.judges`): the oracle (synthetic task), the reward model of
+  `reward_model_dir`, and an LLM judge from `llm_judge` (any model spec, with its own tokenizer
+  and chat template) asked "A or B?" both ways round (`pit.eval.llm_judge.LMJudge.pairwise`)."""
+  from pit.eval.llm_judge import LMJudge
+  sr = c.self_rewarding
+  names = tuple(c.eval.judges)
+  judges = judges_lib.from_config(tuple(n for n in names if n != "llm_judge"), rt=rt,
+                                  data_source=c.data.source,
+                                  reward_model_dir=sr.reward_model_dir,
+                                  batch_size=int(sr.generation.batch_size))
+  if "llm_judge" in names and sr.llm_judge:
+    mdef, params, tok = pretrained.load_lm(sr.llm_judge, rt.mesh, rt.rules, chat_template=False,
+                                           field="self_rewarding.llm_judge")
+    judges["llm_judge"] = judges_lib.PairwiseLLMJudge(LMJudge(
+        mdef, params, tok, rt.mesh, rt.rules,
+        chat=bool(getattr(getattr(tok, "tok", None), "chat_template", None)),   # instruct models
+        batch_size=int(sr.generation.batch_size)))
+  if not judges:
+    raise ValueError(f"evaluate: none of eval.judges={names} is available in this run")
+  return judges
+
+
 def _alpaca_outputs(c, ctx, rt, systems, samplers) -> dict:
   """Greedy answers of every system to the AlpacaEval instructions (the `instruction` field of
   `alpaca_eval_path`, an AlpacaEval outputs file: 805 for the full set), in AlpacaEval's format
@@ -824,7 +911,7 @@ def _alpaca_outputs(c, ctx, rt, systems, samplers) -> dict:
   style = self_instruct.PromptStyle(**ctx.input_summary(DATA)["prompt_style"])
   texts = [style.prompt(x) for x in instructions]
   settings = _settings(sr, temperature=0.0, top_p=1.0, max_new_tokens=sr.alpaca_max_new_tokens,
-                       seed_offset=70_000)
+                       offset=seed_offset("alpaca"))
   out = {}
   for s in systems:
     gen = _generator(rt, c, ctx.input_dir(s), settings, samplers)
@@ -859,12 +946,16 @@ def _write_report(workdir, c, summaries, rows, means, prompts, outputs, decoding
     agree = {display_name(n): rm_agreement.AgreementResult(**{
         f.name: r[f.name] for f in dataclasses.fields(rm_agreement.AgreementResult)})
         for n, r in scored.items()}
+    ceiling = summaries.get(JUDGE_EVAL, {}).get("oracle_points")
+    if ceiling:   # what a judge that scores exactly the taught 0-5 points would get
+      agree["oracle points (ceiling)"] = rm_agreement.AgreementResult(**{
+          f.name: ceiling[f.name] for f in dataclasses.fields(rm_agreement.AgreementResult)})
     lines += ["## Judging ability on held-out ranked responses (each model judges with the "
               "self-judging settings)\n", report.agreement_table(agree),
               "unreadable judgements (left out): " + ", ".join(
                   f"{display_name(n)} {r['unparsed_judgements']} of {r['judgements']}"
                   for n, r in je.items()) + "\n"]
-    acc = [scored[m]["pairwise_accuracy"] if m in scored else math.nan for m in ms]
+    acc = [float(scored[m]["pairwise_accuracy"]) if m in scored else math.nan for m in ms]
     plots["judge pairwise accuracy per iteration (%)"] = {
         "pairwise accuracy": (list(range(1, len(ms) + 1)), acc)}
   lines += ["## Stages\n", "| stage | key figures |", "|---|---|"]
@@ -892,7 +983,7 @@ def _stage_figures(name: str, s: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in s.items() if v)
   if name == JUDGE_EVAL:
     return "; ".join(f"{display_name(m)}: pairwise accuracy "
-                     f"{r.get('pairwise_accuracy', float('nan')):.1f} %, "
+                     f"{float(r.get('pairwise_accuracy', 'nan')):.1f} %, "
                      f"{r.get('unparsed_judgements', 0)} unreadable of {r.get('judgements', 0)}"
                      for m, r in s.get("models", {}).items())
   if name.startswith(("candidates_", "judgements_", "pairs_", "teacher_")) or name == EFT:

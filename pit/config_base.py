@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       train_path="", eval_path="", prompt_format="{prompt}", max_len=256,
       max_response_len=128, buckets=(), on_error="raise", eval_fraction=0.05, seed=0,
+      group_by_length=False,         # training batches of one length bucket (pit.data.batching)
       # where records come from (pit.data.sources): 'jsonl' | 'tfds' | 'synthetic'
       source="jsonl", tfds_name="", tfds_config="", data_dir="", manual_dir="",
       synthetic_train_size=2000, synthetic_eval_size=200,

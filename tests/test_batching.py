@@ -128,3 +128,66 @@ def test_two_process_slices_concatenate_to_the_global_batch():
   _same(next(p1), next(procs[1]))
   with pytest.raises(ValueError, match="not divisible by 3 processes"):
     _it(ex, batch_size=8, process_count=3)
+
+
+def _lengths(n, seed=1):
+  """Examples of two kinds, short (~10 tokens) and long (~50), interleaved at random."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(n):
+    k = int(rng.integers(3, 8)) if rng.random() < 0.6 else int(rng.integers(40, 55))
+    ex = batching.make_example([TOK.bos_id] + TOK.encode("a" * k), TOK.encode("b"),
+                               eos_id=TOK.eos_id, max_len=64, max_response_len=8)
+    ex.tokens[1] = i % 250 + 1      # a per-example id, to follow each row
+    out.append(ex)
+  return out
+
+
+def _ids(batch):
+  return [int(r[1]) for r in batch["inputs"]]
+
+
+def test_group_by_length_visits_each_example_once_in_single_bucket_batches():
+  ex = _lengths(203)
+  B = 8
+  plain = _it(ex, batch_size=B, group_by_length=False)
+  grouped = _it(ex, batch_size=B, group_by_length=True)
+  assert grouped.batches_per_epoch == plain.batches_per_epoch == 203 // B
+  epoch = [next(grouped) for _ in range(grouped.batches_per_epoch)]
+  ids = [i for b in epoch for i in _ids(b)]
+  assert len(ids) == len(set(ids)) == (203 // B) * B          # each example at most once
+  pad = lambda bs: sum(int((~b["mask"]).sum()) for b in bs)
+  plain_epoch = [next(plain) for _ in range(plain.batches_per_epoch)]
+  # every batch but the (at most one per bucket boundary) mixed leftovers is a single bucket
+  mixed = sum(len({batching.bucket_length(int(m.sum()), (16, 32, 64)) for m in b["mask"]}) > 1
+              for b in epoch)
+  assert mixed <= 2, mixed
+  assert pad(epoch) < 0.5 * pad(plain_epoch)                  # the point: far less padding
+  # both lengths' batches are spread over the epoch (batch order shuffled, not sorted)
+  widths = [b["inputs"].shape[1] for b in epoch]
+  assert widths != sorted(widths) and widths != sorted(widths, reverse=True)
+  # the next epoch is another grouping; seeded: a new iterator repeats this one
+  again = _it(ex, batch_size=B, group_by_length=True)
+  for b in epoch:
+    _same(next(again), b)
+  assert _ids(next(grouped)) != _ids(epoch[0])
+
+
+def test_group_by_length_resumes_and_slices_per_process():
+  ex = _lengths(77)
+  it = _it(ex, batch_size=8, group_by_length=True)
+  for _ in range(13):           # 9 batches an epoch: into the second epoch
+    next(it)
+  state = it.get_state()
+  resumed = _it(ex, batch_size=8, group_by_length=True)
+  resumed.set_state(state)
+  for _ in range(7):
+    _same(next(resumed), next(it))
+  glob = _it(ex, batch_size=8, group_by_length=True)
+  procs = [_it(ex, batch_size=8, group_by_length=True, process_index=i, process_count=2)
+           for i in range(2)]
+  for _ in range(11):
+    g, parts = next(glob), [next(p) for p in procs]
+    _same({k: np.concatenate([p[k] for p in parts]) for k in g}, g)
+  small = _it(_lengths(5), batch_size=8, group_by_length=True)   # fewer rows than a batch
+  assert len(_ids(next(small))) == 8

@@ -79,12 +79,14 @@ def collate_pairs(items: Sequence[PairExample], length: int, pad_id: int,
 
 def pair_iterator(examples: Sequence[PairExample], *, batch_size: int, buckets: Sequence[int],
                   pad_id: int, seed: int, shuffle: bool = True, process_index: int = 0,
-                  process_count: int = 1) -> batching.BatchIterator:
+                  process_count: int = 1, group_by_length: bool = False
+                  ) -> batching.BatchIterator:
   """Infinite, resumable iterator of pair batches (state {epoch, index, seed})."""
   return batching.BatchIterator(examples, batch_size=batch_size, buckets=buckets, pad_id=pad_id,
                                 seed=seed, shuffle=shuffle, process_index=process_index,
                                 process_count=process_count, collate_fn=collate_pairs,
-                                length_fn=pair_length)
+                                length_fn=pair_length,
+                                group_by_length=group_by_length)
 
 
 def fixed_batches(examples: Sequence, *, batch_size: int, buckets: Sequence[int], pad_id: int,

@@ -86,7 +86,8 @@ def run(config, workdir: str):
   data = gap_batching.gap_iterator(
       train_ex, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
       pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed),
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      group_by_length=bool(config.data.get("group_by_length", False)))
   eval_fn = make_eval_fn(rt, eval_ex, config)
   init_fn = pretrained.init_fn(rt, config)
   if gcfg.init_checkpoint:  # trunk of an LM (M_PIT reads the same prefix), fresh scalar head

@@ -49,7 +49,8 @@ def pair_iterator(rt, examples, config):
   return pair_batching.pair_iterator(
       examples, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
       pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed),
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      group_by_length=bool(config.data.get("group_by_length", False)))
 
 
 def make_pair_eval_fn(rt, examples, config, loss_fn, extra=None, prefix=""):

@@ -66,7 +66,8 @@ def run(config, workdir: str):
   data = batching.BatchIterator(
       train_ex, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
       pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed),
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      group_by_length=bool(config.data.get("group_by_length", False)))
   eval_fn = make_eval_fn(rt, eval_ex, config)
   init_fn = pretrained.init_fn(rt, config)
   if config.train.get("init_checkpoint", ""):

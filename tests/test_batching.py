@@ -191,3 +191,59 @@ def test_group_by_length_resumes_and_slices_per_process():
     _same({k: np.concatenate([p[k] for p in parts]) for k in g}, g)
   small = _it(_lengths(5), batch_size=8, group_by_length=True)   # fewer rows than a batch
   assert len(_ids(next(small))) == 8
+
+
+def test_group_by_length_leaves_out_the_remainder_at_random_not_a_rare_bucket():
+  """1000 short rows and 5 long ones, B=8: the plain epoch leaves out 5 random rows; a
+  grouping that drops the longest bucket's leftovers would never show the long rows."""
+  short = [batching.make_example([TOK.bos_id, i % 250 + 1] + TOK.encode("a" * 3), TOK.encode("b"),
+                                 eos_id=TOK.eos_id, max_len=64, max_response_len=8)
+           for i in range(1, 250)] * 4
+  long = [batching.make_example([TOK.bos_id, 251 + i] + TOK.encode("a" * 50), TOK.encode("b"),
+                                eos_id=TOK.eos_id, max_len=64, max_response_len=8)
+          for i in range(5)]
+  ex = short + long
+  it = _it(ex, batch_size=8, group_by_length=True)
+  seen = {251 + i: 0 for i in range(5)}
+  for _ in range(40 * it.batches_per_epoch):
+    for i in _ids(next(it)):
+      if i in seen:
+        seen[i] += 1
+  assert all(v >= 36 for v in seen.values()), seen      # ~0.5 % left out per epoch, not 100 %
+
+
+def test_group_by_length_reshuffles_batch_membership_each_epoch_and_three_buckets():
+  rng = np.random.default_rng(3)
+  ex = []
+  for i in range(240):   # lengths on both sides of the 16 / 32 bucket boundaries
+    k = int(rng.choice([12, 13, 14, 28, 29, 30, 45, 50]))
+    e = batching.make_example([TOK.bos_id, i + 1] + TOK.encode("a" * (k - 4)), TOK.encode("b"),
+                              eos_id=TOK.eos_id, max_len=64, max_response_len=8)
+    ex.append(e)
+  it = _it(ex, batch_size=8, group_by_length=True)
+  epochs = [[frozenset(_ids(next(it))) for _ in range(it.batches_per_epoch)] for _ in range(2)]
+  assert len(set(epochs[0]) & set(epochs[1])) <= 2        # new memberships, not a reorder
+  it = _it(ex, batch_size=8, group_by_length=True)
+  kinds = []
+  for _ in range(it.batches_per_epoch):
+    b = next(it)
+    kinds.append({batching.bucket_length(batching.example_length(ex[i - 1]), (16, 32, 64))
+                  for i in _ids(b)})
+    assert max(kinds[-1]) == b["inputs"].shape[1]
+  assert {k for s in kinds for k in s} == {16, 32, 64}
+  assert sum(len(s) > 1 for s in kinds) <= 2, kinds      # only the leftovers' batches mix
+
+
+def test_group_by_length_reaches_the_pair_and_gap_iterators():
+  from types import SimpleNamespace
+  import ml_collections
+  from pit.data import gap_batching, pair_batching
+  from pit.pipelines import reward
+  kw = dict(batch_size=4, buckets=(16, 64), pad_id=0, seed=0)
+  for fn in (pair_batching.pair_iterator, gap_batching.gap_iterator):
+    assert fn([object()], **kw, group_by_length=True).group_by_length
+    assert not fn([object()], **kw).group_by_length
+  c = ml_collections.ConfigDict(dict(train=dict(batch_size=4), data=dict(
+      buckets=(16, 64), max_len=64, seed=0, group_by_length=True)))
+  rt = SimpleNamespace(tokenizer=SimpleNamespace(pad_id=0))
+  assert reward.pair_iterator(rt, [object()], c).group_by_length

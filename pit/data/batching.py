@@ -18,7 +18,8 @@ longest example, so jit sees only a few static shapes.
 Length grouping (`data.group_by_length`, off by default): an epoch's shuffled order is cut
 into batches whose members share a bucket (per bucket in shuffled order; the leftovers of
 every bucket then fill mixed batches), and those batches are visited in a shuffled order —
-the same floor(n / B) full batches an epoch always has, each example at most once, but a
+the same rows and floor(n / B) full batches an ungrouped epoch has (so the n mod B rows left
+out are chosen at random, from any bucket), each example at most once, but a
 mix of short and long rows no longer pads every batch to the longest bucket (HF Trainer's
 `group_by_length`). Each batch is then homogeneous in length, so also in kind on mixed
 data: a cost in gradient noise that a user turns on for the speed.
@@ -177,7 +178,10 @@ class BatchIterator:
     if self._bucket_of is None:
       self._bucket_of = np.asarray([bucket_length(self.length_fn(e), self.buckets)
                                     for e in self.examples], np.int64)
-    B, order = self.batch_size, self._order(epoch)
+    B = self.batch_size
+    # the rows an ungrouped epoch visits (its first floor(n/B)*B): the remainder is then left
+    # out at random, not always from the same bucket (a rare long bucket would starve)
+    order = self._order(epoch)[:self.batches_per_epoch * B]
     bucket_in_order = self._bucket_of[order]
     full, leftovers = [], []
     for b in np.unique(bucket_in_order):
@@ -193,7 +197,7 @@ class BatchIterator:
     if self.shuffle:
       batches = batches[np.random.default_rng([self.seed, epoch, 1]).permutation(len(batches))]
     if len(batches) == 0:   # fewer examples than a batch: wrap around as the ungrouped order does
-      batches = np.resize(order, (1, B))
+      batches = np.resize(self._order(epoch), (1, B))
     self._epoch_batches = (epoch, batches)
     return batches
 
@@ -219,7 +223,8 @@ class BatchIterator:
 
   def __next__(self) -> dict[str, np.ndarray]:
     if self.group_by_length:
-      idx = self._grouped(self.epoch)[self.index]
+      batches = self._grouped(self.epoch)
+      idx = batches[self.index % len(batches)]   # a resumed index past the end wraps, as below
     else:
       order = self._order(self.epoch)
       start = self.index * self.batch_size

@@ -351,6 +351,12 @@ def test_report_and_judge_metrics(smoke_run):
     if len(set(s)) > 1 and len(set(r)) > 1:
       rhos.append(stats.spearmanr(s, r).statistic)
   assert je["m2"]["spearman"] == pytest.approx(np.mean(rhos), abs=1e-12)
+  # per-criterion truth of the judge's claims, from the same stored judgements
+  items = [(g["prompt"], r) for g in groups for r in g["responses"]]
+  want = synthetic.criterion_accuracy(items, stored)
+  assert je["m2"]["criteria"]["readable"] == want["readable"]
+  if want["readable"]:   # (no readable line: NaNs, and no table)
+    assert je["m2"]["criteria"] == want and "Criterion by criterion" in text
   # oracle means per system are the oracle on the stored outputs
   outs = _read(os.path.join(wd, "evaluate", "outputs_m3_t0.jsonl"))[1:]
   prompts = [r["prompt"] for r in _read(os.path.join(wd, "data", "eval_prompts.jsonl"))]

@@ -156,9 +156,10 @@ def test_derive_keeps_every_section_each_pipeline_reads():
   from pit import pipelines
   from pit.config_base import base_config
   common = set(base_config().keys())
+  import importlib
   for name in pipelines.PIPELINES:
-    if name == "pit":
-      continue
+    if hasattr(importlib.import_module(f"pit.pipelines.{name}"), "build_stages"):
+      continue   # a recipe of stages (pit, self_rewarding): each stage's derive keeps its own
     src = open(os.path.join(os.path.dirname(pipelines.__file__), f"{name}.py")).read()
     read = set(re.findall(r"\bconfig\.([a-z_]+)", src))
     read |= set(re.findall(r"\bconfig(?:\.get\(|\[)[\"']([a-z_]+)[\"']", src))

@@ -433,3 +433,27 @@ def test_pit_preset_uses_the_harder_task_and_fits_its_lengths():
   assert c.improve.max_new_tokens >= longest_response + 1 and c.ppo.max_new_tokens >= longest_response + 1
   assert c.ppo.max_prompt_len >= m_pit - longest_response - 1
   assert c.model.max_seq_len >= c.improve.max_prompt_len + c.improve.max_new_tokens
+
+
+def test_judge_criteria_read_back_from_justifications():
+  from pit.data import synthetic as syn
+  p = "sort: 50 30 90 10 70\n"
+  for r in ("10 30 50 70 90", "10 30 30 70 90", "90 70 50 30 10", "10,30,50,70,90", "17 18"):
+    for compact in (True, False):
+      text = syn.justification(p, r, compact)
+      if syn.error_counts(p, r)["present"] == 0:
+        assert syn.read_justification(text) is None      # "irrelevant": no claims to check
+      else:
+        assert syn.read_justification(text) == list(syn.judge_criteria(p, r)), (r, text)
+  assert syn.read_justification("+form +only\nScore: 2") is None
+  assert syn.read_justification("+form +unique +only +all +sorted\nScore: 5") is None  # order
+  assert syn.read_justification("") is None
+  items = [(p, "10 30 50 70 90"), (p, "10 30 30 70 90")]
+  right = [[syn.justification(p, r)] for _, r in items]
+  wrong = [["-form -only -unique -all -sorted\nScore: 0", "garbage"],
+           ["+form +only +unique +all +sorted\nScore: 5"]]
+  assert all(syn.criterion_accuracy(items, right)[k]["accuracy"] == 100.0 for k in syn.CRITERIA)
+  acc = syn.criterion_accuracy(items, wrong)
+  assert (acc["judgements"], acc["readable"]) == (3, 2)
+  assert acc["form"]["accuracy"] == 50.0 and acc["unique"]["accuracy"] == 0.0
+  assert acc["unique"]["majority"] == 50.0 and acc["form"]["majority"] == 100.0

@@ -120,6 +120,7 @@ class PromptStyle:
     return cls("raw", "")
 
   def as_dict(self) -> dict:
+    """{"kind", "suffix"}: the style as plain JSON (stage summaries)."""
     return dataclasses.asdict(self)
 
 

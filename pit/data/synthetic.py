@@ -457,6 +457,56 @@ def justification(prompt: str, response: str, compact: bool = True) -> str:
   return f"{why}\nScore: {k}"
 
 
+def read_justification(text: str) -> "list[bool] | None":
+  """The criteria a judgement claims met, read back from `justification`'s first line in
+  either form ("+form -only ..." or "Yes: <criterion>. No: ..."): five booleans in
+  `CRITERIA` order, or None when the line does not name all five in order ("irrelevant",
+  free text, a cut-off judgement)."""
+  line = text.strip().split("\n", 1)[0].strip() if text else ""
+  toks = line.split()
+  if len(toks) == len(CRITERIA) and all(
+      t[:1] in "+-" and t[1:] == name for t, name in zip(toks, CRITERIA)):
+    return [t[0] == "+" for t in toks]
+  want = [f"{{}}: {t}." for t in CRITERIA_TEXT]
+  out, rest = [], line
+  for w in want:
+    for verdict in ("Yes", "No"):
+      if rest.startswith(w.format(verdict)):
+        out.append(verdict == "Yes")
+        rest = rest[len(w.format(verdict)):].lstrip()
+        break
+    else:
+      return None
+  return out if not rest else None
+
+
+def criterion_accuracy(items, texts) -> dict:
+  """How often a judge's claimed criteria (`read_justification`) are true of the response:
+  per criterion, accuracy over readable justifications, and the majority-class rate (what
+  always answering the commoner verdict scores). `items` are (prompt, response) pairs and
+  `texts[i]` the judgements of item i. Returns {criterion: {accuracy, majority, n}} and
+  "readable" / "judgements" counts."""
+  hits = np.zeros(len(CRITERIA))
+  true = np.zeros(len(CRITERIA))
+  n = total = 0
+  for (prompt, response), judged in zip(items, texts):
+    truth = judge_criteria(prompt, response)
+    for text in judged:
+      total += 1
+      claimed = read_justification(text)
+      if claimed is None:
+        continue
+      n += 1
+      hits += np.asarray(claimed) == np.asarray(truth)
+      true += np.asarray(truth, float)
+  out = {"judgements": total, "readable": n}
+  for j, name in enumerate(CRITERIA):
+    out[name] = ({"accuracy": float(100.0 * hits[j] / n),
+                  "majority": float(100.0 * max(true[j], n - true[j]) / n),
+                  "n": n} if n else {"accuracy": float("nan"), "majority": float("nan"), "n": 0})
+  return out
+
+
 def eft_examples(n: int, seed: int, compact: bool = True, task: "str | Task" = "sort") -> list[dict]:
   """Evaluation fine-tuning data: judge prompt over (train prompt, response of
   0..6 errors uniformly, or 10% random responses) -> justification + "Score: k".

@@ -768,6 +768,9 @@ def judge_eval_stage(config):
       except ValueError as e:   # no group kept two scored candidates
         res = {"error": str(e)}
       out[name] = {**res, **counts, "candidates": len(items), "unscored_left_out": unscored}
+      if _data_kind(c) == "synthetic":   # which criteria the judge gets wrong (the oracle's)
+        from pit.data import synthetic
+        out[name]["criteria"] = synthetic.criterion_accuracy(items, texts)
       logging.info("judge_eval %s: %s", name, out[name])
     ceiling = None
     if groups and all("points" in g for g in groups):   # the oracle's own 0-5 points as a judge
@@ -955,6 +958,18 @@ def _write_report(workdir, c, summaries, rows, means, prompts, outputs, decoding
               "unreadable judgements (left out): " + ", ".join(
                   f"{display_name(n)} {r['unparsed_judgements']} of {r['judgements']}"
                   for n, r in je.items()) + "\n"]
+    crit = {n: r["criteria"] for n, r in scored.items() if r.get("criteria", {}).get("readable")}
+    if crit:   # synthetic task: which of the rubric's checks each judge gets right
+      from pit.data import synthetic
+      lines += ["Criterion by criterion (synthetic task): how often the judge's claim about the "
+                "response is true, % of readable justifications; in brackets the rate of always "
+                "giving the commoner verdict\n",
+                "| criterion | " + " | ".join(display_name(n) for n in crit) + " |",
+                "|---|" + "---|" * len(crit)]
+      for k in synthetic.CRITERIA:
+        lines.append(f"| {k} | " + " | ".join(
+            f"{r[k]['accuracy']:.1f} ({r[k]['majority']:.1f})" for r in crit.values()) + " |")
+      lines.append("")
     acc = [float(scored[m]["pairwise_accuracy"]) if m in scored else math.nan for m in ms]
     plots["judge pairwise accuracy per iteration (%)"] = {
         "pairwise accuracy": (list(range(1, len(ms) + 1)), acc)}

@@ -110,6 +110,22 @@ def load_sft_examples(path: str, config, tokenizer, stats=None, *, split: str = 
   return examples
 
 
+def pair_splits(dcfg, train_split: str, eval_split: str, method: str):
+  """(train pairs, held-out pairs, {"train", "eval": DataReport}) of a recipe: `eval_split`
+  when given, else `data.eval_fraction` of `train_split` (`split_eval`). Raises ValueError
+  naming `<method>.eval_split` when nothing is held out."""
+  reports = {"train": sources.DataReport(), "eval": sources.DataReport()}
+  train = sources.load_pairs(dcfg, train_split, report=reports["train"])
+  if eval_split:
+    evals = sources.load_pairs(dcfg, eval_split, report=reports["eval"])
+  else:
+    train, evals = split_eval(train, float(dcfg.eval_fraction), int(dcfg.seed))
+  if not evals:
+    raise ValueError(f"{method}: no held-out pairs (set {method}.eval_split, or "
+                     "data.eval_fraction > 0 with at least 20 pairs)")
+  return train, evals, reports
+
+
 def split_eval(examples, fraction: float, seed: int):
   """(train, eval): a random `fraction` of `examples` (at least one, chosen by `seed`) held
   out, both in their original order; (examples, []) when fraction <= 0 or there are fewer

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 
 from pit import generation, improve, jsonio, pit_format, stages
-from pit.data import records, sources
+from pit.data import records
 from pit.data.pairs import PreferencePair, read_pairs_jsonl, write_pairs_jsonl
 from pit.eval import alpaca_eval, evaluator, report
 from pit.eval import judges as judges_lib
@@ -92,15 +92,7 @@ def data_stage(config):
 
   def run(ctx):
     dcfg, pcfg, d = c.data, c.pit, ctx.dir
-    reports = {"train": sources.DataReport(), "eval": sources.DataReport()}
-    train = sources.load_pairs(dcfg, pcfg.train_split, report=reports["train"])
-    if pcfg.eval_split:
-      evals = sources.load_pairs(dcfg, pcfg.eval_split, report=reports["eval"])
-    else:
-      train, evals = common.split_eval(train, float(dcfg.eval_fraction), int(dcfg.seed))
-    if not evals:
-      raise ValueError("pit: no held-out pairs (set pit.eval_split, or data.eval_fraction > 0 "
-                       "with at least 20 pairs)")
+    train, evals, reports = common.pair_splits(dcfg, pcfg.train_split, pcfg.eval_split, "pit")
     render = lambda ps: [PreferencePair(dcfg.prompt_format.format(prompt=p.prompt), p.chosen,
                                         p.rejected, p.margin, p.meta) for p in ps]
     train, evals = render(train), render(evals)

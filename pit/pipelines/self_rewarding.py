@@ -273,15 +273,7 @@ def _synthetic_data(c, counts) -> dict:
 
 def _pairs_data(c, counts) -> dict:
   dcfg, sr = c.data, c.self_rewarding
-  reports = {"train": sources.DataReport(), "eval": sources.DataReport()}
-  train = sources.load_pairs(dcfg, sr.train_split, report=reports["train"])
-  if sr.eval_split:
-    evals = sources.load_pairs(dcfg, sr.eval_split, report=reports["eval"])
-  else:
-    train, evals = common.split_eval(train, float(dcfg.eval_fraction), int(dcfg.seed))
-  if not evals:
-    raise ValueError("self_rewarding: no held-out pairs (set self_rewarding.eval_split, or "
-                     "data.eval_fraction > 0 with at least 20 pairs)")
+  train, evals, reports = common.pair_splits(dcfg, sr.train_split, sr.eval_split, METHOD)
   render = lambda p: dcfg.prompt_format.format(prompt=p)
   counts["data"] = {k: r.as_dict() for k, r in reports.items()}
   n_ift = int(sr.max_ift) or len(train)

@@ -466,3 +466,12 @@ def _owner(workdir: str, names: Sequence[str], path: str) -> str | None:
     if path.startswith(os.path.abspath(stage_dir(workdir, n)) + os.sep):
       return n
   return None
+
+
+def run_recipe(config, workdir: str, built: list[Stage], method: str) -> dict:
+  """A recipe end to end (`run_stages` with `config.rerun_from`): {"stages": names run or
+  skipped, "report": WORKDIR/report.md}. Raises what a stage raises."""
+  done = run_stages(workdir, built, rerun_from=str(config.get("rerun_from", "") or ""))
+  result = {"stages": list(done), "report": os.path.join(workdir, "report.md")}
+  logging.info("%s done: report at %s", method, result["report"])
+  return result

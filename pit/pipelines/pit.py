@@ -27,7 +27,6 @@ model head, ...) are `pit.<stage>` sub-configs merged over the root config.
 """
 from __future__ import annotations
 
-import logging
 import os
 
 import jax
@@ -470,8 +469,4 @@ def run(config, workdir: str):
   """PIT end to end in `workdir` (see the module docstring); returns the stage names and the
   report's path. Raises what a stage raises (DataError, NonFiniteError, ...) after saving."""
   _check(config)
-  done = stages.run_stages(workdir, build_stages(config),
-                           rerun_from=str(config.get("rerun_from", "") or ""))
-  result = {"stages": list(done), "report": os.path.join(workdir, "report.md")}
-  logging.info("pit done: report at %s", result["report"])
-  return result
+  return stages.run_recipe(config, workdir, build_stages(config), "pit")

@@ -1035,8 +1035,4 @@ def run(config, workdir: str):
   """Self-Rewarding end to end in `workdir` (module docstring); returns the stage names and the
   report's path."""
   _check(config)
-  done = stages.run_stages(workdir, build_stages(config),
-                           rerun_from=str(config.get("rerun_from", "") or ""))
-  result = {"stages": list(done), "report": os.path.join(workdir, "report.md")}
-  logging.info("self_rewarding done: report at %s", result["report"])
-  return result
+  return stages.run_recipe(config, workdir, build_stages(config), METHOD)

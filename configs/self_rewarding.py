@@ -61,14 +61,19 @@ def synthetic(c, smoke: bool):
   # group_by_length: M1's rows are short answers, ~2x longer judge rows and long
   # instruction-creation rows; mixed batches would nearly all pad to 384 (~2.4x the tokens)
   c.data.update(source="synthetic", synthetic_task="sort_long", synthetic_train_size=20000,
-                max_len=384, max_response_len=64, buckets=(96, 192, 384), group_by_length=True)
+                max_len=384, max_response_len=160, buckets=(96, 192, 256, 384),
+                group_by_length=True)
   c.model.update(vocab_size=384, d_model=128, num_layers=4, num_heads=4, num_kv_heads=2,
                  d_ff=384, max_seq_len=512)
   c.eval.update(temperatures=(0.0, 0.7), judges=("oracle",))
+  # worked_judgements: the EFT judgements check the response number by number before the
+  # criteria (BUILD_NOTES: criteria stated at once were true 60-68 % for the set comparisons
+  # and M1's judge agreed with the oracle on 62.6 % of pairs); up to ~135 bytes a judgement
   sr.update(dataset_name="Synthetic (sort, 8-12 numbers)", judge_prompt="compact",
+            worked_judgements=True,
             ict_rows=3000, max_eft_rows=12000, shots=8, fewshot_layout="lines", prompt_attempts=1500,
             new_prompts=1000, prompt_max_new_tokens=48, min_prompt_chars=8, max_prompt_chars=60,
-            max_new_tokens=48, judge_max_new_tokens=48, eval_prompts=200, judge_eval_groups=150,
+            max_new_tokens=48, judge_max_new_tokens=160, eval_prompts=200, judge_eval_groups=150,
             chunk=512, dpo_eval_fraction=0.05)
   sr.generation.update(batch_size=128, max_prompt_len=384, prompt_buckets=(64, 192, 384))
   # The DPO of the on-policy runs in BUILD_NOTES: small learning rate and RPO's NLL term (the
@@ -77,9 +82,10 @@ def synthetic(c, smoke: bool):
   if smoke:
     # mixed batches: 150 steps of length-grouped batches hold too few instruction-creation
     # batches for the tiny M1 to write a parseable prompt
-    c.data.update(synthetic_train_size=64, max_len=384, group_by_length=False)
+    c.data.update(synthetic_train_size=64, max_len=384, group_by_length=False,
+                  buckets=(96, 192, 384))
     c.model.update(d_model=64, num_layers=2, num_heads=2, num_kv_heads=1, d_ff=128)
-    sr.update(ict_rows=300, max_eft_rows=512, prompt_attempts=64, new_prompts=12, eval_prompts=8,
+    sr.update(worked_judgements=False, ict_rows=300, max_eft_rows=512, prompt_attempts=64, new_prompts=12, eval_prompts=8,
               judge_eval_groups=4, judge_samples=2, chunk=16, max_new_tokens=40,
               judge_max_new_tokens=48, prompt_max_new_tokens=48)
     sr.generation.update(batch_size=16)
@@ -108,9 +114,9 @@ def hh_rlhf(c):
   sr.update(dataset_name="Anthropic/HH-RLHF (harmless-base)",
             train_split="test" if shared_hh else "train", eval_split="" if shared_hh else "test",
             judge_prompt="full", eft_source="model", eft_judge="base", max_ift=256,
-            max_eft_groups=48, eft_samples=2, eft_temperature=0.7, prompt_attempts=96,
-            new_prompts=48, shots=8, num_candidates=4, max_new_tokens=64,
-            judge_samples=3, judge_max_new_tokens=96, eval_prompts=24, judge_eval_groups=24,
+            max_eft_groups=32, eft_samples=2, eft_temperature=0.7, prompt_attempts=48,
+            new_prompts=16, shots=8, num_candidates=4, max_new_tokens=64,
+            judge_samples=3, judge_max_new_tokens=96, eval_prompts=24, judge_eval_groups=12,
             chunk=32)
   sr.generation.update(batch_size=16, max_prompt_len=640)
   c.dpo.update(beta=0.1, nll_coef=1.0)

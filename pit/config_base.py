@@ -283,6 +283,8 @@ def self_rewarding_defaults() -> ml_collections.ConfigDict:
       eft_balance=True,             # down-sample the over-represented score
       max_eft_groups=0, max_eft_rows=0,     # ranked groups judged / oracle EFT rows (0: all / train size)
       judge_prompt="full",          # full (the paper's prompt) | compact (short-context models)
+      worked_judgements=False,      # oracle EFT judgements work the check out number by number
+                                    # before the criteria (synthetic.worked_check)
       ict_rows=0,                   # instruction-creation SFT rows (models trained from scratch)
       sft_baseline=False,           # also train SFT on IFT only (a comparison system)
       # self-instruction creation
@@ -310,3 +312,4 @@ def self_rewarding_defaults() -> ml_collections.ConfigDict:
       chunk=256,
       sft=ml_collections.ConfigDict(), dpo=ml_collections.ConfigDict(),
   ))
+

@@ -204,7 +204,9 @@ def test_config_checks_name_the_field():
                     (dict(variant="teacher_reward"), "needs self_rewarding.teacher"),
                     (dict(judge_samples=3, judge_temperature=0.0), "judge_samples > 1"),
                     (dict(num_candidates=1), "num_candidates must be >= 2"),
-                    (dict(eft_source="oracle"), None)):
+                    (dict(eft_source="oracle"), None),
+                    (dict(eft_source="model", worked_judgements=True), "worked_judgements"),
+                    (dict(eft_source="oracle", worked_judgements=True), None)):
     c = _cfg(**sr)
     if match is None:
       recipe._check(c)
@@ -216,6 +218,45 @@ def test_config_checks_name_the_field():
     c.self_rewarding.eft_source = "oracle"
     with pytest.raises(ValueError, match="eft_source='oracle' needs the synthetic task"):
       recipe._check(c)
+
+
+def test_worked_judgements_reach_the_eft_rows_and_the_held_out_judge_rows(tmp_path):
+  """The synthetic preset's judge data: with worked_judgements every EFT row (train and
+  held-out) is the oracle's worked check, criteria and score of that row's own response;
+  without it, none is."""
+  from pit.pipelines import self_rewarding as recipe
+  for worked in (True, False):
+    c = recipe.derive(_cfg(worked_judgements=worked), "data", None,
+                      keep=("max_eft_rows", "eft_source", "eft_balance", "judge_prompt",
+                            "worked_judgements", "eval_prompts", "judge_eval_groups",
+                            "judge_eval_candidates"))
+    files = recipe._synthetic_data(c, {})
+    for name in ("eft_train", "eft_eval"):
+      rows = files[name]
+      assert rows and all(r["response"].startswith("check ") == worked for r in rows), name
+      for r in rows[:50]:
+        prompt = r["prompt"].split("User: ", 1)[1].split("\n<response>")[0] + "\n"
+        response = r["prompt"].split("<response>", 1)[1].split("</response>")[0]
+        assert r["response"] == synthetic.justification(prompt, response, True, worked)
+  assert _cfg("synthetic").self_rewarding.worked_judgements      # the measured preset's setting
+
+
+def test_judgements_cut_by_the_sft_or_the_judge_budget_are_refused():
+  """M1 must see every EFT judgement whole (a judge taught cut judgements stops before its
+  score) and be able to write it: both limits are checked before training, naming the field."""
+  from pit.pipelines import self_rewarding as recipe
+  rows = [{"prompt": r["prompt"], "response": r["response"]}
+          for r in synthetic.eft_examples(40, seed=0, task="sort_long", worked=True)]
+  longest = max(len(r["response"]) for r in rows) + 1          # byte tokens + eos
+  c = recipe.derive(_cfg(), "sft", "sft", keep=())
+  c.data.update(source="jsonl", prompt_format="{prompt}", max_len=384, max_response_len=longest)
+  recipe._check_judgements_fit(c, rows, longest, "m1")         # exactly fits: no error
+  c.data.max_response_len = longest - 1
+  with pytest.raises(ValueError, match="1 of 40 EFT judgements .*data.max_response_len"):
+    recipe._check_judgements_fit(c, rows, longest, "m1")
+  c.data.max_response_len = longest
+  with pytest.raises(ValueError, match="judge_max_new_tokens"):
+    recipe._check_judgements_fit(c, rows, longest - 1, "m1")
 
 
 def _has_smollm2():

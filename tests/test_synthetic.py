@@ -439,8 +439,9 @@ def test_judge_criteria_read_back_from_justifications():
   from pit.data import synthetic as syn
   p = "sort: 50 30 90 10 70\n"
   for r in ("10 30 50 70 90", "10 30 30 70 90", "90 70 50 30 10", "10,30,50,70,90", "17 18"):
-    for compact in (True, False):
-      text = syn.justification(p, r, compact)
+    for compact, worked in itertools.product((True, False), (False, True)):
+      text = syn.justification(p, r, compact, worked)
+      assert text.startswith("check ") == worked
       if syn.error_counts(p, r)["present"] == 0:
         assert syn.read_justification(text) is None      # "irrelevant": no claims to check
       else:
@@ -457,3 +458,39 @@ def test_judge_criteria_read_back_from_justifications():
   assert (acc["judgements"], acc["readable"]) == (3, 2)
   assert acc["form"]["accuracy"] == 50.0 and acc["unique"]["accuracy"] == 0.0
   assert acc["unique"]["majority"] == 50.0 and acc["form"]["majority"] == 100.0
+
+
+def _criteria_from_check(line: str) -> tuple[bool, ...]:
+  """only / unique / all / sorted as a reader derives them from a worked check line."""
+  assert line.startswith("check ") and " miss " in line, line
+  body, miss = line[len("check "):].split(" miss ")
+  flags = [] if body == "-" else [t[-1] if t[-1] in "xdv" else "" for t in body.split()]
+  return ("x" not in flags, "d" not in flags, miss == "none",
+          "v" not in flags and miss == "none")
+
+
+def test_worked_check_flags_each_number_and_implies_the_oracles_criteria():
+  p = "sort: 45 12 88 33\n"
+  assert syn.worked_check(p, "12 45 12 7 33") == "check 12 45 12d 7x 33v miss 88"
+  assert syn.worked_check(p, "12 33 45 88") == "check 12 33 45 88 miss none"
+  assert syn.worked_check(p, "45 12 33 88") == "check 45 12v 33v 88 miss none"  # vs the running max
+  assert syn.worked_check(p, "7 7, 88 12") == "check 7x 7d 88 12v miss 45 33"  # a foreign repeat is d
+  assert syn.worked_check(p, "none") == "check - miss 45 12 88 33"
+  # the line's flags give exactly the oracle's criteria on every kind of response the EFT
+  # data and the judge evaluation draw (0-6 errors, random responses), both tasks
+  rng = np.random.default_rng(3)
+  seen = collections.Counter()
+  for task in ("sort", "sort_long"):
+    for _ in range(3000):
+      q = syn.make_prompt(rng, "train", task)
+      r = (syn.random_response(rng, task) if rng.random() < 0.1
+           else syn.degrade(rng, q, int(rng.integers(0, 7))))
+      truth = syn.judge_criteria(q, r)
+      if syn.error_counts(q, r)["present"] == 0:
+        continue
+      assert _criteria_from_check(syn.worked_check(q, r)) == truth[1:], (q, r)
+      seen.update(k for k, t in zip(syn.CRITERIA[1:], truth[1:]) if not t)
+  assert min(seen.values()) > 100, seen    # every criterion failed often enough to be tested
+  rows = syn.eft_examples(20, seed=0, task="sort_long", worked=True)
+  assert all(r["response"].startswith("check ") for r in rows)
+  assert [judge.parse_judge_score(r["response"]) for r in rows] == [r["points"] for r in rows]

@@ -442,8 +442,50 @@ def ift_examples(n: int, seed: int, task: "str | Task" = "sort") -> list[dict]:
   return out
 
 
-def justification(prompt: str, response: str, compact: bool = True) -> str:
-  """The judge's answer: criteria met / not met, then "Score: k"."""
+def worked_check(prompt: str, response: str) -> str:
+  """The judge's worked check of a response, one step per number, so that every criterion
+  but the form one is read off local comparisons instead of set operations done at once:
+
+    "check " + each digit run of the response in order, flagged
+        d  a repeat of an earlier number, given or not (dups)
+        x  else: not a prompt number (foreign)
+        v  a prompt number smaller than the last unflagged one (out of order)
+    + " miss " + the prompt numbers absent from the response in prompt order, or "none".
+
+  E.g. prompt "sort: 45 12 88 33\n", response "12 45 12 7 33" ->
+  "check 12 45 12d 7x 33v miss 88". The last unflagged number is the running maximum of
+  the first occurrences, so "sorted" (disorder = 0) holds exactly when nothing is flagged v
+  and nothing is missing; "only" when nothing is x, "unique" when nothing is d, "all" when
+  the miss list is "none" ("-" stands for a response with no digits). ValueError if
+  `prompt` is not a sort prompt. (Chain-of-thought judging: the justification before the
+  score in Yuan et al. 2024's judge prompt, worked out step by step.)"""
+  items = parse_prompt(prompt)
+  S = set(items)
+  seen: set[str] = set()
+  top = None
+  parts = []
+  for t in _DIGITS_RE.findall(response):
+    if t in seen:
+      flag = "d"
+    elif t not in S:
+      flag = "x"
+      seen.add(t)
+    else:
+      seen.add(t)
+      if top is not None and int(t) < top:
+        flag = "v"
+      else:
+        flag, top = "", int(t)
+    parts.append(t + flag)
+  missing = [t for t in items if t not in seen]
+  return (f"check {' '.join(parts) or '-'} miss "
+          f"{' '.join(missing) if missing else 'none'}")
+
+
+def justification(prompt: str, response: str, compact: bool = True,
+                  worked: bool = False) -> str:
+  """The judge's answer: criteria met / not met, then "Score: k"; with `worked`, the
+  `worked_check` line first."""
   c = error_counts(prompt, response)
   met = _criteria(c)
   k = sum(met)
@@ -454,15 +496,20 @@ def justification(prompt: str, response: str, compact: bool = True) -> str:
     why = " ".join(("+" if m else "-") + name for m, name in zip(met, CRITERIA))
   else:
     why = " ".join(f"{'Yes' if m else 'No'}: {t}." for m, t in zip(met, CRITERIA_TEXT))
+  if worked:
+    why = worked_check(prompt, response) + "\n" + why
   return f"{why}\nScore: {k}"
 
 
 def read_justification(text: str) -> "list[bool] | None":
-  """The criteria a judgement claims met, read back from `justification`'s first line in
-  either form ("+form -only ..." or "Yes: <criterion>. No: ..."): five booleans in
+  """The criteria a judgement claims met, read back from `justification`'s criteria line
+  (the first, or the second after a `worked_check` line) in either form ("+form -only ..." or "Yes: <criterion>. No: ..."): five booleans in
   `CRITERIA` order, or None when the line does not name all five in order ("irrelevant",
   free text, a cut-off judgement)."""
-  line = text.strip().split("\n", 1)[0].strip() if text else ""
+  lines = text.strip().split("\n") if text else [""]
+  if lines[0].startswith("check ") and len(lines) > 1:   # a worked judgement's check line
+    lines = lines[1:]
+  line = lines[0].strip()
   toks = line.split()
   if len(toks) == len(CRITERIA) and all(
       t[:1] in "+-" and t[1:] == name for t, name in zip(toks, CRITERIA)):
@@ -507,10 +554,12 @@ def criterion_accuracy(items, texts) -> dict:
   return out
 
 
-def eft_examples(n: int, seed: int, compact: bool = True, task: "str | Task" = "sort") -> list[dict]:
+def eft_examples(n: int, seed: int, compact: bool = True, task: "str | Task" = "sort",
+                 worked: bool = False) -> list[dict]:
   """Evaluation fine-tuning data: judge prompt over (train prompt, response of
-  0..6 errors uniformly, or 10% random responses) -> justification + "Score: k".
-  Each record also carries "points" (= k) and "oracle" (the oracle score)."""
+  0..6 errors uniformly, or 10% random responses) -> justification + "Score: k"
+  (`worked`: with the `worked_check` line first). Each record also carries "points"
+  (= k) and "oracle" (the oracle score)."""
   rng = _rng("eft", seed, task)
   out = []
   for _ in range(n):
@@ -520,7 +569,7 @@ def eft_examples(n: int, seed: int, compact: bool = True, task: "str | Task" = "
     else:
       r = degrade(rng, p, int(rng.integers(0, 7)))
     out.append({"prompt": judge.render_judge_prompt(p, r, compact=compact),
-                "response": justification(p, r, compact), "points": judge_points(p, r),
+                "response": justification(p, r, compact, worked), "points": judge_points(p, r),
                 "oracle": oracle_score(p, r)})
   return out
 

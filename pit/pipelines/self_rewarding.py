@@ -47,7 +47,7 @@ import ml_collections
 import numpy as np
 
 from pit import generation, jsonio, pretrained, resumable, stages
-from pit.data import aift, eft, records, self_instruct, sources
+from pit.data import aift, batching, eft, encoding, records, self_instruct, sources
 from pit.data import judge as judge_prompts
 from pit.data.pairs import read_pairs_jsonl, write_pairs_jsonl
 from pit.eval import alpaca_eval, evaluator, report, rm_agreement
@@ -106,6 +106,10 @@ def _check(config):
                                  tuple(self_instruct.FEWSHOT_TEMPLATES))):
     if value not in allowed:
       raise ValueError(f"self_rewarding.{field}: {value!r} not in {allowed}")
+  if sr.worked_judgements and _eft_source(config) != "oracle":
+    raise ValueError("self_rewarding.worked_judgements needs the oracle's EFT data (the "
+                     "synthetic task with eft_source 'oracle' or 'auto'); a model's own "
+                     "judgements have no worked check line to teach")
   _eft_source(config)
   if sr.variant != "self" and not sr.teacher:
     raise ValueError(f"self_rewarding.variant={sr.variant!r} needs self_rewarding.teacher "
@@ -259,14 +263,15 @@ def _synthetic_data(c, counts) -> dict:
     out["eft_groups"] = [_candidates_group(rng, p, int(sr.judge_eval_candidates), task)
                          for p in train]
   if _eft_source(c) == "oracle":
+    worked = bool(sr.worked_judgements)
     rows = synthetic.eft_examples(int(sr.max_eft_rows) or int(dcfg.synthetic_train_size), seed,
-                                  compact=compact, task=task)
+                                  compact=compact, task=task, worked=worked)
     rows, bal = eft.balance_scores(rows, seed) if sr.eft_balance else (rows, {})
     counts["eft"] = {"source": "oracle", "rows": len(rows), "balance": bal}
     out["eft_train"] = [{"prompt": r["prompt"], "response": r["response"], "points": r["points"]}
                         for r in rows]
     out["eft_eval"] = [{"prompt": judge_prompt(g["prompt"], r, compact),
-                        "response": synthetic.justification(g["prompt"], r, compact)}
+                        "response": synthetic.justification(g["prompt"], r, compact, worked)}
                        for g in groups for r in g["responses"]]
   return out
 
@@ -337,7 +342,8 @@ def data_stage(config):
   each filter kept and dropped."""
   c = derive(config, "data", None, keep=(
       "train_split", "eval_split", "max_ift", "max_eft_groups", "max_eft_rows", "eft_source",
-      "eft_balance", "judge_prompt", "eval_prompts", "judge_eval_groups", "judge_eval_candidates",
+      "eft_balance", "judge_prompt", "worked_judgements", "eval_prompts", "judge_eval_groups",
+      "judge_eval_candidates",
       "ict_rows", "shots", "fewshot_layout"))
   kind = _data_kind(config)
 
@@ -405,6 +411,32 @@ def _rows(ctx, stage: str, name: str, fields=("prompt",), required: bool = True)
 # ------------------------------------------------------------------------------ seed models
 
 
+def _check_judgements_fit(rc, rows, max_new_tokens: int, name: str):
+  """Refuses EFT rows whose judgement the SFT would cut (data.max_response_len) or the judge
+  could not write in full (self_rewarding.judge_max_new_tokens): a judge taught judgements cut
+  before their "Score: k" learns to stop without a score. ValueError naming both settings."""
+  if not rows:
+    return
+  tok = common.setup(rc).tokenizer
+  stats = batching.TruncationStats()
+  longest = 0
+  for r in rows:
+    ex = encoding.example(tok, rc.data.prompt_format.format(prompt=r["prompt"]), r["response"],
+                          max_len=int(rc.data.max_len),
+                          max_response_len=int(rc.data.max_response_len), stats=stats)
+    longest = max(longest, int(ex.target_mask.sum()))
+  if stats.responses_cut:
+    raise ValueError(
+        f"{name}: {stats.responses_cut} of {len(rows)} EFT judgements are longer than "
+        f"data.max_response_len={rc.data.max_response_len} tokens (this stage's data section) "
+        "and would be cut before their score; raise it")
+  if longest > max_new_tokens:
+    raise ValueError(
+        f"{name}: the longest EFT judgement is {longest} tokens (eos included) but "
+        f"self_rewarding.judge_max_new_tokens={max_new_tokens}: the judge could not write it; "
+        "raise judge_max_new_tokens")
+
+
 def _sft_stage(config, name: str, sources_: tuple[str, ...]):
   """An SFT stage (`pipeline=sft` on concatenated JSONL rows): M1 on IFT + EFT (+ instruction
   creation) or the SFT baseline on IFT only."""
@@ -413,23 +445,26 @@ def _sft_stage(config, name: str, sources_: tuple[str, ...]):
   inputs = (DATA, EFT) if eft_from_model else (DATA,)
 
   def run(ctx):
-    rows, evals, mix = [], [], {}
+    rows, evals, mix, judge_rows = [], [], {}, []
     for src in sources_:
       stage, fname = (EFT, "eft_train") if src == EFT else (DATA, src)
       got = _rows(ctx, stage, fname, ("prompt", "response"))
       mix[fname] = len(got)
       rows += [{"prompt": r["prompt"], "response": r["response"]} for r in got]
+      if fname == "eft_train":
+        judge_rows += rows[-len(got):] if got else []
     for fname in ("ift_eval", "eft_eval") if EFT in sources_ or "eft_train" in sources_ else \
         ("ift_eval",):
       evals += [{"prompt": r["prompt"], "response": r["response"]}
                 for r in _rows(ctx, DATA, fname, ("prompt", "response"), fname == "ift_eval")]
     if not rows:
       raise ValueError(f"{name}: no training rows ({mix})")
+    rc = ml_collections.ConfigDict(c.to_dict())
+    rc.data.update(source="jsonl", prompt_format="{prompt}")
+    _check_judgements_fit(rc, judge_rows, int(config.self_rewarding.judge_max_new_tokens), name)
     rng = np.random.default_rng(int(c.data.seed))
     rows = [rows[int(i)] for i in rng.permutation(len(rows))]   # IFT and EFT interleaved
-    rc = ml_collections.ConfigDict(c.to_dict())
-    rc.data.update(source="jsonl", prompt_format="{prompt}",
-                   train_path=os.path.join(ctx.dir, "sft_train.jsonl"),
+    rc.data.update(train_path=os.path.join(ctx.dir, "sft_train.jsonl"),
                    eval_path=os.path.join(ctx.dir, "sft_eval.jsonl") if evals else "")
     if jax.process_index() == 0:
       jsonio.write_jsonl_atomic(rc.data.train_path, rows)

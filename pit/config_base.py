@@ -147,7 +147,8 @@ def reward_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       margin_scale=0.0,       # loss -log sigmoid(r_w - r_l - margin_scale * margin)
       center_coef=0.0,        # + center_coef * (r_w + r_l)^2
-      init_checkpoint=""))    # LM workdir / checkpoints dir to take the trunk from
+      init_checkpoint="",     # LM workdir / checkpoints dir to take the trunk from
+      init_reward_model=""))  # or a reward-model workdir to continue (head included)
 
 
 def dpo_defaults() -> ml_collections.ConfigDict:
@@ -313,3 +314,34 @@ def self_rewarding_defaults() -> ml_collections.ConfigDict:
       sft=ml_collections.ConfigDict(), dpo=ml_collections.ConfigDict(),
   ))
 
+
+def ser_defaults() -> ml_collections.ConfigDict:
+  """`pipeline=ser` (pit/pipelines/ser.py): Self-Evolved Reward Learning
+  (`../shared/seeds/003`). Thresholds are the released code's (tau_high 0.55, tau_low 0.45,
+  delta 0.3). `policy_sft`, `seed_rm`, `full_rm`, `loop`, `ppo` are override sections merged
+  over the root config for those stages; presets fill them with `stage_overrides`."""
+  return ml_collections.ConfigDict(dict(
+      dataset_name="",
+      train_split="train", eval_split="",   # '' -> data.eval_fraction of the training pairs
+      max_pairs=0,                  # training pairs used (0: all)
+      seed_fraction=0.15,           # share of the training pairs whose labels are used
+      seed_val_fraction=0.2,        # of the seed pairs: the validation set the driver decides on
+      unlabelled_source="pairs",    # pairs (the rest, labels hidden) | policy (2 samples / prompt)
+      pool_samples=2, pool_temperature=1.0, pool_top_p=1.0, max_pool_prompts=0,
+      tau_high=0.55, tau_low=0.45,  # status 1: one p > tau_high, the other < tau_low
+      delta=0.3,                    # status 2: |p_a - p_b| > delta
+      min_gain=0.005,               # status 1 -> 2 when validation accuracy rose by less
+      max_loops=6,
+      max_kept_per_loop=0,          # keep at most this many passing pairs a loop, the most
+                                    # confident (largest |p_a - p_b|) first (0: all)
+      loop_epochs=1.0,              # a loop trains ceil(epochs * rows / batch) steps (<= its steps)
+      margin=1.0,                   # m of -log sigmoid(r_w - r_l - m)
+      reward_init_from_policy=True,  # RMs' trunk from the SFT policy
+      final_rm="best_val",          # best_val (validation on the seed labels) | last
+      require_pretrained=False,     # refuse to run without model.init_from (the hf preset)
+      max_rl_prompts=0,             # PPO prompts (0: every training prompt)
+      max_eval_prompts=200,
+      max_new_tokens=64, eval_top_p=1.0, chunk=256,
+      generation=ml_collections.ConfigDict(dict(batch_size=64, max_prompt_len=0,
+                                                prompt_buckets=())),
+  ))

@@ -149,13 +149,19 @@ def _parse_flags(argv):
     _fail(f"bad config: {type(e).__name__}: {_one_line(e)}")
 
 
+# The registry's names (`pit.pipelines.PIPELINES`), listed here so that --help needs no jax import;
+# tests/test_cli.py checks the two agree.
+PIPELINE_NAMES = ("dpo", "gap_reward", "generate", "improve", "pit", "ppo", "reward",
+                  "self_rewarding", "ser", "sft")
+
+
 def _help() -> str:
   from pit import paths
   base = paths.configs_dir()
   names = sorted(f[:-3] for f in os.listdir(base) if f.endswith(".py") and f != "__init__.py") \
       if base else []
   return (__doc__ + f"\nBundled configs ({base}):\n  " + ", ".join(names) +
-          "\nPipelines (config.pipeline): dpo, gap_reward, generate, improve, pit, ppo, reward, sft\n")
+          "\nPipelines (config.pipeline): " + ", ".join(PIPELINE_NAMES) + "\n")
 
 
 def entry():

@@ -135,3 +135,10 @@ def test_sigkill_midway_resumes_to_identical_params(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, p_ref, p_res)
   steps = [l["step"] for l in map(json.loads, open(killed / "metrics.jsonl")) if l["split"] == "train"]
   assert steps == sorted(set(steps)) and steps[-1] == 40  # no duplicated steps after resume
+
+
+def test_help_lists_every_registered_pipeline():
+  from pit import main
+  from pit.pipelines import PIPELINES
+  assert sorted(main.PIPELINE_NAMES) == sorted(PIPELINES)
+  assert ", ".join(main.PIPELINE_NAMES) in main._help()

@@ -695,7 +695,6 @@ def test_every_trainer_sampler_and_scorer_encodes_a_pair_identically(kind, token
   from pit.rl.rollouts import Rollouts
   from tests.helpers import mesh as make_mesh, tiny_mdef
   tok = tokenizers[kind]
-  from pit.data import encoding
   chat = getattr(tok, "chat_active", False)   # prompts go through the model's chat template
   expect = lambda x, y: (encoding.prompt_ids(tok, x) + tok.encode(y.lstrip() if chat else y)
                          + [tok.eos_id])

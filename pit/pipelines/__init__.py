@@ -8,6 +8,7 @@ from pit.pipelines import dpo, reward
 from pit.pipelines import improve
 from pit.pipelines import pit
 from pit.pipelines import self_rewarding
+from pit.pipelines import ser
 
 PIPELINES: dict[str, Callable] = {
     "sft": sft.run,
@@ -19,4 +20,5 @@ PIPELINES: dict[str, Callable] = {
     "improve": improve.run,
     "pit": pit.run,
     "self_rewarding": self_rewarding.run,
+    "ser": ser.run,
 }

@@ -5,7 +5,9 @@ reward centring) on preference pairs from `pit.data.sources.load_pairs`.
 The score of (prompt, response) is the value at the eos of
 [bos prompt_format(prompt) response eos]. The model starts at random or, with
 `reward.init_checkpoint` (an SFT workdir or its checkpoints/ directory), from
-an LM checkpoint's trunk (embeddings, blocks, final norm) with a fresh head.
+an LM checkpoint's trunk (embeddings, blocks, final norm) with a fresh head, or
+with `reward.init_reward_model` (a reward-model workdir) from that whole model,
+head included (SER's loops continue their RM this way).
 Held-out pairwise accuracy is evaluated every `train.eval_every` steps and at
 the end; WORKDIR/reward_summary.json has the final figures.
 """
@@ -93,7 +95,21 @@ def run(config, workdir: str):
   loss_fn = losses.make_reward_loss(config.reward)
   eval_fn = make_pair_eval_fn(rt, eval_ex, config, loss_fn)
   init_fn = pretrained.init_fn(rt, config)
-  if config.reward.init_checkpoint:
+  if config.reward.get("init_reward_model", ""):   # continue a reward model, head included
+    if config.reward.init_checkpoint:
+      raise ValueError("reward.init_reward_model and reward.init_checkpoint are exclusive "
+                       "(a whole reward model vs an LM's trunk with a fresh head)")
+    rm_dir = config.reward.init_reward_model
+
+    def continue_rm():
+      model = roles.load("reward", rm_dir, mesh=rt.mesh, rules=rt.rules,
+                         field="reward.init_reward_model")
+      if model.mdef.cfg != rt.mdef.cfg:
+        raise ValueError(f"reward.init_reward_model={rm_dir}: its model shape differs from "
+                         "this run's model section")
+      return model.params
+    init_fn = continue_rm
+  elif config.reward.init_checkpoint:
     ckpt_dir = roles.checkpoint_dir(config.reward.init_checkpoint, "reward.init_checkpoint")
     init_fn = lambda: pretrained.trunk_from_lm_checkpoint(rt.mdef, rt.mesh, rt.rules, ckpt_dir,
                                                           int(config.train.seed))

@@ -1,0 +1,660 @@
+"""`pipeline=ser`: Self-Evolved Reward Learning (SER, `../shared/seeds/003`), then PPO.
+
+A seed reward model learns from a small share of the labelled preference pairs; it labels the
+rest itself, keeps the pairs it is confident about under its current learning status, and is
+retrained on them (with the seed pairs, pairwise loss with a margin) until no new pair passes;
+the evolved RM then drives PPO. Stages (each a `pit.stages` stage in WORKDIR/<stage>/, skipped
+once done, resumed from its own checkpoints):
+
+  data        the labelled pairs split into: the seed share (`ser.seed_fraction`, default 15 %)
+              -- of which `seed_val_fraction` is the validation set the driver decides on --,
+              the unlabelled rest (answers in random a/b order; the hidden label kept apart in
+              unlabelled_truth.jsonl, read only to report how right the self-labels are), the
+              held-out test pairs (reported, never decided on), the policy's SFT rows (the seed
+              pairs' chosen answers) and the evaluation prompts
+  policy_sft  the SFT policy (PPO's start and KL reference; the RMs' trunk with
+              `reward_init_from_policy`)
+  pool        the unlabelled pairs: the data's (`unlabelled_source='pairs'`) or two answers per
+              prompt sampled from the SFT policy ('policy'; hidden label: the oracle's, on the
+              synthetic task)
+  seed_rm     the seed RM on the seed pairs
+  full_rm     the baseline on 100 % of the labels (every training pair)
+  loop_<k>    one SER loop (`ser.max_loops` stages; see `select_pairs` / `next_status`):
+              the current RM scores both answers of every pair still in the pool, p = sigmoid(r);
+              status 1 keeps pairs with one p > tau_high and the other < tau_low, status 2 pairs
+              with |p_a - p_b| > delta; label: the higher p wins; the kept pairs leave the pool;
+              the RM continues training on them plus the seed pairs (margin loss). A loop whose
+              status finds nothing (status 1 finds nothing -> it tries status 2 at once) or whose
+              pool is empty stops the run's loops: it and every later loop train nothing
+  ppo         PPO of the SFT policy against the final RM (the seed or loop RM with the best
+              validation accuracy on the seed labels, `final_rm='best_val'`; or the last)
+  evaluate    held-out accuracy ± s.e. of the seed RM, every loop, the final RM and the full-
+              label RM; PPO vs SFT head to head at matched decoding with intervals (oracle on the
+              synthetic task, else the full-label RM as the judge); WORKDIR/report.md with plots
+
+The driver's switching rule (`next_status`): start in status 1; after a status-1 loop whose
+validation accuracy (seed labels) rose by less than `ser.min_gain`, switch to status 2; a
+status-1 loop that keeps no pair switches to status 2 within the loop; stop when status 2 keeps
+no pair, the pool is empty, or `max_loops` loops have run.
+
+Loss (`pit.losses.reward_loss` with every pair's margin 1 and `reward.margin_scale = ser.margin`):
+-log sigmoid(r_w - r_l - m), the pairwise loss with a margin m of SER's step 3.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from pit import generation, jsonio, resumable, stages
+from pit.data import records
+from pit.data.pairs import PreferencePair, read_pairs_jsonl, write_pairs_jsonl
+from pit.eval import alpaca_eval, evaluator, report
+from pit.eval import judges as judges_lib
+from pit.pipelines import common
+from pit.pipelines import ppo as ppo_pipeline
+from pit.pipelines import reward as reward_pipeline
+from pit.pipelines import sft as sft_pipeline
+from pit.rl import scorers
+
+DATA, POLICY, POOL, SEED_RM, FULL_RM, PPO, EVAL = (
+    "data", "policy_sft", "pool", "seed_rm", "full_rm", "ppo", "evaluate")
+UNLABELLED_SOURCES = ("pairs", "policy")
+FINAL_RM = ("best_val", "last")
+SYSTEMS = ("policy_sft", "ppo")
+DISPLAY = {"policy_sft": "SFT policy", "ppo": "PPO (evolved RM)"}
+
+
+def loop_name(k: int) -> str:
+  """The stage of SER loop k (1-based): loop_1, loop_2, ..."""
+  return f"loop_{k}"
+
+
+def derive(config, pipeline: str, section: str | None, keep=()) -> ml_collections.ConfigDict:
+  """A stage's config: the root config with `ser.<section>` merged in and `ser` reduced to
+  the fields in `keep` (`pit.stages.derive`)."""
+  return stages.derive(config, pipeline, section, method="ser", keep=keep)
+
+
+def _check(config):
+  s = config.ser
+  if s.unlabelled_source not in UNLABELLED_SOURCES:
+    raise ValueError(f"ser.unlabelled_source: {s.unlabelled_source!r} not in "
+                     f"{UNLABELLED_SOURCES}")
+  if s.final_rm not in FINAL_RM:
+    raise ValueError(f"ser.final_rm: {s.final_rm!r} not in {FINAL_RM}")
+  if not 0.0 < float(s.seed_fraction) < 1.0:
+    raise ValueError(f"ser.seed_fraction must be in (0, 1), got {s.seed_fraction}")
+  if not 0.0 < float(s.seed_val_fraction) < 1.0:
+    raise ValueError(f"ser.seed_val_fraction must be in (0, 1), got {s.seed_val_fraction}")
+  if not 0.0 <= float(s.tau_low) <= float(s.tau_high) <= 1.0:
+    raise ValueError(f"ser.tau_low={s.tau_low} / ser.tau_high={s.tau_high}: need "
+                     "0 <= tau_low <= tau_high <= 1")
+  if not 0.0 <= float(s.delta) < 1.0:
+    raise ValueError(f"ser.delta must be in [0, 1), got {s.delta}")
+  if int(s.max_loops) < 1:
+    raise ValueError(f"ser.max_loops must be >= 1, got {s.max_loops}")
+  if float(s.loop_epochs) <= 0:
+    raise ValueError(f"ser.loop_epochs must be > 0, got {s.loop_epochs}")
+  if config.model.head != "lm":
+    raise ValueError("ser: model.head is the policy's ('lm'); the reward stages set 'scalar' "
+                     "in ser.seed_rm / ser.full_rm / ser.loop")
+  if s.require_pretrained and not config.model.get("init_from", ""):
+    raise ValueError("ser: this preset starts from a pretrained model: give "
+                     "--config.model.init_from=hf:DIR (or gguf:FILE / checkpoint:DIR)")
+  if s.unlabelled_source == "policy" and int(s.pool_samples) != 2:
+    raise ValueError("ser.pool_samples: two answers per prompt make a pair (got "
+                     f"{s.pool_samples})")
+
+
+# ------------------------------------------------------------------------------ the rules
+
+
+def probabilities(rewards) -> np.ndarray:
+  """p = sigmoid(r) per answer (SER step 1: the RM's reward as the probability that the answer
+  is good); float64 [n], stable for large |r|."""
+  from scipy.special import expit
+  return expit(np.asarray(rewards, np.float64))
+
+
+def select_pairs(status: int, p_a, p_b, *, tau_high: float, tau_low: float, delta: float):
+  """(keep [n] bool, a_wins [n] bool) of SER step 2 (Eq. 3 of `../shared/seeds/003`) for the
+  answers' probabilities p_a, p_b:
+    status 1: one answer p > tau_high and the other p < tau_low (a clear good / bad pair);
+    status 2: |p_a - p_b| > delta (a pair the RM ranks with a clear gap).
+  The self-label: the answer with the higher p wins. Inequalities are strict. ValueError on
+  another status or different lengths."""
+  p_a, p_b = np.asarray(p_a, np.float64), np.asarray(p_b, np.float64)
+  if p_a.shape != p_b.shape:
+    raise ValueError(f"p_a and p_b differ in shape: {p_a.shape} vs {p_b.shape}")
+  if status == 1:
+    keep = ((p_a > tau_high) & (p_b < tau_low)) | ((p_b > tau_high) & (p_a < tau_low))
+  elif status == 2:
+    keep = np.abs(p_a - p_b) > delta
+  else:
+    raise ValueError(f"learning status must be 1 or 2, got {status}")
+  return keep, p_a > p_b
+
+
+def next_status(status: int, kept: int, val_gain: float, min_gain: float) -> int:
+  """The status of the loop after one that ran in `status`, kept `kept` pairs and moved the
+  validation accuracy (seed labels) by `val_gain` (fraction): status 1 stays while it keeps
+  pairs and its gain is at least `min_gain`, else status 2; status 2 stays (the driver stops
+  when status 2 keeps nothing)."""
+  if status == 1 and (kept == 0 or not val_gain >= min_gain):
+    return 2
+  return status
+
+
+def accuracy_se(correct) -> dict:
+  """Pairwise accuracy of [n] per-pair credits (1 right, 0 wrong, 0.5 a tie) with its standard
+  error sqrt(var / n) (the pair as the unit, ddof 0 = the binomial s.e. without ties)."""
+  x = np.asarray(correct, np.float64)
+  n = int(x.size)
+  if n == 0:
+    return {"accuracy": float("nan"), "se": float("nan"), "n": 0}
+  return {"accuracy": float(x.mean()), "se": float(x.std() / math.sqrt(n)), "n": n}
+
+
+def pair_credit(r_chosen, r_rejected) -> np.ndarray:
+  """1 where the chosen answer's reward is higher, 0.5 on a tie, 0 otherwise."""
+  rw, rl = np.asarray(r_chosen, np.float64), np.asarray(r_rejected, np.float64)
+  return np.where(rw > rl, 1.0, np.where(rw == rl, 0.5, 0.0))
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def _margin_pairs(pairs):
+  """The pairs with margin 1 each: the loss's margin is ser.margin (reward.margin_scale)."""
+  return [PreferencePair(p.prompt, p.chosen, p.rejected, 1.0, {}) for p in pairs]
+
+
+def data_stage(config):
+  """Labelled pairs -> seed / validation / unlabelled / test files (module docstring). Raises
+  ValueError when the seed share leaves fewer than 2 training or 1 validation pair."""
+  c = derive(config, "data", None, keep=("train_split", "eval_split", "seed_fraction",
+                                         "seed_val_fraction", "max_eval_prompts", "max_pairs"))
+
+  def run(ctx):
+    dcfg, s, d = c.data, c.ser, ctx.dir
+    train, evals, reports = common.pair_splits(dcfg, s.train_split, s.eval_split, "ser")
+    render = lambda ps: [PreferencePair(dcfg.prompt_format.format(prompt=p.prompt), p.chosen,
+                                        p.rejected, p.margin, p.meta) for p in ps]
+    train, evals = render(train), render(evals)
+    rng = np.random.default_rng([int(dcfg.seed), 31])
+    train = [train[int(i)] for i in rng.permutation(len(train))]
+    if int(s.max_pairs):
+      train = train[:int(s.max_pairs)]
+    n_seed = int(round(float(s.seed_fraction) * len(train)))
+    n_val = int(round(float(s.seed_val_fraction) * n_seed))
+    if n_val < 1 or n_seed - n_val < 2:
+      raise ValueError(f"ser.seed_fraction={s.seed_fraction} of {len(train)} training pairs "
+                       f"gives {n_seed} seed pairs ({n_val} for validation): need at least 2 "
+                       "to train on and 1 to validate on")
+    seed, rest = train[:n_seed], train[n_seed:]
+    seed_val, seed_train = seed[:n_val], seed[n_val:]
+    flips = rng.random(len(rest)) < 0.5
+    unlabelled, truth = [], []
+    for i, (p, flip) in enumerate(zip(rest, flips)):
+      a, b = (p.rejected, p.chosen) if flip else (p.chosen, p.rejected)
+      unlabelled.append({"id": str(i), "prompt": p.prompt, "a": a, "b": b})
+      truth.append({"id": str(i), "better": "b" if flip else "a"})
+    prompts = list(dict.fromkeys(p.prompt for p in evals))[:int(s.max_eval_prompts) or None]
+    counts = {
+        "train_pairs": len(train), "seed_train": write_pairs_jsonl(
+            os.path.join(d, "seed_train.jsonl"), _margin_pairs(seed_train)),
+        "seed_val": write_pairs_jsonl(os.path.join(d, "seed_val.jsonl"), seed_val),
+        "full_train": write_pairs_jsonl(os.path.join(d, "full_train.jsonl"), _margin_pairs(train)),
+        "pairs_eval": write_pairs_jsonl(os.path.join(d, "pairs_eval.jsonl"), evals),
+        "unlabelled": jsonio.write_jsonl_atomic(os.path.join(d, "unlabelled.jsonl"), unlabelled),
+        "unlabelled_truth": jsonio.write_jsonl_atomic(os.path.join(d, "unlabelled_truth.jsonl"),
+                                                      truth),
+        "policy_sft_train": jsonio.write_jsonl_atomic(
+            os.path.join(d, "policy_sft_train.jsonl"),
+            [{"prompt": p.prompt, "response": p.chosen} for p in seed]),
+        "policy_sft_eval": jsonio.write_jsonl_atomic(
+            os.path.join(d, "policy_sft_eval.jsonl"),
+            [{"prompt": p.prompt, "response": p.chosen} for p in evals]),
+        "rl_prompts": jsonio.write_jsonl_atomic(
+            os.path.join(d, "rl_prompts.jsonl"),
+            [{"prompt": x} for x in dict.fromkeys(p.prompt for p in train)]),
+        "eval_prompts": jsonio.write_jsonl_atomic(os.path.join(d, "eval_prompts.jsonl"),
+                                                  [{"prompt": x} for x in prompts])}
+    for split, rep in reports.items():
+      rep.log(f"ser data ({split})")
+    return {"counts": counts, "data": {k: r.as_dict() for k, r in reports.items()}}
+  return stages.Stage(DATA, run, settings=c, inputs=())
+
+
+def _jsonl(c, train_path: str, eval_path: str):
+  """A copy of `c` reading JSONL files (paths filled at run time, so a stage's fingerprint does
+  not depend on where the workdir is)."""
+  c = ml_collections.ConfigDict(c.to_dict())
+  c.data.update(source="jsonl", prompt_format="{prompt}", train_path=train_path,
+                eval_path=eval_path)
+  return c
+
+
+def policy_stage(config):
+  """The SFT policy on the seed pairs' chosen answers (`pipeline=sft`)."""
+  c = derive(config, "sft", "policy_sft")
+
+  def run(ctx):
+    rc = _jsonl(c, ctx.input_path(DATA, "policy_sft_train.jsonl"),
+                ctx.input_path(DATA, "policy_sft_eval.jsonl"))
+    common.save_config(rc, ctx.dir)
+    return sft_pipeline.run(rc, ctx.dir)
+  return stages.Stage(POLICY, run, settings=c, inputs=(DATA,))
+
+
+def pool_stage(config):
+  """The unlabelled pool: the data's pairs, or two answers per training prompt sampled from the
+  SFT policy (hidden label: the oracle's on the synthetic task, none elsewhere; ties and
+  identical answers are left out and counted)."""
+  c = derive(config, "generate", None, keep=("unlabelled_source", "pool_samples",
+                                             "pool_temperature", "pool_top_p", "max_new_tokens",
+                                             "generation", "chunk", "max_pool_prompts"))
+  from_policy = config.ser.unlabelled_source == "policy"
+
+  def run(ctx):
+    s = c.ser
+    pool = _read_pool(ctx.input_path(DATA, "unlabelled.jsonl"))
+    truth = list(records.read_jsonl(ctx.input_path(DATA, "unlabelled_truth.jsonl"), ("id",)))
+    counts = {"source": s.unlabelled_source}
+    if from_policy:
+      rt = common.setup(c)
+      prompts = list(dict.fromkeys(r["prompt"] for r in pool))[:int(s.max_pool_prompts) or None]
+      g = s.generation
+      settings = generation.Settings(
+          max_new_tokens=int(s.max_new_tokens), temperature=float(s.pool_temperature),
+          top_p=float(s.pool_top_p), seed=int(c.data.seed) + 7000,
+          batch_size=int(g.batch_size), max_prompt_len=int(g.max_prompt_len),
+          prompt_buckets=tuple(g.prompt_buckets))
+      gen = None
+
+      def fn(batch, ci):
+        nonlocal gen
+        if gen is None:
+          gen = generation.from_checkpoint(rt, ctx.input_dir(POLICY), settings, field="policy")
+        return [[x.text for x in draws] for draws in gen.sample(batch, 2, ci)]
+      answers = resumable.map_chunks(ctx.dir, "samples", prompts, fn, int(s.chunk))
+      oracle = c.data.source == "synthetic"
+      pool, truth = [], []
+      counts.update(prompts=len(prompts), identical=0, oracle_ties=0)
+      for p, (a, b) in zip(prompts, answers):
+        if a.strip() == b.strip():
+          counts["identical"] += 1
+          continue
+        better = None
+        if oracle:
+          from pit.data import synthetic
+          sa, sb = synthetic.oracle_score(p, a), synthetic.oracle_score(p, b)
+          better = "a" if sa > sb else "b" if sb > sa else None
+          counts["oracle_ties"] += better is None
+        pool.append({"id": str(len(pool)), "prompt": p, "a": a, "b": b})
+        truth.append({"id": str(len(truth)), "better": better})
+    counts["pairs"] = len(pool)
+    if jax.process_index() == 0:
+      jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "unlabelled.jsonl"), pool)
+      jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "unlabelled_truth.jsonl"), truth)
+    return counts
+  return stages.Stage(POOL, run, settings=c, inputs=(DATA, POLICY) if from_policy else (DATA,))
+
+
+def _read_pool(path: str) -> list[dict]:
+  """The unlabelled pairs {"id", "prompt", "a", "b"} of `path` (answers may be empty strings);
+  DataError naming the file and line on a record without them."""
+  out = []
+  for lineno, r in records.read_jsonl_numbered(path, ("id", "prompt")):
+    if not isinstance(r.get("a"), str) or not isinstance(r.get("b"), str):
+      raise records.DataError(f"{path}:{lineno}: fields 'a' and 'b' must be strings")
+    out.append(r)
+  return out
+
+
+def _reward_config(config, section: str, keep=()):
+  c = derive(config, "reward", section, keep=("margin", "reward_init_from_policy", *keep))
+  if c.model.head != "scalar":
+    raise ValueError(f"ser.{section}.model.head must be 'scalar', got {c.model.head!r}")
+  c.reward.margin_scale = float(config.ser.margin)
+  return c
+
+
+def _scorer(rt, rm_dir: str, batch_size: int):
+  return scorers.reward_model_scorer(rm_dir, rt.tokenizer, rt.mesh, rt.rules,
+                                     format_fn=scorers.template_format("{prompt}{response}"),
+                                     batch_size=batch_size)
+
+
+def _pair_accuracy(scorer, pairs) -> dict:
+  """Held-out accuracy ± s.e. of `scorer` on labelled pairs (`accuracy_se`)."""
+  if not pairs:
+    return accuracy_se([])
+  prompts = [p.prompt for p in pairs]
+  rw = scorer(prompts, [p.chosen for p in pairs])
+  rl = scorer(prompts, [p.rejected for p in pairs])
+  return accuracy_se(pair_credit(rw, rl))
+
+
+def _accuracies(ctx, rt, rm_dir: str, batch_size: int) -> dict:
+  """{"val": accuracy on the seed validation pairs, "test": on the held-out test pairs}."""
+  scorer = _scorer(rt, rm_dir, batch_size)
+  return {"val": _pair_accuracy(scorer, read_pairs_jsonl(ctx.input_path(DATA, "seed_val.jsonl"))),
+          "test": _pair_accuracy(scorer, read_pairs_jsonl(ctx.input_path(DATA, "pairs_eval.jsonl")))}
+
+
+def rm_stage(config, name: str, train_file: str):
+  """The seed RM (`seed_rm`: the seed pairs) or the full-label baseline (`full_rm`: every
+  training pair), both with the margin loss; summary: held-out test and validation accuracy."""
+  c = _reward_config(config, name)
+  init = config.ser.reward_init_from_policy
+
+  def run(ctx):
+    rc = _jsonl(c, ctx.input_path(DATA, train_file), ctx.input_path(DATA, "pairs_eval.jsonl"))
+    if init:
+      rc.reward.init_checkpoint = ctx.input_dir(POLICY)
+    common.save_config(rc, ctx.dir)
+    summary = reward_pipeline.run(rc, ctx.dir)
+    rt = common.setup(rc)
+    return {**summary, "accuracy": _accuracies(ctx, rt, ctx.dir, int(rc.train.batch_size))}
+  return stages.Stage(name, run, settings=c, inputs=(DATA, POLICY) if init else (DATA,))
+
+
+def loop_stage(config, k: int):
+  """SER loop k (module docstring): self-label the pool with the current RM, select by status,
+  continue training the RM on the selected pairs plus the seed pairs. Writes selected.jsonl
+  (ids, self-labels, probabilities) and train.jsonl (the pairs trained on); summary: status,
+  pool, kept, their self-label accuracy against the hidden labels, validation and test
+  accuracy, stopped (and why)."""
+  c = _reward_config(config, "loop", ("tau_high", "tau_low", "delta", "min_gain",
+                                      "loop_epochs", "max_kept_per_loop"))
+  earlier = [loop_name(j) for j in range(1, k)]
+
+  def run(ctx):
+    s = c.ser
+    prev = [ctx.input_summary(n) for n in earlier]
+    if prev and prev[-1].get("stopped"):
+      return {"stopped": True, "trained": False, "reason": f"stopped at {earlier[-1]}",
+              "status": prev[-1].get("status")}
+    rt = common.setup(c)
+    bs = int(c.train.batch_size)
+    current = next((n for n, p in zip(reversed(earlier), reversed(prev)) if p.get("trained")),
+                   SEED_RM)
+    rm_dir = ctx.input_dir(current)
+    before = ctx.input_summary(current)["accuracy"]
+    status = 1
+    for p in prev:
+      status = next_status(int(p["status"]), int(p["kept"]), float(p["val_gain"]),
+                           float(s.min_gain))
+    used = set()
+    for n in earlier:
+      used |= {r["id"] for r in records.read_jsonl(ctx.input_path(n, "selected.jsonl"), ("id",))}
+    pool = [r for r in _read_pool(ctx.input_path(POOL, "unlabelled.jsonl")) if r["id"] not in used]
+    out = {"from": current, "pool": len(pool), "status_planned": status}
+    if not pool:
+      return {**out, "stopped": True, "trained": False, "reason": "the pool is empty",
+              "status": status, "kept": 0}
+    scorer = _scorer(rt, rm_dir, bs)
+    prompts = [r["prompt"] for r in pool]
+    p_a = probabilities(scorer(prompts, [r["a"] for r in pool]))
+    p_b = probabilities(scorer(prompts, [r["b"] for r in pool]))
+    rules = dict(tau_high=float(s.tau_high), tau_low=float(s.tau_low), delta=float(s.delta))
+    keep, a_wins = select_pairs(status, p_a, p_b, **rules)
+    if status == 1 and not keep.any():   # status 1 finds nothing: status 2 at once
+      out["switched_in_loop"] = True
+      status = 2
+      keep, a_wins = select_pairs(status, p_a, p_b, **rules)
+    out["passed"] = int(keep.sum())
+    cap = int(s.max_kept_per_loop)
+    if cap and keep.sum() > cap:   # the `cap` most confident passing pairs (largest |p_a - p_b|)
+      idx = np.flatnonzero(keep)
+      top = idx[np.argsort(-np.abs(p_a[idx] - p_b[idx]), kind="stable")[:cap]]
+      keep = np.zeros_like(keep)
+      keep[top] = True
+    out.update(status=status, kept=int(keep.sum()))
+    if not keep.any():
+      return {**out, "stopped": True, "trained": False,
+              "reason": f"no pair passes status {status}"}
+    truth = {r["id"]: r.get("better") for r in records.read_jsonl(
+        ctx.input_path(POOL, "unlabelled_truth.jsonl"), ("id",))}
+    chosen, selected, right = [], [], []
+    for i in np.flatnonzero(keep):
+      r, aw = pool[int(i)], bool(a_wins[i])
+      w, l = (r["a"], r["b"]) if aw else (r["b"], r["a"])
+      chosen.append(PreferencePair(r["prompt"], w, l, 1.0, {}))
+      label = "a" if aw else "b"
+      selected.append({"id": r["id"], "label": label, "p_a": float(p_a[i]),
+                       "p_b": float(p_b[i])})
+      if truth.get(r["id"]) in ("a", "b"):
+        right.append(float(truth[r["id"]] == label))
+    seed = read_pairs_jsonl(ctx.input_path(DATA, "seed_train.jsonl"))
+    rows = chosen + seed
+    if jax.process_index() == 0:
+      jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "selected.jsonl"), selected)
+      write_pairs_jsonl(os.path.join(ctx.dir, "train.jsonl"), rows)
+    steps = max(1, min(int(c.train.steps), math.ceil(float(s.loop_epochs) * len(rows) / bs)))
+    rc = _jsonl(c, os.path.join(ctx.dir, "train.jsonl"), ctx.input_path(DATA, "pairs_eval.jsonl"))
+    rc.train.steps = steps
+    rc.optim.decay_steps = steps
+    rc.checkpoint.every = min(int(rc.checkpoint.every), steps)
+    if int(rc.train.eval_every) > steps:
+      rc.train.eval_every = steps
+    rc.reward.init_reward_model = rm_dir
+    rc.reward.init_checkpoint = ""
+    common.save_config(rc, ctx.dir)
+    summary = reward_pipeline.run(rc, ctx.dir)
+    after = _accuracies(ctx, rt, ctx.dir, bs)
+    return {**summary, **out, "stopped": False, "trained": True, "steps": steps,
+            "train_rows": len(rows), "seed_rows": len(seed),
+            "self_label_accuracy": accuracy_se(right), "labelled_kept": len(right),
+            "accuracy": after, "val_before": before["val"]["accuracy"],
+            "val_gain": after["val"]["accuracy"] - before["val"]["accuracy"]}
+  inputs = (DATA, POOL, SEED_RM, *earlier)
+  return stages.Stage(loop_name(k), run, settings=c, inputs=inputs)
+
+
+def final_rm(config, summaries: dict) -> str:
+  """The stage whose RM drives PPO: among the seed RM and the loops that trained, the best
+  validation accuracy on the seed labels (ties: the later) with `final_rm='best_val'`, or the
+  last that trained."""
+  names = [SEED_RM] + [loop_name(k) for k in range(1, int(config.ser.max_loops) + 1)
+                       if summaries.get(loop_name(k), {}).get("trained")]
+  if config.ser.final_rm == "last":
+    return names[-1]
+  best = names[0]
+  for n in names[1:]:
+    if summaries[n]["accuracy"]["val"]["accuracy"] >= summaries[best]["accuracy"]["val"]["accuracy"]:
+      best = n
+  return best
+
+
+def ppo_stage(config):
+  """PPO of the SFT policy against the final RM (`final_rm`), KL to the SFT policy."""
+  c = derive(config, "ppo", "ppo", keep=("max_rl_prompts", "final_rm", "max_loops"))
+  c.ppo.scorer = "reward_model"
+  c.ppo.reward_format = "{prompt}{response}"
+  c.data.prompt_format = "{prompt}"
+  loops = [loop_name(k) for k in range(1, int(config.ser.max_loops) + 1)]
+
+  def run(ctx):
+    summaries = {n: ctx.input_summary(n) for n in [SEED_RM] + loops}
+    rm = final_rm(c, summaries)
+    rc = ml_collections.ConfigDict(c.to_dict())
+    rc.ppo.init_checkpoint_dir = ctx.input_dir(POLICY)
+    rc.ppo.reference_checkpoint_dir = ctx.input_dir(POLICY)
+    rc.ppo.reward_model_dir = ctx.input_dir(rm)
+    common.save_config(rc, ctx.dir)
+    rt = common.setup(rc)
+    prompts = [r["prompt"] for r in records.read_jsonl(ctx.input_path(DATA, "rl_prompts.jsonl"),
+                                                       ("prompt",))]
+    prompts = prompts[:int(c.ser.max_rl_prompts) or None]
+    oracle = scorers.OracleScorer() if rc.data.source == "synthetic" else None
+    summary = ppo_pipeline.train_ppo(rc, ctx.dir, rt, prompts=prompts,
+                                     scorer=ppo_pipeline.make_scorer(rc, rt),
+                                     monitors={"oracle": oracle} if oracle else None)
+    return {**summary, "reward_model": rm, "num_prompts": len(prompts)}
+  return stages.Stage(PPO, run, settings=c, inputs=(DATA, POLICY, SEED_RM, *loops))
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def evaluate_stage(config, before: list[str]):
+  """The accuracy table (seed, loops, final, full; ± s.e.), PPO vs SFT at every decoding of
+  `eval.temperatures` judged both ways round (oracle on the synthetic task, else the full-label
+  RM) with intervals, and WORKDIR/report.md with plots of accuracy and pairs kept per loop."""
+  c = derive(config, "generate", None, keep=("dataset_name", "max_new_tokens", "generation",
+                                             "chunk", "final_rm", "max_loops", "eval_top_p"))
+  c.eval = config.eval.to_dict()
+  loops = [loop_name(k) for k in range(1, int(config.ser.max_loops) + 1)]
+
+  def run(ctx):
+    s = c.ser
+    summaries = {n: ctx.input_summary(n) for n in before}
+    rt = common.setup(c)
+    prompts = [r["prompt"] for r in records.read_jsonl(ctx.input_path(DATA, "eval_prompts.jsonl"),
+                                                       ("prompt",))]
+    decodings = {evaluator.decoding_name(t): float(t) for t in c.eval.temperatures}
+    g = s.generation
+    outputs = {name: {} for name in SYSTEMS}
+    samplers: dict = {}
+    for name in SYSTEMS:
+      src = ctx.input_dir(PPO if name == "ppo" else POLICY)
+      for dec, temp in decodings.items():
+        settings = generation.Settings(
+            max_new_tokens=int(s.max_new_tokens), temperature=temp,
+            top_p=float(s.eval_top_p) if temp > 0 else 1.0, seed=int(c.eval.seed) + 9000,
+            batch_size=int(g.batch_size), max_prompt_len=int(g.max_prompt_len),
+            prompt_buckets=tuple(g.prompt_buckets))
+        gen = None
+
+        def fn(batch, ci, src=src, settings=settings):
+          nonlocal gen
+          if gen is None:
+            gen = generation.from_checkpoint(rt, src, settings, field="policy", samplers=samplers)
+          return gen(batch, ci)
+        outputs[name][dec] = resumable.map_chunks(ctx.dir, f"outputs_{name}_{dec}", prompts, fn,
+                                                  int(s.chunk))
+    judges = judges_lib.from_config(tuple(c.eval.judges), rt=rt, data_source=c.data.source,
+                                    reward_model_dir=ctx.input_dir(FULL_RM),
+                                    batch_size=int(g.batch_size))
+    if not judges:
+      raise ValueError(f"evaluate: none of eval.judges={tuple(c.eval.judges)} is available "
+                       "(the oracle judges only the synthetic task; 'reward_model' is the "
+                       "full-label RM)")
+    rows = evaluator.evaluate(prompts, outputs, [("ppo", "policy_sft")], judges,
+                              confidence=float(c.eval.confidence),
+                              resamples=int(c.eval.bootstrap), seed=int(c.eval.seed),
+                              display=DISPLAY)
+    final = final_rm(c, summaries)
+    if jax.process_index() == 0:
+      for name in SYSTEMS:
+        for dec in decodings:
+          alpaca_eval.write_outputs(os.path.join(ctx.dir, f"outputs_{name}_{dec}.json"), prompts,
+                                    outputs[name][dec], generator=f"ser_{name}_{dec}")
+      _write_report(ctx.workdir, c, summaries, loops, final, rows, prompts, outputs, decodings)
+    return {"rows": [r.as_dict() for r in rows], "final_rm": final,
+            "accuracy": accuracy_summary(summaries, loops, final),
+            "report": os.path.join(ctx.workdir, "report.md")}
+  return stages.Stage(EVAL, run, settings=c, inputs=tuple(before))
+
+
+def accuracy_summary(summaries: dict, loops, final: str) -> dict:
+  """{"seed", loop names that trained, "final", "full"} -> held-out test accuracy ± s.e."""
+  out = {"seed": summaries[SEED_RM]["accuracy"]["test"]}
+  for n in loops:
+    if summaries.get(n, {}).get("trained"):
+      out[n] = summaries[n]["accuracy"]["test"]
+  out["final"] = summaries[final]["accuracy"]["test"]
+  out["full"] = summaries[FULL_RM]["accuracy"]["test"]
+  return out
+
+
+def _pct(a: dict) -> str:
+  if not a or not a.get("n"):
+    return "-"
+  return f"{100 * a['accuracy']:.1f} ± {100 * a['se']:.1f}"
+
+
+def _write_report(workdir, c, summaries, loops, final, rows, prompts, outputs, decodings):
+  acc = accuracy_summary(summaries, loops, final)
+  lines = ["## Reward-model accuracy on held-out labelled pairs (%, ± s.e., pair as the unit)\n",
+           "| reward model | held-out accuracy | validation (seed labels) | n |", "|---|---|---|---|"]
+  named = [("seed RM (seed share of the labels)", SEED_RM)] + [
+      (f"{n} (status {summaries[n].get('status')})", n) for n in loops
+      if summaries.get(n, {}).get("trained")] + [("full-label RM", FULL_RM)]
+  for label, n in named:
+    a = summaries[n]["accuracy"]
+    mark = " **(final: drives PPO)**" if n == final else ""
+    val = "- (trained on them)" if n == FULL_RM else _pct(a["val"])
+    lines.append(f"| {label}{mark} | {_pct(a['test'])} | {val} | {a['test']['n']} |")
+  seed, fin, full = acc["seed"]["accuracy"], acc["final"]["accuracy"], acc["full"]["accuracy"]
+  lines += ["", f"SER's final RM vs the seed RM: {100 * (fin - seed):+.1f} points; vs the "
+                f"full-label RM: {100 * (fin - full):+.1f} points.", "",
+            "## Loops\n", "| loop | status | pool | kept | self-label accuracy vs hidden labels "
+            "| validation before → after | trained on | steps | note |",
+            "|---|---|---|---|---|---|---|---|---|"]
+  for n in loops:
+    sm = summaries.get(n) or {}
+    if not sm.get("trained"):
+      lines.append(f"| {n} | {sm.get('status', '-')} | {sm.get('pool', '-')} | "
+                   f"{sm.get('kept', 0)} | - | - | - | - | stopped: {sm.get('reason', '')} |")
+      if sm.get("stopped"):
+        break
+      continue
+    sl = sm["self_label_accuracy"]
+    lines.append(
+        f"| {n} | {sm['status']}{' (switched in loop)' if sm.get('switched_in_loop') else ''} | "
+        f"{sm['pool']} | {sm['kept']} | {_pct(sl)} (n={sl['n']}) | "
+        f"{100 * sm['val_before']:.1f} → {100 * sm['accuracy']['val']['accuracy']:.1f} | "
+        f"{sm['train_rows']} ({sm['seed_rows']} seed) | {sm['steps']} | |")
+  ppo_s = summaries.get(PPO) or {}
+  ft = ppo_s.get("final_train") or {}
+  lines += ["", f"PPO: reward model {ppo_s.get('reward_model')}, {ppo_s.get('num_prompts')} "
+                "prompts; final " + ", ".join(f"{k} {ft[k]:.4g}" for k in
+                                              ("score", "oracle_score", "kl", "kl_coef")
+                                              if isinstance(ft.get(k), (int, float))), ""]
+  trained = [n for n in loops if summaries.get(n, {}).get("trained")]
+  xs = list(range(len(trained) + 1))
+  ys = [summaries[SEED_RM]["accuracy"]["test"]["accuracy"]] + [
+      summaries[n]["accuracy"]["test"]["accuracy"] for n in trained]
+  plots = {
+      "held-out RM accuracy per loop": {
+          "SER (0 = seed RM)": (xs, ys),
+          "seed RM": (xs, [ys[0]] * len(xs)),
+          "full-label RM": (xs, [acc["full"]["accuracy"]] * len(xs))},
+      "pairs kept per loop": {"kept": (list(range(1, len(trained) + 1)),
+                                       [summaries[n]["kept"] for n in trained])}}
+  report.write_report(
+      workdir, title=f"SER run report: {c.ser.dataset_name}",
+      table_md="\n".join(lines) + "\n## PPO vs SFT: win / lose / Δ (%), judged both ways round, "
+               "both decoded the same way\n\n" + evaluator.table_markdown(rows),
+      metrics=plots,
+      notes="\n".join(report.examples_markdown(prompts, outputs, dec, display=DISPLAY)
+                      for dec in decodings),
+      xlabels={"held-out RM accuracy per loop": "loop", "pairs kept per loop": "loop"})
+
+
+# ------------------------------------------------------------------------------ entry
+
+
+def build_stages(config) -> list[stages.Stage]:
+  """SER's stages in order, each with its resolved settings and declared inputs."""
+  _check(config)
+  out = [data_stage(config), policy_stage(config), pool_stage(config),
+         rm_stage(config, SEED_RM, "seed_train.jsonl"),
+         rm_stage(config, FULL_RM, "full_train.jsonl")]
+  out += [loop_stage(config, k) for k in range(1, int(config.ser.max_loops) + 1)]
+  out.append(ppo_stage(config))
+  out.append(evaluate_stage(config, [s.name for s in out]))
+  return out
+
+
+def run(config, workdir: str):
+  """SER end to end in `workdir` (module docstring); returns the stage names and the report's
+  path. Raises what a stage raises."""
+  return stages.run_recipe(config, workdir, build_stages(config), "ser")

@@ -67,7 +67,7 @@ def synthetic(c, smoke: bool):
     s.policy_sft = stage_overrides(steps=4, **few)
     s.seed_rm = stage_overrides(steps=4, model=SCALAR, **few)
     s.full_rm = stage_overrides(steps=4, model=SCALAR, **few)
-    s.loop = stage_overrides(steps=4, model=SCALAR, **few)
+    s.loop = stage_overrides(steps=4, checkpoint_every=1, model=SCALAR, **few)
     s.ppo = stage_overrides(steps=2, batch_size=8, learning_rate=1e-4, log_every=1,
                             end_lr_ratio=1.0, weight_decay=0.0)
     return
@@ -75,9 +75,11 @@ def synthetic(c, smoke: bool):
                                  eval_every=500, checkpoint_every=500, log_every=50)
   rm = dict(batch_size=32, learning_rate=1e-3, warmup_steps=20, weight_decay=0.0, log_every=20,
             model=SCALAR)
-  s.seed_rm = stage_overrides(steps=300, eval_every=300, checkpoint_every=300, **rm)
-  s.full_rm = stage_overrides(steps=600, eval_every=600, checkpoint_every=300, **rm)
-  s.loop = stage_overrides(steps=300, checkpoint_every=300, **rm)
+  # RM lengths: ser.rm_epochs (2) of each RM's rows; these steps are caps (-> 143 steps for the
+  # seed RM's 2,280 pairs, 1,188 for the full-label RM's 19,000)
+  s.seed_rm = stage_overrides(steps=3000, checkpoint_every=500, **rm)
+  s.full_rm = stage_overrides(steps=3000, checkpoint_every=500, **rm)
+  s.loop = stage_overrides(steps=3000, checkpoint_every=500, **rm)
   # 128 rollouts / 64 per minibatch x 2 epochs = 4 updates per rollout; 20 rollouts.
   s.ppo = stage_overrides(steps=80, batch_size=64, learning_rate=2e-5, checkpoint_every=40,
                           end_lr_ratio=1.0, weight_decay=0.0, log_every=4)
@@ -117,9 +119,10 @@ def text(c, preset: str):
                                  eval_every=400, log_every=20)
   rm = dict(batch_size=16, learning_rate=5e-4, warmup_steps=10, weight_decay=0.0, log_every=20,
             model=SCALAR)
-  s.seed_rm = stage_overrides(steps=150, eval_every=150, **rm)
-  s.full_rm = stage_overrides(steps=400, eval_every=400, **rm)
-  s.loop = stage_overrides(steps=150, **rm)
+  # ser.rm_epochs of each RM's rows, at most these steps (CPU budgets)
+  s.seed_rm = stage_overrides(steps=300, **rm)
+  s.full_rm = stage_overrides(steps=600, **rm)
+  s.loop = stage_overrides(steps=300, **rm)
   # 32 rollouts / 16 per minibatch x 2 epochs = 4 updates per rollout; 4 rollouts.
   s.ppo = stage_overrides(steps=16, batch_size=16, learning_rate=2e-5, checkpoint_every=8,
                           end_lr_ratio=1.0, weight_decay=0.0, log_every=2)

@@ -330,12 +330,16 @@ def ser_defaults() -> ml_collections.ConfigDict:
       pool_samples=2, pool_temperature=1.0, pool_top_p=1.0, max_pool_prompts=0,
       tau_high=0.55, tau_low=0.45,  # status 1: one p > tau_high, the other < tau_low
       delta=0.3,                    # status 2: |p_a - p_b| > delta
-      min_gain=0.005,               # status 1 -> 2 when validation accuracy rose by less
+      min_gain=0.005,               # status 1 -> 2 when validation accuracy rose by less, or
+      switch_z=1.0,                 # by no more than switch_z standard errors (paired)
       max_loops=6,
       max_kept_per_loop=0,          # keep at most this many passing pairs a loop, the most
                                     # confident (largest |p_a - p_b|) first (0: all)
-      loop_epochs=1.0,              # a loop trains ceil(epochs * rows / batch) steps (<= its steps)
+      rm_epochs=2.0,                # every RM trains ceil(epochs * rows / batch) steps (the
+                                    # paper's 2 epochs), at most its section's train.steps
       margin=1.0,                   # m of -log sigmoid(r_w - r_l - m)
+      center_coef=0.01,             # + c (r_w + r_l)^2: rewards near 0, so p = sigmoid(r) means
+                                    # the same in every loop (the thresholds are absolute)
       reward_init_from_policy=True,  # RMs' trunk from the SFT policy
       final_rm="best_val",          # best_val (validation on the seed labels) | last
       require_pretrained=False,     # refuse to run without model.init_from (the hf preset)

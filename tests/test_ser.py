@@ -36,29 +36,64 @@ def test_status_one_keeps_clear_good_bad_pairs_either_way_round():
   assert a_wins[keep].tolist() == [True, False, False]
 
 
-def test_status_two_keeps_pairs_with_a_probability_gap_above_delta():
-  p_a = np.array([0.875, 0.25, 0.75, 0.625, 0.375, 0.5])   # binary fractions: exact gaps
-  p_b = np.array([0.5, 0.625, 0.5, 0.375, 0.625, 0.5])
+def test_status_two_keeps_status_one_pairs_and_pairs_with_a_gap_above_delta():
+  p_a = np.array([0.875, 0.25, 0.75, 0.5, 0.5, 0.625])   # binary fractions: exact gaps
+  p_b = np.array([0.5, 0.625, 0.5, 0.25, 0.5, 0.4375])
+  # gaps 0.375, 0.375, 0.25, 0.25, 0, 0.1875; status-1 pairs (one > 0.55, the other < 0.45):
+  # rows 1 and 5 -- row 5 is kept by status 2 for that alone, as the released code's filter does
   keep, a_wins = ser.select_pairs(2, p_a, p_b, **{**RULES, "delta": 0.25})
-  # gaps 0.375, 0.375, 0.25 (not > 0.25), 0.25, 0.25, 0
-  assert keep.tolist() == [True, True, False, False, False, False]
-  assert a_wins[keep].tolist() == [True, False]
-  assert ser.select_pairs(2, p_a, p_b, **RULES)[0].tolist() == [True, True, False, False,
-                                                                 False, False]
+  assert keep.tolist() == [True, True, False, False, False, True]   # 0.25 is not > 0.25
+  assert a_wins[keep].tolist() == [True, False, True]
+  keep, _ = ser.select_pairs(2, p_a, p_b, **{**RULES, "delta": 0.2})
+  assert keep.tolist() == [True, True, True, True, False, True]
+  assert ser.select_pairs(1, p_a, p_b, **RULES)[0].tolist() == [False, True, False, False,
+                                                                 False, True]
   with pytest.raises(ValueError, match="status must be 1 or 2"):
     ser.select_pairs(3, p_a, p_b, **RULES)
   with pytest.raises(ValueError, match="differ in shape"):
     ser.select_pairs(2, p_a, p_b[:2], **RULES)
 
 
+def test_most_confident_keeps_the_largest_gaps_among_the_passing():
+  keep = np.array([True, True, False, True, True])
+  p_a = np.array([0.9, 0.6, 0.99, 0.2, 0.7])
+  p_b = np.array([0.1, 0.5, 0.01, 0.3, 0.2])   # gaps 0.8, 0.1, (0.98 not passing), 0.1, 0.5
+  assert ser.most_confident(keep, p_a, p_b, 2).tolist() == [True, False, False, False, True]
+  assert ser.most_confident(keep, p_a, p_b, 3).tolist() == [True, True, False, False, True]
+  assert ser.most_confident(keep, p_a, p_b, 0).tolist() == keep.tolist()
+  assert ser.most_confident(keep, p_a, p_b, 9).tolist() == keep.tolist()
+
+
 def test_driver_switches_to_status_two_when_status_one_stops_helping():
-  assert ser.next_status(1, kept=100, val_gain=0.02, min_gain=0.005) == 1
-  assert ser.next_status(1, kept=100, val_gain=0.005, min_gain=0.005) == 1   # at the bound
-  assert ser.next_status(1, kept=100, val_gain=0.004, min_gain=0.005) == 2
-  assert ser.next_status(1, kept=100, val_gain=-0.1, min_gain=0.005) == 2
-  assert ser.next_status(1, kept=0, val_gain=0.5, min_gain=0.005) == 2       # no new pairs
-  assert ser.next_status(1, kept=10, val_gain=float("nan"), min_gain=0.0) == 2
-  assert ser.next_status(2, kept=0, val_gain=0.5, min_gain=0.005) == 2       # never back
+  go = dict(min_gain=0.005, z=1.0)
+  assert ser.next_status(1, 100, 0.02, 0.01, **go) == 1
+  assert ser.next_status(1, 100, 0.005, 0.001, **go) == 1      # at min_gain, above 1 s.e.
+  assert ser.next_status(1, 100, 0.004, 0.001, **go) == 2      # below min_gain
+  assert ser.next_status(1, 100, 0.02, 0.02, **go) == 2        # not above 1 s.e.: noise
+  assert ser.next_status(1, 100, 0.02, 0.019, **go) == 1
+  assert ser.next_status(1, 100, -0.1, 0.01, **go) == 2
+  assert ser.next_status(1, 0, 0.5, 0.01, **go) == 2           # no new pairs
+  assert ser.next_status(1, 10, float("nan"), 0.01, **go) == 2
+  assert ser.next_status(2, 0, 0.5, 0.01, **go) == 2           # never back
+  loop = lambda status, kept, gain, se: dict(status=status, kept=kept, val_gain=gain,
+                                             val_gain_se=se)
+  assert ser.planned_status([], **go) == 1
+  assert ser.planned_status([loop(1, 50, 0.03, 0.01)], **go) == 1
+  assert ser.planned_status([loop(1, 50, 0.03, 0.01), loop(1, 40, 0.0, 0.01)], **go) == 2
+  # the last loop alone does not decide: once in status 2, a later good gain stays in 2
+  assert ser.planned_status([loop(1, 50, 0.0, 0.01), loop(2, 40, 0.05, 0.01)], **go) == 2
+
+
+def test_paired_difference_against_scipy():
+  from scipy import stats
+  rng = np.random.default_rng(0)
+  a, b = rng.integers(0, 2, 60).astype(float), rng.integers(0, 2, 60).astype(float)
+  d = ser.paired_difference(a, b)
+  res = stats.ttest_rel(a, b)
+  ci = res.confidence_interval(0.95)
+  assert d["mean"] == pytest.approx(np.mean(a - b))
+  assert d["se"] == pytest.approx(stats.sem(a - b))
+  assert (d["low"], d["high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
 
 
 def test_accuracy_and_its_standard_error():
@@ -73,18 +108,36 @@ def test_accuracy_and_its_standard_error():
 
 
 def test_config_checks_name_the_field():
-  c = _cfg()
   for field, value, match in (("unlabelled_source", "web", "unlabelled_source"),
                               ("final_rm", "first", "final_rm"),
                               ("seed_fraction", 1.0, "seed_fraction"),
+                              ("seed_val_fraction", 0.0, "seed_val_fraction"),
                               ("tau_low", 0.7, "tau_low"),
+                              ("tau_high", 1.0, "tau_high"),
                               ("delta", 1.0, "delta"),
-                              ("max_loops", 0, "max_loops")):
+                              ("max_loops", 0, "max_loops"),
+                              ("max_kept_per_loop", -1, "max_kept_per_loop"),
+                              ("max_pairs", -5, "max_pairs"),
+                              ("rm_epochs", 0.0, "rm_epochs"),
+                              ("margin", -1.0, "margin"),
+                              ("min_gain", float("nan"), "min_gain")):
     bad = _cfg()
     bad.ser[field] = value
     with pytest.raises(ValueError, match=match):
       ser.build_stages(bad)
-  ser.build_stages(c)
+  ser.build_stages(_cfg())
+  bad = _cfg()
+  bad.ser.update(unlabelled_source="policy", pool_temperature=0.0)
+  with pytest.raises(ValueError, match="pool_temperature"):
+    ser.build_stages(bad)
+  bad = _cfg()
+  bad.ser.update(unlabelled_source="policy", pool_samples=3)
+  with pytest.raises(ValueError, match="pool_samples"):
+    ser.build_stages(bad)
+  bad = _cfg()
+  bad.model.head = "scalar"
+  with pytest.raises(ValueError, match="model.head='scalar'"):
+    ser.build_stages(bad)
   with pytest.raises(ValueError, match="model.init_from"):
     ser.build_stages(_cfg("hf"))
 
@@ -115,6 +168,11 @@ def smoke_run(tmp_path_factory):
   return wd
 
 
+def _config(wd, stage, pipeline):
+  with open(os.path.join(wd, stage, f"config_{pipeline}.json")) as f:
+    return json.load(f)
+
+
 def test_what_flows_between_the_stages(smoke_run):
   wd = smoke_run
   d = os.path.join(wd, "data")
@@ -133,49 +191,94 @@ def test_what_flows_between_the_stages(smoke_run):
     w, l = (r["a"], r["b"]) if truth[r["id"]] == "a" else (r["b"], r["a"])
     assert (r["prompt"], w, l) in full_keys
   assert all(r["margin"] == 1.0 for r in seed_train + full)
-  # the SFT policy learns the seed pairs' chosen answers only
+  # each RM trains on its own file; the SFT policy on the seed training pairs' chosen answers
+  assert _config(wd, "seed_rm", "reward")["data"]["train_path"] == f"{d}/seed_train.jsonl"
+  assert _config(wd, "full_rm", "reward")["data"]["train_path"] == f"{d}/full_train.jsonl"
   sft = _read(f"{d}/policy_sft_train.jsonl")
-  assert sorted((r["prompt"], r["response"]) for r in sft) == sorted(
-      (r["prompt"], r["chosen"]) for r in seed_train + seed_val)
-  # the loops: each self-labels what is left of the pool, by its RM's probabilities, and trains
-  # on those pairs plus the seed pairs, continuing the previous RM
-  used, prev = set(), "seed_rm"
+  assert [(r["prompt"], r["response"]) for r in sft] == [(r["prompt"], r["chosen"])
+                                                         for r in seed_train]
+  # the loops: each self-labels what is left of the pool with the best RM so far (validation),
+  # keeps exactly the pairs its status passes (the 30 most confident), labels them by p, and
+  # continues that RM on them plus the seed pairs
+  used = set()
   by_id = {r["id"]: r for r in pool}
+  summaries = {"seed_rm": _summary(wd, "seed_rm")}
+  go = dict(min_gain=0.0, z=1.0)
   for k in (1, 2, 3):
     name = f"loop_{k}"
     s = _summary(wd, name)
-    assert s["trained"] and s["from"] == prev and s["pool"] == len(pool) - len(used)
+    prev = [summaries[f"loop_{j}"] for j in range(1, k)]
+    assert s["status_planned"] == ser.planned_status(prev, **go)
+    best = ser.best_rm(["seed_rm"] + [f"loop_{j}" for j in range(1, k)], summaries, "best_val")
+    assert s["trained"] and s["from"] == best and s["pool"] == len(pool) - len(used)
+    scores = _read(os.path.join(wd, name, "scores.jsonl"))
+    assert [r["id"] for r in scores] == [r["id"] for r in pool if r["id"] not in used]
+    p_a, p_b = np.array([r["p_a"] for r in scores]), np.array([r["p_b"] for r in scores])
+    keep, _ = ser.select_pairs(s["status"], p_a, p_b, tau_high=0.55, tau_low=0.45, delta=0.0)
+    assert int(keep.sum()) == s["passed"]
+    keep = ser.most_confident(keep, p_a, p_b, 30)
     sel = _read(os.path.join(wd, name, "selected.jsonl"))
     ids = [r["id"] for r in sel]
-    assert not used & set(ids) and len(ids) == s["kept"] <= 30
+    assert ids == [r["id"] for r, kk in zip(scores, keep) if kk] and len(ids) == s["kept"]
+    assert not used & set(ids)
     used |= set(ids)
     rows = _read(os.path.join(wd, name, "train.jsonl"))
-    assert rows[len(sel):] == seed_train
+    assert rows[len(sel):] == seed_train and s["train_rows"] == len(rows)
     for r, row in zip(sel, rows):
       src = by_id[r["id"]]
       winner = "a" if r["p_a"] > r["p_b"] else "b"
       assert r["label"] == winner and row["chosen"] == src[winner] and row["margin"] == 1.0
     right = [truth[i] == r["label"] for i, r in zip(ids, sel)]
     assert s["self_label_accuracy"]["accuracy"] == pytest.approx(np.mean(right))
-    with open(os.path.join(wd, name, "config_reward.json")) as f:
-      rc = json.load(f)
-    assert rc["reward"]["init_reward_model"] == os.path.join(wd, prev)
+    rc = _config(wd, name, "reward")
+    assert rc["reward"]["init_reward_model"] == os.path.join(wd, best)
     assert rc["reward"]["margin_scale"] == 1.0 and rc["train"]["steps"] == s["steps"]
-    prev = name
+    with open(os.path.join(wd, name, "credits.json")) as f:
+      after = json.load(f)["val"]
+    with open(os.path.join(wd, best, "credits.json")) as f:
+      before = json.load(f)["val"]
+    assert s["val_gain"] == pytest.approx(np.mean(after) - np.mean(before))
+    assert s["accuracy"]["val"]["accuracy"] == pytest.approx(np.mean(after))
+    summaries[name] = s
   # PPO: from the SFT policy, KL to it, against the final RM (best validation accuracy)
-  summaries = {n: _summary(wd, n) for n in ("seed_rm", "loop_1", "loop_2", "loop_3")}
-  best = max(summaries, key=lambda n: (summaries[n]["accuracy"]["val"]["accuracy"],
-                                       list(summaries).index(n)))
-  with open(os.path.join(wd, "ppo", "config_ppo.json")) as f:
-    pc = json.load(f)
+  best = ser.best_rm(["seed_rm", "loop_1", "loop_2", "loop_3"], summaries, "best_val")
+  pc = _config(wd, "ppo", "ppo")
   assert pc["ppo"]["reward_model_dir"] == os.path.join(wd, best)
   assert pc["ppo"]["init_checkpoint_dir"] == pc["ppo"]["reference_checkpoint_dir"] == \
       os.path.join(wd, "policy_sft")
   ev = _summary(wd, "evaluate")
   assert ev["final_rm"] == best
+  with open(os.path.join(wd, best, "credits.json")) as f:
+    fin = json.load(f)["test"]
+  with open(os.path.join(wd, "seed_rm", "credits.json")) as f:
+    seed = json.load(f)["test"]
+  assert ev["differences"]["final_vs_seed"]["mean"] == pytest.approx(np.mean(fin) - np.mean(seed))
   with open(os.path.join(wd, "report.md")) as f:
     text = f.read()
   assert "full-label RM" in text and "loop_3" in text and "PPO (evolved RM) vs SFT policy" in text
+
+
+def test_hidden_labels_never_change_the_selection(smoke_run, tmp_path):
+  """loop_1 rerun on a copy whose hidden labels are all flipped: the same pairs, the same
+  self-labels, the same RM; only the reported self-label accuracy changes."""
+  wd = str(tmp_path / "run")
+  os.makedirs(wd)
+  for stage in ("data", "policy_sft", "pool", "seed_rm", "full_rm"):
+    shutil.copytree(os.path.join(smoke_run, stage), os.path.join(wd, stage))
+  path = os.path.join(wd, "pool", "unlabelled_truth.jsonl")
+  flipped = [{"id": r["id"], "better": "b" if r["better"] == "a" else "a"} for r in _read(path)]
+  with open(path, "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in flipped))
+  from pit import stages
+  built = [s for s in ser.build_stages(_cfg()) if s.name in (
+      "data", "policy_sft", "pool", "seed_rm", "full_rm", "loop_1")]
+  stages.run_stages(wd, built)
+  assert _read(os.path.join(wd, "loop_1", "selected.jsonl")) == \
+      _read(os.path.join(smoke_run, "loop_1", "selected.jsonl"))
+  a, b = _summary(wd, "loop_1"), _summary(smoke_run, "loop_1")
+  assert a["accuracy"] == b["accuracy"]
+  assert a["self_label_accuracy"]["accuracy"] == pytest.approx(
+      1.0 - b["self_label_accuracy"]["accuracy"])
 
 
 def test_a_loop_that_finds_nothing_stops_the_loops(smoke_run, tmp_path):
@@ -199,8 +302,9 @@ def test_a_loop_that_finds_nothing_stops_the_loops(smoke_run, tmp_path):
 
 
 def test_killed_inside_a_loop_resumes_there(smoke_run, tmp_path):
-  """SIGKILL once loop 2 has selected its pairs (its RM training under way); the same command
-  finishes the run, and what it wrote equals the uninterrupted run's."""
+  """SIGKILL once loop 2's RM has saved its first training step; the same command resumes it
+  there (its selection read back, not redone) and finishes the run, and what it wrote equals
+  the uninterrupted run's."""
   wd = str(tmp_path / "run")
   os.makedirs(wd)
   for stage in ("data", "policy_sft", "pool", "seed_rm", "full_rm", "loop_1"):
@@ -208,19 +312,22 @@ def test_killed_inside_a_loop_resumes_there(smoke_run, tmp_path):
   cmd = [sys.executable, "-m", "pit.main",
          f"--config={os.path.join(REPO, 'configs', 'ser.py')}:synthetic_smoke",
          f"--workdir={wd}", "--config.progress=False"]
-  marker = os.path.join(wd, "loop_2", "train.jsonl")
+  ckpts = os.path.join(wd, "loop_2", "checkpoints")   # its RM saved a training step
+  saved = lambda: os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))
   proc = subprocess.Popen(cmd, cwd=str(tmp_path), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None and not os.path.exists(marker):
-    time.sleep(0.02)
+  while time.time() < deadline and proc.poll() is None and not saved():
+    time.sleep(0.01)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert os.path.exists(marker)
+  assert saved()
   assert not os.path.exists(os.path.join(wd, "loop_2", "stage_done.json"))
-  subprocess.run(cmd, cwd=str(tmp_path), check=True, stdout=subprocess.DEVNULL,
-                 stderr=subprocess.DEVNULL)
-  assert not os.path.exists(os.path.join(wd, "superseded"))
+  rerun = subprocess.run(cmd, cwd=str(tmp_path), check=True, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+  assert "resum" in rerun.stderr and not os.path.exists(os.path.join(wd, "superseded"))
+  with open(os.path.join(wd, "loop_2", "reward_summary.json")) as f:
+    assert json.load(f)["run"]["resumed_from"] is not None
   for name in ("loop_2", "loop_3"):
     a, b = _summary(wd, name), _summary(smoke_run, name)
     assert (a["kept"], a["accuracy"], a["self_label_accuracy"]) == \

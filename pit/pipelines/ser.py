@@ -42,6 +42,8 @@ Loss (`pit.losses.reward_loss` with every pair's margin 1 and `reward.margin_sca
 """
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 
@@ -86,28 +88,39 @@ def _check(config):
                      f"{UNLABELLED_SOURCES}")
   if s.final_rm not in FINAL_RM:
     raise ValueError(f"ser.final_rm: {s.final_rm!r} not in {FINAL_RM}")
-  if not 0.0 < float(s.seed_fraction) < 1.0:
-    raise ValueError(f"ser.seed_fraction must be in (0, 1), got {s.seed_fraction}")
-  if not 0.0 < float(s.seed_val_fraction) < 1.0:
-    raise ValueError(f"ser.seed_val_fraction must be in (0, 1), got {s.seed_val_fraction}")
-  if not 0.0 <= float(s.tau_low) <= float(s.tau_high) <= 1.0:
+  for field in ("seed_fraction", "seed_val_fraction"):
+    if not 0.0 < float(s[field]) < 1.0:
+      raise ValueError(f"ser.{field} must be in (0, 1), got {s[field]}")
+  if not 0.0 < float(s.tau_low) <= float(s.tau_high) < 1.0:
     raise ValueError(f"ser.tau_low={s.tau_low} / ser.tau_high={s.tau_high}: need "
-                     "0 <= tau_low <= tau_high <= 1")
+                     "0 < tau_low <= tau_high < 1 (p = sigmoid(r) is never 0 or 1)")
   if not 0.0 <= float(s.delta) < 1.0:
     raise ValueError(f"ser.delta must be in [0, 1), got {s.delta}")
-  if int(s.max_loops) < 1:
-    raise ValueError(f"ser.max_loops must be >= 1, got {s.max_loops}")
-  if float(s.loop_epochs) <= 0:
-    raise ValueError(f"ser.loop_epochs must be > 0, got {s.loop_epochs}")
+  for field, low in (("max_loops", 1), ("max_kept_per_loop", 0), ("max_pairs", 0),
+                     ("max_rl_prompts", 0), ("max_eval_prompts", 0), ("max_pool_prompts", 0),
+                     ("chunk", 1)):
+    if int(s[field]) < low:
+      raise ValueError(f"ser.{field} must be >= {low}, got {s[field]}")
+  for field in ("rm_epochs",):
+    if not float(s[field]) > 0:
+      raise ValueError(f"ser.{field} must be > 0, got {s[field]}")
+  for field in ("margin", "min_gain", "switch_z", "center_coef"):
+    if not float(s[field]) >= 0:
+      raise ValueError(f"ser.{field} must be >= 0, got {s[field]}")
   if config.model.head != "lm":
-    raise ValueError("ser: model.head is the policy's ('lm'); the reward stages set 'scalar' "
-                     "in ser.seed_rm / ser.full_rm / ser.loop")
+    raise ValueError(f"ser: model.head={config.model.head!r}, but the root model is the "
+                     "policy's ('lm'); the reward stages set 'scalar' in ser.seed_rm / "
+                     "ser.full_rm / ser.loop")
   if s.require_pretrained and not config.model.get("init_from", ""):
     raise ValueError("ser: this preset starts from a pretrained model: give "
                      "--config.model.init_from=hf:DIR (or gguf:FILE / checkpoint:DIR)")
-  if s.unlabelled_source == "policy" and int(s.pool_samples) != 2:
-    raise ValueError("ser.pool_samples: two answers per prompt make a pair (got "
-                     f"{s.pool_samples})")
+  if s.unlabelled_source == "policy":
+    if int(s.pool_samples) != 2:
+      raise ValueError("ser.pool_samples: two answers per prompt make a pair (got "
+                       f"{s.pool_samples})")
+    if not float(s.pool_temperature) > 0:
+      raise ValueError(f"ser.pool_temperature={s.pool_temperature}: two samples of a prompt "
+                       "need temperature > 0 (greedy decoding gives one answer twice)")
 
 
 # ------------------------------------------------------------------------------ the rules
@@ -124,29 +137,69 @@ def select_pairs(status: int, p_a, p_b, *, tau_high: float, tau_low: float, delt
   """(keep [n] bool, a_wins [n] bool) of SER step 2 (Eq. 3 of `../shared/seeds/003`) for the
   answers' probabilities p_a, p_b:
     status 1: one answer p > tau_high and the other p < tau_low (a clear good / bad pair);
-    status 2: |p_a - p_b| > delta (a pair the RM ranks with a clear gap).
+    status 2: status 1's pairs and those with |p_a - p_b| > delta (pairs of similar quality the
+      RM still ranks with a clear gap; the released code's status-2 filter, which keeps the
+      status-1 pairs too).
   The self-label: the answer with the higher p wins. Inequalities are strict. ValueError on
   another status or different lengths."""
   p_a, p_b = np.asarray(p_a, np.float64), np.asarray(p_b, np.float64)
   if p_a.shape != p_b.shape:
     raise ValueError(f"p_a and p_b differ in shape: {p_a.shape} vs {p_b.shape}")
-  if status == 1:
-    keep = ((p_a > tau_high) & (p_b < tau_low)) | ((p_b > tau_high) & (p_a < tau_low))
-  elif status == 2:
-    keep = np.abs(p_a - p_b) > delta
-  else:
+  if status not in (1, 2):
     raise ValueError(f"learning status must be 1 or 2, got {status}")
+  keep = ((p_a > tau_high) & (p_b < tau_low)) | ((p_b > tau_high) & (p_a < tau_low))
+  if status == 2:
+    keep |= np.abs(p_a - p_b) > delta
   return keep, p_a > p_b
 
 
-def next_status(status: int, kept: int, val_gain: float, min_gain: float) -> int:
+def most_confident(keep, p_a, p_b, cap: int) -> np.ndarray:
+  """`keep` reduced to its `cap` pairs with the largest |p_a - p_b| (ties: the earlier);
+  cap 0: unchanged."""
+  keep = np.asarray(keep, bool)
+  if not cap or keep.sum() <= cap:
+    return keep
+  idx = np.flatnonzero(keep)
+  gap = np.abs(np.asarray(p_a, np.float64) - np.asarray(p_b, np.float64))[idx]
+  out = np.zeros_like(keep)
+  out[idx[np.argsort(-gap, kind="stable")[:cap]]] = True
+  return out
+
+
+def next_status(status: int, kept: int, val_gain: float, val_gain_se: float, *,
+                min_gain: float, z: float) -> int:
   """The status of the loop after one that ran in `status`, kept `kept` pairs and moved the
-  validation accuracy (seed labels) by `val_gain` (fraction): status 1 stays while it keeps
-  pairs and its gain is at least `min_gain`, else status 2; status 2 stays (the driver stops
+  validation accuracy (seed labels) by `val_gain` ± `val_gain_se` (paired, fractions). Status 1
+  helped when it kept pairs and its gain is at least `min_gain` and above `z` standard errors
+  (not validation noise); otherwise the driver moves to status 2, and never back (it stops
   when status 2 keeps nothing)."""
-  if status == 1 and (kept == 0 or not val_gain >= min_gain):
+  if status == 1 and not (kept > 0 and val_gain >= min_gain and val_gain > z * val_gain_se):
     return 2
   return status
+
+
+def planned_status(previous: list[dict], *, min_gain: float, z: float) -> int:
+  """The status the next loop starts in, from the summaries of the loops before it (status,
+  kept, val_gain, val_gain_se), in order: 1 for the first loop."""
+  status = 1
+  for p in previous:
+    status = next_status(int(p["status"]), int(p["kept"]), float(p["val_gain"]),
+                         float(p["val_gain_se"]), min_gain=min_gain, z=z)
+  return status
+
+
+def paired_difference(a, b) -> dict:
+  """mean(a - b) over paired per-pair credits with its s.e. (ddof 1) and 95 % t-interval."""
+  from scipy.stats import t as student_t
+  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  n = int(d.size)
+  if n < 2:
+    return {"mean": float(d.mean()) if n else float("nan"), "se": float("nan"),
+            "low": float("nan"), "high": float("nan"), "n": n}
+  se = float(d.std(ddof=1) / math.sqrt(n))
+  half = float(student_t.ppf(0.975, n - 1) * se)
+  return {"mean": float(d.mean()), "se": se, "low": float(d.mean()) - half,
+          "high": float(d.mean()) + half, "n": n}
 
 
 def accuracy_se(correct) -> dict:
@@ -215,7 +268,7 @@ def data_stage(config):
                                                       truth),
         "policy_sft_train": jsonio.write_jsonl_atomic(
             os.path.join(d, "policy_sft_train.jsonl"),
-            [{"prompt": p.prompt, "response": p.chosen} for p in seed]),
+            [{"prompt": p.prompt, "response": p.chosen} for p in seed_train]),
         "policy_sft_eval": jsonio.write_jsonl_atomic(
             os.path.join(d, "policy_sft_eval.jsonl"),
             [{"prompt": p.prompt, "response": p.chosen} for p in evals]),
@@ -298,6 +351,9 @@ def pool_stage(config):
         pool.append({"id": str(len(pool)), "prompt": p, "a": a, "b": b})
         truth.append({"id": str(len(truth)), "better": better})
     counts["pairs"] = len(pool)
+    if not pool:
+      raise ValueError(f"pool: no unlabelled pair ({counts}): every policy sample pair was "
+                       "identical or there were no prompts")
     if jax.process_index() == 0:
       jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "unlabelled.jsonl"), pool)
       jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "unlabelled_truth.jsonl"), truth)
@@ -317,10 +373,12 @@ def _read_pool(path: str) -> list[dict]:
 
 
 def _reward_config(config, section: str, keep=()):
-  c = derive(config, "reward", section, keep=("margin", "reward_init_from_policy", *keep))
+  c = derive(config, "reward", section, keep=("margin", "center_coef", "rm_epochs",
+                                              "reward_init_from_policy", *keep))
   if c.model.head != "scalar":
     raise ValueError(f"ser.{section}.model.head must be 'scalar', got {c.model.head!r}")
   c.reward.margin_scale = float(config.ser.margin)
+  c.reward.center_coef = float(config.ser.center_coef)
   return c
 
 
@@ -330,26 +388,58 @@ def _scorer(rt, rm_dir: str, batch_size: int):
                                      batch_size=batch_size)
 
 
-def _pair_accuracy(scorer, pairs) -> dict:
-  """Held-out accuracy ± s.e. of `scorer` on labelled pairs (`accuracy_se`)."""
+def _credits(scorer, pairs) -> list[float]:
+  """Per labelled pair: 1 if `scorer` ranks the chosen answer higher, 0.5 on a tie, else 0."""
   if not pairs:
-    return accuracy_se([])
+    return []
   prompts = [p.prompt for p in pairs]
   rw = scorer(prompts, [p.chosen for p in pairs])
   rl = scorer(prompts, [p.rejected for p in pairs])
-  return accuracy_se(pair_credit(rw, rl))
+  return [float(x) for x in pair_credit(rw, rl)]
 
 
-def _accuracies(ctx, rt, rm_dir: str, batch_size: int) -> dict:
-  """{"val": accuracy on the seed validation pairs, "test": on the held-out test pairs}."""
+CREDITS = "credits.json"   # per-pair credits of a stage's RM on the validation and test pairs
+
+
+def _evaluate_rm(ctx, rt, rm_dir: str, batch_size: int) -> dict:
+  """Scores the seed validation pairs and the held-out test pairs with the RM in `rm_dir`;
+  writes their per-pair credits to <stage>/credits.json and returns {"val", "test"} accuracies
+  ± s.e. (`accuracy_se`)."""
   scorer = _scorer(rt, rm_dir, batch_size)
-  return {"val": _pair_accuracy(scorer, read_pairs_jsonl(ctx.input_path(DATA, "seed_val.jsonl"))),
-          "test": _pair_accuracy(scorer, read_pairs_jsonl(ctx.input_path(DATA, "pairs_eval.jsonl")))}
+  credits = {"val": _credits(scorer, read_pairs_jsonl(ctx.input_path(DATA, "seed_val.jsonl"))),
+             "test": _credits(scorer, read_pairs_jsonl(ctx.input_path(DATA, "pairs_eval.jsonl")))}
+  if jax.process_index() == 0:
+    stages.write_json_atomic(os.path.join(ctx.dir, CREDITS), credits)
+  return {k: accuracy_se(v) for k, v in credits.items()}
+
+
+def _read_credits(stage_dir: str) -> dict:
+  with open(os.path.join(stage_dir, CREDITS)) as f:
+    return json.load(f)
+
+
+def _epoch_steps(rc, rows: int) -> dict:
+  """Sets rc's training length to ceil(ser.rm_epochs x rows / batch) steps, at most the stage
+  section's train.steps (a cap; the summary says when it cut), with the schedule and the
+  checkpoint / eval intervals fitted to it. Returns {"steps", "epochs", "capped"}."""
+  bs = int(rc.train.batch_size)
+  want = max(1, math.ceil(float(rc.ser.rm_epochs) * rows / bs))
+  steps = min(want, int(rc.train.steps))
+  if steps < want:
+    logging.warning("%d RM steps cap %.2f epochs of %d rows at %d steps (ser.rm_epochs=%s)",
+                    int(rc.train.steps), float(rc.ser.rm_epochs), rows, want, rc.ser.rm_epochs)
+  rc.train.steps = steps
+  rc.optim.decay_steps = steps
+  rc.checkpoint.every = max(1, min(int(rc.checkpoint.every), steps))
+  if int(rc.train.eval_every) > steps:
+    rc.train.eval_every = steps
+  return {"steps": steps, "epochs": steps * bs / max(rows, 1), "capped": steps < want}
 
 
 def rm_stage(config, name: str, train_file: str):
-  """The seed RM (`seed_rm`: the seed pairs) or the full-label baseline (`full_rm`: every
-  training pair), both with the margin loss; summary: held-out test and validation accuracy."""
+  """The seed RM (`seed_rm`: the seed pairs less the validation ones) or the full-label
+  baseline (`full_rm`: every training pair), with the margin loss, `ser.rm_epochs` epochs;
+  summary: held-out test and validation accuracy ± s.e., rows, steps, epochs."""
   c = _reward_config(config, name)
   init = config.ser.reward_init_from_policy
 
@@ -357,119 +447,137 @@ def rm_stage(config, name: str, train_file: str):
     rc = _jsonl(c, ctx.input_path(DATA, train_file), ctx.input_path(DATA, "pairs_eval.jsonl"))
     if init:
       rc.reward.init_checkpoint = ctx.input_dir(POLICY)
+    rows = len(read_pairs_jsonl(rc.data.train_path))
+    length = _epoch_steps(rc, rows)
     common.save_config(rc, ctx.dir)
     summary = reward_pipeline.run(rc, ctx.dir)
     rt = common.setup(rc)
-    return {**summary, "accuracy": _accuracies(ctx, rt, ctx.dir, int(rc.train.batch_size))}
+    return {**summary, **length, "train_rows": rows,
+            "accuracy": _evaluate_rm(ctx, rt, ctx.dir, int(rc.train.batch_size))}
   return stages.Stage(name, run, settings=c, inputs=(DATA, POLICY) if init else (DATA,))
 
 
-def loop_stage(config, k: int):
-  """SER loop k (module docstring): self-label the pool with the current RM, select by status,
-  continue training the RM on the selected pairs plus the seed pairs. Writes selected.jsonl
-  (ids, self-labels, probabilities) and train.jsonl (the pairs trained on); summary: status,
-  pool, kept, their self-label accuracy against the hidden labels, validation and test
-  accuracy, stopped (and why)."""
-  c = _reward_config(config, "loop", ("tau_high", "tau_low", "delta", "min_gain",
-                                      "loop_epochs", "max_kept_per_loop"))
-  earlier = [loop_name(j) for j in range(1, k)]
-
-  def run(ctx):
-    s = c.ser
-    prev = [ctx.input_summary(n) for n in earlier]
-    if prev and prev[-1].get("stopped"):
-      return {"stopped": True, "trained": False, "reason": f"stopped at {earlier[-1]}",
-              "status": prev[-1].get("status")}
-    rt = common.setup(c)
-    bs = int(c.train.batch_size)
-    current = next((n for n, p in zip(reversed(earlier), reversed(prev)) if p.get("trained")),
-                   SEED_RM)
-    rm_dir = ctx.input_dir(current)
-    before = ctx.input_summary(current)["accuracy"]
-    status = 1
-    for p in prev:
-      status = next_status(int(p["status"]), int(p["kept"]), float(p["val_gain"]),
-                           float(s.min_gain))
-    used = set()
-    for n in earlier:
-      used |= {r["id"] for r in records.read_jsonl(ctx.input_path(n, "selected.jsonl"), ("id",))}
-    pool = [r for r in _read_pool(ctx.input_path(POOL, "unlabelled.jsonl")) if r["id"] not in used]
-    out = {"from": current, "pool": len(pool), "status_planned": status}
-    if not pool:
-      return {**out, "stopped": True, "trained": False, "reason": "the pool is empty",
-              "status": status, "kept": 0}
-    scorer = _scorer(rt, rm_dir, bs)
-    prompts = [r["prompt"] for r in pool]
-    p_a = probabilities(scorer(prompts, [r["a"] for r in pool]))
-    p_b = probabilities(scorer(prompts, [r["b"] for r in pool]))
-    rules = dict(tau_high=float(s.tau_high), tau_low=float(s.tau_low), delta=float(s.delta))
-    keep, a_wins = select_pairs(status, p_a, p_b, **rules)
-    if status == 1 and not keep.any():   # status 1 finds nothing: status 2 at once
-      out["switched_in_loop"] = True
-      status = 2
-      keep, a_wins = select_pairs(status, p_a, p_b, **rules)
-    out["passed"] = int(keep.sum())
-    cap = int(s.max_kept_per_loop)
-    if cap and keep.sum() > cap:   # the `cap` most confident passing pairs (largest |p_a - p_b|)
-      idx = np.flatnonzero(keep)
-      top = idx[np.argsort(-np.abs(p_a[idx] - p_b[idx]), kind="stable")[:cap]]
-      keep = np.zeros_like(keep)
-      keep[top] = True
-    out.update(status=status, kept=int(keep.sum()))
-    if not keep.any():
-      return {**out, "stopped": True, "trained": False,
-              "reason": f"no pair passes status {status}"}
-    truth = {r["id"]: r.get("better") for r in records.read_jsonl(
-        ctx.input_path(POOL, "unlabelled_truth.jsonl"), ("id",))}
-    chosen, selected, right = [], [], []
-    for i in np.flatnonzero(keep):
-      r, aw = pool[int(i)], bool(a_wins[i])
-      w, l = (r["a"], r["b"]) if aw else (r["b"], r["a"])
-      chosen.append(PreferencePair(r["prompt"], w, l, 1.0, {}))
-      label = "a" if aw else "b"
-      selected.append({"id": r["id"], "label": label, "p_a": float(p_a[i]),
-                       "p_b": float(p_b[i])})
-      if truth.get(r["id"]) in ("a", "b"):
-        right.append(float(truth[r["id"]] == label))
-    seed = read_pairs_jsonl(ctx.input_path(DATA, "seed_train.jsonl"))
-    rows = chosen + seed
-    if jax.process_index() == 0:
-      jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "selected.jsonl"), selected)
-      write_pairs_jsonl(os.path.join(ctx.dir, "train.jsonl"), rows)
-    steps = max(1, min(int(c.train.steps), math.ceil(float(s.loop_epochs) * len(rows) / bs)))
-    rc = _jsonl(c, os.path.join(ctx.dir, "train.jsonl"), ctx.input_path(DATA, "pairs_eval.jsonl"))
-    rc.train.steps = steps
-    rc.optim.decay_steps = steps
-    rc.checkpoint.every = min(int(rc.checkpoint.every), steps)
-    if int(rc.train.eval_every) > steps:
-      rc.train.eval_every = steps
-    rc.reward.init_reward_model = rm_dir
-    rc.reward.init_checkpoint = ""
-    common.save_config(rc, ctx.dir)
-    summary = reward_pipeline.run(rc, ctx.dir)
-    after = _accuracies(ctx, rt, ctx.dir, bs)
-    return {**summary, **out, "stopped": False, "trained": True, "steps": steps,
-            "train_rows": len(rows), "seed_rows": len(seed),
-            "self_label_accuracy": accuracy_se(right), "labelled_kept": len(right),
-            "accuracy": after, "val_before": before["val"]["accuracy"],
-            "val_gain": after["val"]["accuracy"] - before["val"]["accuracy"]}
-  inputs = (DATA, POOL, SEED_RM, *earlier)
-  return stages.Stage(loop_name(k), run, settings=c, inputs=inputs)
-
-
-def final_rm(config, summaries: dict) -> str:
-  """The stage whose RM drives PPO: among the seed RM and the loops that trained, the best
-  validation accuracy on the seed labels (ties: the later) with `final_rm='best_val'`, or the
-  last that trained."""
-  names = [SEED_RM] + [loop_name(k) for k in range(1, int(config.ser.max_loops) + 1)
-                       if summaries.get(loop_name(k), {}).get("trained")]
-  if config.ser.final_rm == "last":
+def best_rm(names: list[str], summaries: dict, rule: str) -> str:
+  """Among RM stages `names` (in order; each summary with accuracy.val), the best validation
+  accuracy on the seed labels (ties: the later) for rule 'best_val', the last for 'last'."""
+  if rule == "last":
     return names[-1]
   best = names[0]
   for n in names[1:]:
     if summaries[n]["accuracy"]["val"]["accuracy"] >= summaries[best]["accuracy"]["val"]["accuracy"]:
       best = n
   return best
+
+
+SELECTION = "selection.json"   # written last: the loop's self-labelling is done (reused on resume)
+
+
+def loop_stage(config, k: int):
+  """SER loop k (module docstring): self-label what is left of the pool with the current RM
+  (the best on validation so far), keep pairs by status, continue training that RM on them plus
+  the seed pairs. Writes scores.jsonl (p of both answers of every pool pair), selected.jsonl
+  (ids, self-labels), train.jsonl (the pairs trained on) and selection.json; a loop killed
+  after its selection resumes with it (never re-scores). Summary: status, pool, passed, kept,
+  self-label accuracy against the hidden labels, validation before -> after with the paired
+  gain ± s.e., test accuracy, stopped (and why)."""
+  c = _reward_config(config, "loop", ("tau_high", "tau_low", "delta", "min_gain", "switch_z",
+                                      "max_kept_per_loop"))
+  earlier = [loop_name(j) for j in range(1, k)]
+
+  def run(ctx):
+    prev = [ctx.input_summary(n) for n in earlier]
+    if prev and prev[-1].get("stopped"):
+      return {"stopped": True, "trained": False, "reason": f"stopped at {earlier[-1]}",
+              "status": prev[-1].get("status"), "kept": 0}
+    rt = common.setup(c)
+    bs = int(c.train.batch_size)
+    summaries = {SEED_RM: ctx.input_summary(SEED_RM), **dict(zip(earlier, prev))}
+    current = best_rm([SEED_RM] + [n for n in earlier if summaries[n].get("trained")],
+                      summaries, "best_val")
+    rm_dir = ctx.input_dir(current)
+    selection_path = os.path.join(ctx.dir, SELECTION)
+    if os.path.exists(selection_path):       # resumed after the self-labelling: reuse it
+      with open(selection_path) as f:
+        out = json.load(f)
+    else:
+      out = _self_label(ctx, rt, c, rm_dir, earlier, prev, bs)
+      out["from"] = current
+      if jax.process_index() == 0:
+        stages.write_json_atomic(selection_path, out)
+    if out.get("stopped"):
+      return {**out, "trained": False}
+    rc = _jsonl(c, os.path.join(ctx.dir, "train.jsonl"), ctx.input_path(DATA, "pairs_eval.jsonl"))
+    length = _epoch_steps(rc, int(out["train_rows"]))
+    rc.reward.init_reward_model = rm_dir
+    rc.reward.init_checkpoint = ""
+    common.save_config(rc, ctx.dir)
+    summary = reward_pipeline.run(rc, ctx.dir)
+    after = _evaluate_rm(ctx, rt, ctx.dir, bs)
+    gain = paired_difference(_read_credits(ctx.dir)["val"], _read_credits(rm_dir)["val"])
+    return {**summary, **out, **length, "trained": True, "accuracy": after,
+            "val_before": summaries[current]["accuracy"]["val"]["accuracy"],
+            "val_gain": gain["mean"], "val_gain_se": gain["se"]}
+  inputs = (DATA, POOL, SEED_RM, *earlier)
+  return stages.Stage(loop_name(k), run, settings=c, inputs=inputs)
+
+
+def _self_label(ctx, rt, c, rm_dir: str, earlier, prev, bs: int) -> dict:
+  """A loop's self-labelling (see `loop_stage`): the selection summary, and its files."""
+  s = c.ser
+  status = planned_status(prev, min_gain=float(s.min_gain), z=float(s.switch_z))
+  used = set()
+  for n in earlier:
+    used |= {r["id"] for r in records.read_jsonl(ctx.input_path(n, "selected.jsonl"), ("id",))}
+  pool = [r for r in _read_pool(ctx.input_path(POOL, "unlabelled.jsonl")) if r["id"] not in used]
+  out = {"pool": len(pool), "status_planned": status, "status": status, "kept": 0, "passed": 0}
+  if not pool:
+    return {**out, "stopped": True, "reason": "the pool is empty"}
+  scorer = _scorer(rt, rm_dir, bs)
+  prompts = [r["prompt"] for r in pool]
+  p_a = probabilities(scorer(prompts, [r["a"] for r in pool]))
+  p_b = probabilities(scorer(prompts, [r["b"] for r in pool]))
+  out["mean_p"] = float(np.mean(np.concatenate([p_a, p_b])))
+  rules = dict(tau_high=float(s.tau_high), tau_low=float(s.tau_low), delta=float(s.delta))
+  keep, a_wins = select_pairs(status, p_a, p_b, **rules)
+  if status == 1 and not keep.any():   # status 1 finds nothing: status 2 at once
+    out["switched_in_loop"] = True
+    status = 2
+    keep, a_wins = select_pairs(status, p_a, p_b, **rules)
+  out.update(status=status, passed=int(keep.sum()))
+  keep = most_confident(keep, p_a, p_b, int(s.max_kept_per_loop))
+  out["kept"] = int(keep.sum())
+  if jax.process_index() == 0:
+    jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "scores.jsonl"),
+                              [{"id": r["id"], "p_a": float(a), "p_b": float(b)}
+                               for r, a, b in zip(pool, p_a, p_b)])
+  if not keep.any():
+    return {**out, "stopped": True, "reason": f"no pair passes status {status}"}
+  truth = {r["id"]: r.get("better") for r in records.read_jsonl(
+      ctx.input_path(POOL, "unlabelled_truth.jsonl"), ("id",))}
+  chosen, selected, right = [], [], []
+  for i in np.flatnonzero(keep):
+    r, aw = pool[int(i)], bool(a_wins[i])
+    w, l = (r["a"], r["b"]) if aw else (r["b"], r["a"])
+    chosen.append(PreferencePair(r["prompt"], w, l, 1.0, {}))
+    label = "a" if aw else "b"
+    selected.append({"id": r["id"], "label": label, "p_a": float(p_a[i]), "p_b": float(p_b[i])})
+    if truth.get(r["id"]) in ("a", "b"):   # the hidden label: read to report, never to decide
+      right.append(float(truth[r["id"]] == label))
+  seed = read_pairs_jsonl(ctx.input_path(DATA, "seed_train.jsonl"))
+  if jax.process_index() == 0:
+    jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "selected.jsonl"), selected)
+    write_pairs_jsonl(os.path.join(ctx.dir, "train.jsonl"), chosen + seed)
+  return {**out, "stopped": False, "train_rows": len(chosen) + len(seed), "seed_rows": len(seed),
+          "self_label_accuracy": accuracy_se(right), "labelled_kept": len(right)}
+
+
+def final_rm(config, summaries: dict) -> str:
+  """The stage whose RM drives PPO: among the seed RM and the loops that trained, the best
+  validation accuracy on the seed labels (ties: the later) with `final_rm='best_val'`, or the
+  last that trained (`'last'`)."""
+  names = [SEED_RM] + [loop_name(k) for k in range(1, int(config.ser.max_loops) + 1)
+                       if summaries.get(loop_name(k), {}).get("trained")]
+  return best_rm(names, summaries, config.ser.final_rm)
 
 
 def ppo_stage(config):
@@ -508,7 +616,8 @@ def evaluate_stage(config, before: list[str]):
   `eval.temperatures` judged both ways round (oracle on the synthetic task, else the full-label
   RM) with intervals, and WORKDIR/report.md with plots of accuracy and pairs kept per loop."""
   c = derive(config, "generate", None, keep=("dataset_name", "max_new_tokens", "generation",
-                                             "chunk", "final_rm", "max_loops", "eval_top_p"))
+                                             "chunk", "final_rm", "max_loops", "eval_top_p",
+                                             "rm_epochs"))
   c.eval = config.eval.to_dict()
   loops = [loop_name(k) for k in range(1, int(config.ser.max_loops) + 1)]
 
@@ -551,13 +660,17 @@ def evaluate_stage(config, before: list[str]):
                               resamples=int(c.eval.bootstrap), seed=int(c.eval.seed),
                               display=DISPLAY)
     final = final_rm(c, summaries)
+    test = {n: _read_credits(ctx.input_dir(n))["test"] for n in (SEED_RM, FULL_RM, final)}
+    diffs = {"final_vs_seed": paired_difference(test[final], test[SEED_RM]),
+             "final_vs_full": paired_difference(test[final], test[FULL_RM])}
     if jax.process_index() == 0:
       for name in SYSTEMS:
         for dec in decodings:
           alpaca_eval.write_outputs(os.path.join(ctx.dir, f"outputs_{name}_{dec}.json"), prompts,
                                     outputs[name][dec], generator=f"ser_{name}_{dec}")
-      _write_report(ctx.workdir, c, summaries, loops, final, rows, prompts, outputs, decodings)
-    return {"rows": [r.as_dict() for r in rows], "final_rm": final,
+      _write_report(ctx.workdir, c, summaries, loops, final, diffs, rows, prompts, outputs,
+                    decodings)
+    return {"rows": [r.as_dict() for r in rows], "final_rm": final, "differences": diffs,
             "accuracy": accuracy_summary(summaries, loops, final),
             "report": os.path.join(ctx.workdir, "report.md")}
   return stages.Stage(EVAL, run, settings=c, inputs=tuple(before))
@@ -580,7 +693,8 @@ def _pct(a: dict) -> str:
   return f"{100 * a['accuracy']:.1f} ± {100 * a['se']:.1f}"
 
 
-def _write_report(workdir, c, summaries, loops, final, rows, prompts, outputs, decodings):
+def _write_report(workdir, c, summaries, loops, final, diffs, rows, prompts, outputs,
+                  decodings):
   acc = accuracy_summary(summaries, loops, final)
   lines = ["## Reward-model accuracy on held-out labelled pairs (%, ± s.e., pair as the unit)\n",
            "| reward model | held-out accuracy | validation (seed labels) | n |", "|---|---|---|---|"]
@@ -590,28 +704,39 @@ def _write_report(workdir, c, summaries, loops, final, rows, prompts, outputs, d
   for label, n in named:
     a = summaries[n]["accuracy"]
     mark = " **(final: drives PPO)**" if n == final else ""
+    mark += " (steps capped below the epochs asked)" if summaries[n].get("capped") else ""
     val = "- (trained on them)" if n == FULL_RM else _pct(a["val"])
     lines.append(f"| {label}{mark} | {_pct(a['test'])} | {val} | {a['test']['n']} |")
-  seed, fin, full = acc["seed"]["accuracy"], acc["final"]["accuracy"], acc["full"]["accuracy"]
-  lines += ["", f"SER's final RM vs the seed RM: {100 * (fin - seed):+.1f} points; vs the "
-                f"full-label RM: {100 * (fin - full):+.1f} points.", "",
-            "## Loops\n", "| loop | status | pool | kept | self-label accuracy vs hidden labels "
-            "| validation before → after | trained on | steps | note |",
-            "|---|---|---|---|---|---|---|---|---|"]
+  fmt = lambda d: (f"{100 * d['mean']:+.1f} ± {100 * d['se']:.1f} points "
+                   f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
+  lines += ["", f"Paired on the same {acc['final']['n']} held-out pairs (mean difference of "
+                "per-pair credit ± s.e. [95 % t-interval]): SER's final RM vs the seed RM "
+                f"{fmt(diffs['final_vs_seed'])}; vs the full-label RM "
+                f"{fmt(diffs['final_vs_full'])}.", "",
+            f"Seed RM: {summaries[SEED_RM].get('train_rows')} labelled pairs trained on (the seed "
+            "share less its validation pairs, which the driver decides on); full-label RM: "
+            f"{summaries[FULL_RM].get('train_rows')}; every RM {c.ser.rm_epochs} epochs of its "
+            "rows.", "",
+            "## Loops\n", "| loop | status | pool | passed / kept | self-label accuracy vs hidden "
+            "labels | validation before → after (paired gain ± s.e.) | trained on | steps | "
+            "note |", "|---|---|---|---|---|---|---|---|---|"]
   for n in loops:
     sm = summaries.get(n) or {}
     if not sm.get("trained"):
       lines.append(f"| {n} | {sm.get('status', '-')} | {sm.get('pool', '-')} | "
-                   f"{sm.get('kept', 0)} | - | - | - | - | stopped: {sm.get('reason', '')} |")
+                   f"{sm.get('passed', 0)} / {sm.get('kept', 0)} | - | - | - | - | "
+                   f"stopped: {sm.get('reason', '')} |")
       if sm.get("stopped"):
         break
       continue
     sl = sm["self_label_accuracy"]
+    switched = " (switched in loop)" if sm.get("switched_in_loop") else ""
     lines.append(
-        f"| {n} | {sm['status']}{' (switched in loop)' if sm.get('switched_in_loop') else ''} | "
-        f"{sm['pool']} | {sm['kept']} | {_pct(sl)} (n={sl['n']}) | "
-        f"{100 * sm['val_before']:.1f} → {100 * sm['accuracy']['val']['accuracy']:.1f} | "
-        f"{sm['train_rows']} ({sm['seed_rows']} seed) | {sm['steps']} | |")
+        f"| {n} | {sm['status']}{switched} | {sm['pool']} | {sm['passed']} / {sm['kept']} | "
+        f"{_pct(sl)} (n={sl['n']}) | {100 * sm['val_before']:.1f} → "
+        f"{100 * sm['accuracy']['val']['accuracy']:.1f} ({100 * sm['val_gain']:+.1f} ± "
+        f"{100 * sm['val_gain_se']:.1f}) | {sm['train_rows']} ({sm['seed_rows']} seed) from "
+        f"{sm['from']} | {sm['steps']} | mean p {sm.get('mean_p', float('nan')):.3f} |")
   ppo_s = summaries.get(PPO) or {}
   ft = ppo_s.get("final_train") or {}
   lines += ["", f"PPO: reward model {ppo_s.get('reward_model')}, {ppo_s.get('num_prompts')} "

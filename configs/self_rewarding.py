@@ -95,6 +95,11 @@ def synthetic(c, smoke: bool):
     return
   sr.sft = stage_overrides(steps=4000, batch_size=32, learning_rate=3e-3, warmup_steps=50,
                            eval_every=1000, checkpoint_every=500, log_every=50)
+  # DPO for 11 epochs of the iteration's pairs, at most 150 steps: the measured run's 150 steps
+  # on 434 pairs; an iteration with few pairs (a near-perfect M1 makes mostly identical or tied
+  # candidates) is not trained 150 steps on them (BUILD_NOTES: 35 pairs x 137 epochs cost M2
+  # 0.11 of oracle score)
+  sr.dpo_epochs = 11.0
   sr.dpo = stage_overrides(steps=150, batch_size=32, learning_rate=1e-5, warmup_steps=10,
                            eval_every=150, checkpoint_every=150, log_every=10, weight_decay=0.0,
                            end_lr_ratio=1.0)
@@ -128,12 +133,16 @@ def hh_rlhf(c):
   sr.llm_judge = c.model.init_from
   # The full judge prompt is ~400 tokens and a judgement up to 96: M1's rows must hold both,
   # or it learns judgements cut before their "Score: k".
+  # 8 rows of 768 tokens at once need ~30 GB on CPU (a measured OOM): 4 micro-batches of 2
+  # with full rematerialisation.
   sr.sft = stage_overrides(steps=16, batch_size=8, learning_rate=2e-4, warmup_steps=2,
                            eval_every=16, log_every=4, weight_decay=0.0,
-                           data=dict(max_len=768, max_response_len=128))
+                           data=dict(max_len=768, max_response_len=128),
+                           model=dict(remat="full"))
+  sr.sft.train.accum_steps = 4
   sr.dpo = stage_overrides(steps=8, batch_size=4, learning_rate=5e-5, warmup_steps=1,
                            eval_every=8, log_every=2, weight_decay=0.0, end_lr_ratio=1.0,
-                           data=dict(max_len=384))
+                           data=dict(max_len=384), model=dict(remat="full"))
 
 
 def oasst1(c):

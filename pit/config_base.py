@@ -299,6 +299,9 @@ def self_rewarding_defaults() -> ml_collections.ConfigDict:
       variant="self",               # self | teacher_reward | teacher_demo
       teacher="",                   # hf:DIR | gguf:FILE | checkpoint:DIR | a PIT workdir
       teacher_temperature=0.0,      # teacher demonstrations: greedy by default
+      dpo_epochs=0.0,               # DPO length in epochs of the iteration's pairs (at most the
+                                    # dpo section's steps; 0: those steps whatever the pairs)
+      min_pairs=1,                  # fewer training pairs: no DPO, M_{i+1} = M_i (reported)
       dpo_eval_fraction=0.05,       # AIFT pairs held out for the DPO's held-out margin
       # evaluation
       eval_prompts=200, judge_eval_groups=200, judge_eval_candidates=4, eval_top_p=1.0,

@@ -480,6 +480,36 @@ def test_teacher_variants(smoke_run, tmp_path, variant):
     assert [r["judgements"] for r in mine] != [r["judgements"] for r in own]
 
 
+def test_dpo_length_follows_the_pairs_and_too_few_pairs_keep_the_model(smoke_run, tmp_path):
+  """dpo_epochs sets M2's steps from the iteration's pairs (at most the section's); with fewer
+  pairs than min_pairs M2 is M1 (no DPO, an alias later stages follow: prompts_2 runs from
+  M1's weights, as m2/ has none of its own)."""
+  from pit import stages as stages_lib
+  from pit.pipelines import self_rewarding as recipe
+  upto = ("data", "m1", "prompts_1", "candidates_1", "judgements_1", "pairs_1")
+  n_pairs = len(_read(os.path.join(smoke_run, "pairs_1", "pairs_train.jsonl")))
+  assert n_pairs >= 2
+  for name, sr in (("epochs", dict(dpo_epochs=1.0)), ("skip", dict(min_pairs=n_pairs + 1))):
+    wd = str(tmp_path / name)
+    os.makedirs(wd)
+    for stage in upto:
+      shutil.copytree(os.path.join(smoke_run, stage), os.path.join(wd, stage))
+    c = _cfg(**sr)
+    keep = upto + ("m2",) + (("prompts_2",) if name == "skip" else ())
+    stages_lib.run_stages(wd, [s for s in recipe.build_stages(c) if s.name in keep])
+    summary = stages_lib.read_summary(wd, "m2")
+    if name == "epochs":
+      with open(os.path.join(wd, "m2", "config_dpo.json")) as f:
+        steps = json.load(f)["train"]["steps"]
+      batch = c.self_rewarding.dpo.train.batch_size
+      assert steps == min(c.self_rewarding.dpo.train.steps, math.ceil(n_pairs / batch))
+      assert summary["trained"] and summary["steps"] == steps
+    else:
+      assert summary["trained"] is False and summary["same_model_as"] == "m1"
+      assert not os.path.exists(os.path.join(wd, "m2", "checkpoints"))
+      assert stages_lib.read_summary(wd, "prompts_2")["generated"] > 0
+
+
 def test_killed_inside_an_iteration_resumes_there(smoke_run, tmp_path):
   """SIGKILL while judgements_2 is half done; the same command finishes the run, and what it
   wrote equals the uninterrupted run's."""

@@ -38,6 +38,7 @@ resumes at the chunk it was on, with the same samples an uninterrupted run draws
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -519,10 +520,29 @@ def eft_stage(config):
 # ------------------------------------------------------------------------------ iterations
 
 
+ALIAS = "same_model_as.json"   # a DPO stage that trained nothing: its model is an earlier M_i's
+
+
+def model_dir(ctx, name: str) -> str:
+  """The directory holding model stage `name`'s weights (an input of the running stage): its
+  own, or, for an iteration that had too few pairs to train on (`dpo_stage`), the directory of
+  the model it kept (followed through every such iteration)."""
+  path = ctx.input_dir(name)
+  seen = set()
+  while os.path.exists(os.path.join(path, ALIAS)):
+    with open(os.path.join(path, ALIAS)) as f:
+      target = json.load(f)["stage"]
+    if target in seen:
+      raise ValueError(f"{path}/{ALIAS}: a cycle of model aliases ({sorted(seen)})")
+    seen.add(target)
+    path = stages.stage_dir(ctx.workdir, target)
+  return path
+
+
 def _judge_source(config, ctx, i: int) -> str:
   if config.self_rewarding.variant == "teacher_reward":
     return "ext:" + config.self_rewarding.teacher
-  return ctx.input_dir(model_stage(i))
+  return model_dir(ctx, model_stage(i))
 
 
 def prompts_stage(config, i: int):
@@ -551,7 +571,7 @@ def prompts_stage(config, i: int):
       settings = _settings(sr, temperature=sr.prompt_temperature, top_p=sr.prompt_top_p,
                            max_new_tokens=sr.prompt_max_new_tokens,
                            offset=seed_offset("prompts", i))
-      gen = _generator(rt, c, ctx.input_dir(model_stage(i)), settings, {})
+      gen = _generator(rt, c, model_dir(ctx, model_stage(i)), settings, {})
       shots = [self_instruct.draw_shots(rng, seeds, int(sr.shots))
                for _ in range(int(sr.prompt_attempts))]
       fewshot = [self_instruct.fewshot_prompt(s, sr.fewshot_layout) for s in shots]
@@ -596,7 +616,7 @@ def candidates_stage(config, i: int):
     settings = _settings(sr, temperature=sr.candidate_temperature, top_p=sr.candidate_top_p,
                          max_new_tokens=sr.max_new_tokens,
                          offset=seed_offset("candidates", i))
-    gen = _generator(rt, c, ctx.input_dir(model_stage(i)), settings, {})
+    gen = _generator(rt, c, model_dir(ctx, model_stage(i)), settings, {})
     n = int(sr.num_candidates)
     cands = resumable.map_chunks(
         ctx.dir, "candidate_texts", prompts,
@@ -696,10 +716,11 @@ def pairs_stage(config, i: int):
       pairs, counts = aift.best_vs_worst_pairs(
           [r["prompt"] for r in rows], [r["candidates"] for r in rows],
           [[math.nan if s is None else float(s) for s in r["scores"]] for r in rows])
-    if not pairs:
+    if not pairs:   # the DPO stage keeps M_i (see dpo_stage); the report says why
       why = ("every teacher answer was empty or equal to the student's" if demo else
              "the judge gave no two candidates of a prompt different readable scores")
-      raise ValueError(f"{name}: no preference pair ({counts}): {why}")
+      logging.warning("%s: no preference pair (%s): %s", name, counts, why)
+      counts["why_none"] = why
     rng = np.random.default_rng([int(c.data.seed), 18, i])
     n_eval = int(len(pairs) * float(c.self_rewarding.dpo_eval_fraction))
     order = rng.permutation(len(pairs))
@@ -711,27 +732,49 @@ def pairs_stage(config, i: int):
       write_pairs_jsonl(os.path.join(ctx.dir, "pairs_eval.jsonl"), evals)
     margins = [p.margin for p in pairs]
     return {**counts, "train_pairs": len(train), "eval_pairs": len(evals),
-            "mean_margin": float(np.mean(margins))}
+            "mean_margin": float(np.mean(margins)) if margins else float("nan")}
   inputs = ((f"candidates_{i}", f"teacher_{i}") if demo else (f"judgements_{i}",))
   return stages.Stage(name, run, settings=c, inputs=inputs)
 
 
 def dpo_stage(config, i: int):
-  """M_{i+1} = DPO on pairs_i from M_i, with M_i as the reference."""
-  c = derive(config, "dpo", "dpo", keep=())
+  """M_{i+1} = DPO on pairs_i from M_i, with M_i as the reference, for `dpo_epochs` epochs of
+  the pairs (ceil(epochs x pairs / batch) steps, at most the dpo section's train.steps; 0: the
+  section's steps). An iteration with fewer than `min_pairs` training pairs trains nothing:
+  M_{i+1} is M_i (`same_model_as.json`, followed by `model_dir`), and its summary says why."""
+  c = derive(config, "dpo", "dpo", keep=("dpo_epochs", "min_pairs"))
   name = model_stage(i + 1)
 
   def run(ctx):
+    sr = c.self_rewarding
     rc = ml_collections.ConfigDict(c.to_dict())
     rc.data.update(source="jsonl", prompt_format="{prompt}",
                    train_path=ctx.input_path(f"pairs_{i}", "pairs_train.jsonl"),
                    eval_path=ctx.input_path(f"pairs_{i}", "pairs_eval.jsonl"))
+    n_train = len(read_pairs_jsonl(rc.data.train_path))
+    start = model_dir(ctx, model_stage(i))
+    if n_train < int(sr.min_pairs):
+      kept = os.path.basename(start)
+      if jax.process_index() == 0:
+        stages.write_json_atomic(os.path.join(ctx.dir, ALIAS), {"stage": kept})
+      logging.warning("%s: %d training pairs (< self_rewarding.min_pairs=%d): no DPO, %s is %s",
+                      name, n_train, int(sr.min_pairs), name, kept)
+      return {"trained": False, "train_pairs": n_train, "same_model_as": kept,
+              "reason": f"{n_train} training pairs < min_pairs {int(sr.min_pairs)}"}
     if not read_pairs_jsonl(rc.data.eval_path):   # no held-out pairs: none split off either
       rc.data.update(eval_path="", eval_fraction=0.0)
-    rc.dpo.init_checkpoint = ctx.input_dir(model_stage(i))
-    rc.dpo.reference_checkpoint = ctx.input_dir(model_stage(i))
+    if float(sr.dpo_epochs) > 0:
+      steps = min(int(rc.train.steps),
+                  max(1, math.ceil(float(sr.dpo_epochs) * n_train / int(rc.train.batch_size))))
+      rc.train.steps = steps
+      rc.optim.decay_steps = steps
+      rc.checkpoint.every = max(1, min(int(rc.checkpoint.every), steps))
+      rc.train.eval_every = min(int(rc.train.eval_every) or steps, steps)
+      rc.optim.warmup_steps = min(int(rc.optim.warmup_steps), steps - 1)
+    rc.dpo.init_checkpoint = start
+    rc.dpo.reference_checkpoint = start
     common.save_config(rc, ctx.dir)
-    return dpo_pipeline.run(rc, ctx.dir)
+    return {**dpo_pipeline.run(rc, ctx.dir), "trained": True, "steps": int(rc.train.steps)}
   return stages.Stage(name, run, settings=c, inputs=(f"pairs_{i}", model_stage(i)))
 
 
@@ -785,7 +828,7 @@ def judge_eval_stage(config):
                          offset=seed_offset("judge_eval"))
     samplers, out = {}, {}
     for name in names:
-      gen = _generator(rt, c, ctx.input_dir(name), settings, samplers)
+      gen = _generator(rt, c, model_dir(ctx, name), settings, samplers)
       texts = _judge_all(gen, items, int(sr.judge_samples), sr.judge_prompt == "compact", ctx.dir,
                          f"judgements_{name}", int(sr.chunk))
       means, _, counts = aift.candidate_scores(texts)
@@ -874,7 +917,7 @@ def evaluate_stage(config, before: list[str]):
         def fn(batch, ci, s=s, settings=settings):
           nonlocal gen
           if gen is None:
-            gen = _generator(rt, c, ctx.input_dir(s), settings, samplers)
+            gen = _generator(rt, c, model_dir(ctx, s), settings, samplers)
           return gen(batch, ci)
         outputs[s][dec] = resumable.map_chunks(ctx.dir, f"outputs_{s}_{dec}", prompts, fn,
                                                int(sr.chunk))
@@ -944,7 +987,7 @@ def _alpaca_outputs(c, ctx, rt, systems, samplers) -> dict:
                        offset=seed_offset("alpaca"))
   out = {}
   for s in systems:
-    gen = _generator(rt, c, ctx.input_dir(s), settings, samplers)
+    gen = _generator(rt, c, model_dir(ctx, s), settings, samplers)
     answers = resumable.map_chunks(ctx.dir, f"alpaca_{s}", texts, lambda b, ci: gen(b, ci),
                                    int(sr.chunk))
     path = os.path.join(ctx.dir, "alpaca_eval", f"{s}.json")
@@ -1031,6 +1074,8 @@ def _stage_figures(name: str, s: dict) -> str:
   if name.startswith(("candidates_", "judgements_", "pairs_", "teacher_")) or name == EFT:
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                      for k, v in s.items() if not isinstance(v, (dict, list)))
+  if s.get("trained") is False:   # an iteration with too few pairs: the model was kept
+    return f"no DPO ({s.get('reason')}): the same model as {display_name(s['same_model_as'])}"
   fe = s.get("final_eval") or {}
   ft = s.get("final_train") or {}
   return ("eval " + pick(fe, ("nll", "loss", "accuracy", "margin")) + "; train " +

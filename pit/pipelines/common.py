@@ -126,6 +126,14 @@ def pair_splits(dcfg, train_split: str, eval_split: str, method: str):
   return train, evals, reports
 
 
+def render_pairs(pairs, prompt_format: str) -> list:
+  """The pairs with each prompt rendered by `prompt_format` (data.prompt_format, e.g.
+  "{prompt}"), as the recipes' data stages write them for every later stage."""
+  from pit.data.pairs import PreferencePair
+  return [PreferencePair(prompt_format.format(prompt=p.prompt), p.chosen, p.rejected, p.margin,
+                         p.meta) for p in pairs]
+
+
 def split_eval(examples, fraction: float, seed: int):
   """(train, eval): a random `fraction` of `examples` (at least one, chosen by `seed`) held
   out, both in their original order; (examples, []) when fraction <= 0 or there are fewer

@@ -35,7 +35,7 @@ import numpy as np
 
 from pit import generation, improve, jsonio, pit_format, stages
 from pit.data import records
-from pit.data.pairs import PreferencePair, read_pairs_jsonl, write_pairs_jsonl
+from pit.data.pairs import read_pairs_jsonl, write_pairs_jsonl
 from pit.eval import alpaca_eval, evaluator, report
 from pit.eval import judges as judges_lib
 from pit.pipelines import common
@@ -92,9 +92,8 @@ def data_stage(config):
   def run(ctx):
     dcfg, pcfg, d = c.data, c.pit, ctx.dir
     train, evals, reports = common.pair_splits(dcfg, pcfg.train_split, pcfg.eval_split, "pit")
-    render = lambda ps: [PreferencePair(dcfg.prompt_format.format(prompt=p.prompt), p.chosen,
-                                        p.rejected, p.margin, p.meta) for p in ps]
-    train, evals = render(train), render(evals)
+    train = common.render_pairs(train, dcfg.prompt_format)
+    evals = common.render_pairs(evals, dcfg.prompt_format)
     tmpl = pcfg.template
     counts = {
         "pairs_train": write_pairs_jsonl(os.path.join(d, "pairs_train.jsonl"), train),

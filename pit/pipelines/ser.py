@@ -235,9 +235,8 @@ def data_stage(config):
   def run(ctx):
     dcfg, s, d = c.data, c.ser, ctx.dir
     train, evals, reports = common.pair_splits(dcfg, s.train_split, s.eval_split, "ser")
-    render = lambda ps: [PreferencePair(dcfg.prompt_format.format(prompt=p.prompt), p.chosen,
-                                        p.rejected, p.margin, p.meta) for p in ps]
-    train, evals = render(train), render(evals)
+    train = common.render_pairs(train, dcfg.prompt_format)
+    evals = common.render_pairs(evals, dcfg.prompt_format)
     rng = np.random.default_rng([int(dcfg.seed), 31])
     train = [train[int(i)] for i in rng.permutation(len(train))]
     if int(s.max_pairs):

@@ -126,6 +126,19 @@ def pair_splits(dcfg, train_split: str, eval_split: str, method: str):
   return train, evals, reports
 
 
+def ppo_setup(c, workdir: str, *, init: str, reference: str, reward_model: str):
+  """(config, Runtime) of a recipe's PPO stage: a copy of `c` with the policy's start
+  (`init`), its KL reference and the reward model's directory filled in at run time, saved to
+  `workdir` (config_ppo.json) before the run."""
+  import ml_collections
+  rc = ml_collections.ConfigDict(c.to_dict())
+  rc.ppo.init_checkpoint_dir = init
+  rc.ppo.reference_checkpoint_dir = reference
+  rc.ppo.reward_model_dir = reward_model
+  save_config(rc, workdir)
+  return rc, setup(rc)
+
+
 def render_pairs(pairs, prompt_format: str) -> list:
   """The pairs with each prompt rendered by `prompt_format` (data.prompt_format, e.g.
   "{prompt}"), as the recipes' data stages write them for every later stage."""

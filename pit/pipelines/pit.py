@@ -224,12 +224,8 @@ def rl_stage(config, k: int, source: str):
   inputs = (DATA, PIT_SFT, GAP) + ((start,) if k else ()) + ((POLICY,) if source == "policy" else ())
 
   def run(ctx):
-    rc = ml_collections.ConfigDict(c.to_dict())
-    rc.ppo.init_checkpoint_dir = ctx.input_dir(start)
-    rc.ppo.reference_checkpoint_dir = ctx.input_dir(PIT_SFT)
-    rc.ppo.reward_model_dir = ctx.input_dir(GAP)
-    common.save_config(rc, ctx.dir)
-    rt = common.setup(rc)
+    rc, rt = common.ppo_setup(c, ctx.dir, init=ctx.input_dir(start),
+                              reference=ctx.input_dir(PIT_SFT), reward_model=ctx.input_dir(GAP))
     prompts, refs = _references(rc, ctx, rt, k, source)
     tmpl = rc.pit.template
     scorer = gap_reward_scorer_from_dir(rc.ppo.reward_model_dir, rt.tokenizer, rt.mesh, rt.rules,

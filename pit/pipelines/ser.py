@@ -590,12 +590,8 @@ def ppo_stage(config):
   def run(ctx):
     summaries = {n: ctx.input_summary(n) for n in [SEED_RM] + loops}
     rm = final_rm(c, summaries)
-    rc = ml_collections.ConfigDict(c.to_dict())
-    rc.ppo.init_checkpoint_dir = ctx.input_dir(POLICY)
-    rc.ppo.reference_checkpoint_dir = ctx.input_dir(POLICY)
-    rc.ppo.reward_model_dir = ctx.input_dir(rm)
-    common.save_config(rc, ctx.dir)
-    rt = common.setup(rc)
+    rc, rt = common.ppo_setup(c, ctx.dir, init=ctx.input_dir(POLICY),
+                              reference=ctx.input_dir(POLICY), reward_model=ctx.input_dir(rm))
     prompts = [r["prompt"] for r in records.read_jsonl(ctx.input_path(DATA, "rl_prompts.jsonl"),
                                                        ("prompt",))]
     prompts = prompts[:int(c.ser.max_rl_prompts) or None]

@@ -477,7 +477,10 @@ class Transformer(nnx.Module):
       x_BLD = x_BLD + jnp.take(self.pos_embed[...], positions_BL, axis=0).astype(dt)
     x_BLD = constrain(x_BLD, ("activation_batch", "activation_length", "activation_embed"))
     apply = _block_apply
-    if cfg.remat != "none":
+    # remat trades compute for the memory of the backward pass: training and scoring forwards
+    # (no cache). Decoding keeps no activations for a gradient, and nnx.remat inside the
+    # sampler's while_loop cannot merge the outer trace's params (TraceContextError).
+    if cfg.remat != "none" and cache is None:
       apply = nnx.remat(_block_apply, policy=_REMAT_POLICIES[cfg.remat])
     new_cache = [] if cache is not None else None
     for i, block in enumerate(self.blocks()):

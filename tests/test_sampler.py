@@ -227,3 +227,18 @@ def test_temperature_zero_is_argmax_whatever_the_filters():
     tokens_B, _ = sample_token(logits_BV, jax.random.key(1), jnp.float32(0.0), jnp.int32(top_k),
                                jnp.float32(top_p))
     np.testing.assert_array_equal(tokens_B, np.argmax(np.asarray(logits_BV), -1))
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_a_model_trained_with_remat_samples_like_the_plain_one(remat):
+  """Remat is a training-time memory trade; generation from a model configured with it (the
+  HH and accelerator presets sample from their remat SFT models) gives the plain model's
+  tokens and logprobs (it crashed inside the decode loop: nnx.remat under lax.while_loop)."""
+  import dataclasses
+  _, mesh, params = setup()
+  plain = make_sampler(NO_EOS).generate(params, PROMPTS, max_new_tokens=N, temperature=1.0, seed=3)
+  mdef = model_def(dataclasses.replace(CFG, remat=remat))
+  out = Sampler(mdef, mesh, RULES, pad_id=PAD, eos_id=NO_EOS, prompt_buckets=(8,)).generate(
+      params, PROMPTS, max_new_tokens=N, temperature=1.0, seed=3)
+  np.testing.assert_array_equal(out.tokens, plain.tokens)
+  np.testing.assert_allclose(out.logprobs, plain.logprobs, atol=1e-5, rtol=0)

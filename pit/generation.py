@@ -63,10 +63,12 @@ class Settings:
 
 @dataclasses.dataclass
 class Generation:
-  """One sampled response: its text, token ids (eos excluded) and summed log-prob (nats)."""
+  """One sampled response: its text, token ids (the eos, when sampled, last), summed log-prob
+  (nats) and whether the model ended it (sampled eos) rather than the token budget."""
   text: str
   tokens: list[int]
   logprob: float      # sum of the sampled tokens' log-probs (unfiltered, temperature 1)
+  ended: bool = False
 
 
 class Generator:
@@ -93,7 +95,8 @@ class Generator:
       for j, i in enumerate(rows):
         n = int(res.lengths[j])
         toks = [int(t) for t in res.tokens[j, :n]]
-        out[i] = Generation(self.tok.decode(toks), toks, float(np.sum(res.logprobs[j, :n])))
+        out[i] = Generation(self.tok.decode(toks), toks, float(np.sum(res.logprobs[j, :n])),
+                            ended=bool(toks) and toks[-1] == self.tok.eos_id)
     return out
 
   def __call__(self, texts: Sequence[str], call: int = 0) -> list[str]:

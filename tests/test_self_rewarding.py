@@ -30,6 +30,15 @@ def test_fewshot_prompt_and_parse_round_trip():
   assert p.endswith("<instruction>") and "<instruction>Write a haiku\nabout rain.</instruction>" in p
   assert self_instruct.parse_generated(" Tell a joke. </instruction>\n<instr", "tags") == "Tell a joke."
   assert self_instruct.parse_generated("cut off by the budget", "tags") is None
+  # a chat model replies to the few-shot user turn and ends with eos, without the closing tag
+  assert self_instruct.parse_generated(" How do I bake bread?", "tags", ended=True) == \
+      "How do I bake bread?"
+  assert self_instruct.parse_generated("<instruction> Name a river.", "tags", ended=True) == \
+      "Name a river."
+  assert self_instruct.parse_generated("A. </instruction> B.", "tags", ended=True) == "A."
+  assert self_instruct.parse_generated("sort: 20 21 22 23", "lines", ended=True) == \
+      "sort: 20 21 22 23"
+  assert self_instruct.parse_generated("sort: 20 21 22", "lines") is None
   lines = self_instruct.fewshot_prompt(["sort: 12 13 14 15"], "lines")
   assert lines == "New instruction like these:\nsort: 12 13 14 15\n"
   assert self_instruct.parse_generated("sort: 20 21 22 23\nsort: 1", "lines") == "sort: 20 21 22 23"
@@ -302,7 +311,9 @@ def test_what_flows_between_the_stages(smoke_run):
   rt = common.setup(cfg)
   for i in (1, 2):
     # the new prompts are M_i's few-shot continuations, parsed and filtered
-    gens = [r["result"] for r in _read(os.path.join(wd, f"prompts_{i}", "generations.jsonl"))[1:]]
+    gens = [r["result"] for r in _read(os.path.join(wd, f"prompts_{i}", "continuations.jsonl"))[1:]]
+    # each generation with whether the model ended it (eos) -- what the parser is told
+    gens, ended = [g["text"] for g in gens], [g["ended"] for g in gens]
     rng = np.random.default_rng([int(cfg.data.seed), 17, i])
     seeds = [r["instruction"] for r in _read(os.path.join(wd, "data", "seed_instructions.jsonl"))]
     fewshot = [self_instruct.fewshot_prompt(self_instruct.draw_shots(rng, seeds, int(sr.shots)),
@@ -313,9 +324,14 @@ def test_what_flows_between_the_stages(smoke_run):
                                 offset=recipe.seed_offset("prompts", i))
     for m in (i, 3 - i):
       gen = generation.from_checkpoint(rt, os.path.join(wd, f"m{m}"), settings)
-      assert (gen(fewshot, 0) == gens[:len(fewshot)]) == (m == i), f"prompts_{i} vs M{m}"
+      out = gen.generations(fewshot, 0)
+      assert ([g.text for g in out] == gens[:len(fewshot)]) == (m == i), f"prompts_{i} vs M{m}"
+      if m == i:
+        assert [g.ended for g in out] == ended[:len(fewshot)]
+        assert all(g.ended == (g.tokens[-1:] == [rt.tokenizer.eos_id]) for g in out)
     kept, _ = self_instruct.filter_candidates(
-        [self_instruct.parse_generated(t, sr.fewshot_layout) for t in gens], seeds,
+        [self_instruct.parse_generated(t, sr.fewshot_layout, e) for t, e in zip(gens, ended)],
+        seeds,
         min_chars=int(sr.min_prompt_chars), max_chars=int(sr.max_prompt_chars),
         valid=self_instruct.synthetic_validity("sort_long"), limit=int(sr.new_prompts))
     made = _read(os.path.join(wd, f"prompts_{i}", "prompts.jsonl"))

@@ -59,12 +59,22 @@ def fewshot_prompt(examples: Sequence[str], layout: str = "tags") -> str:
   return head + "".join(item.format(instruction=e) for e in examples) + opener
 
 
-def parse_generated(text: str, layout: str = "tags") -> str | None:
+def parse_generated(text: str, layout: str = "tags", ended: bool = False) -> str | None:
   """The new instruction in a continuation of `fewshot_prompt`: the text before the layout's
-  end marker, stripped; None when the marker never comes (cut off by the token budget)."""
-  end = FEWSHOT_TEMPLATES[layout][3]
+  end marker, stripped. Without the marker: when the model `ended` the text itself (sampled
+  eos: a chat model answers the few-shot prompt as a user turn, so its reply is the new
+  instruction and closes with eos, often without the tag), the whole reply, a leading opener
+  tag removed; else None (cut off by the token budget: unterminated)."""
+  opener, end = FEWSHOT_TEMPLATES[layout][2], FEWSHOT_TEMPLATES[layout][3]
   i = text.find(end)
-  return None if i < 0 else text[:i].strip()
+  if i >= 0:
+    text = text[:i]
+  elif not ended:
+    return None
+  text = text.strip()
+  if opener and text.startswith(opener):
+    text = text[len(opener):].strip()
+  return text
 
 
 def training_row(examples: Sequence[str], target: str, layout: str = "tags") -> dict:

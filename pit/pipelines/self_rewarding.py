@@ -575,9 +575,14 @@ def prompts_stage(config, i: int):
       shots = [self_instruct.draw_shots(rng, seeds, int(sr.shots))
                for _ in range(int(sr.prompt_attempts))]
       fewshot = [self_instruct.fewshot_prompt(s, sr.fewshot_layout) for s in shots]
-      texts = resumable.map_chunks(ctx.dir, "generations", fewshot, lambda b, ci: gen(b, ci),
-                                   int(sr.chunk))
-      parsed = [self_instruct.parse_generated(t, sr.fewshot_layout) for t in texts]
+      # "continuations" (text + whether the model ended it): a "generations" file of an
+      # earlier version holds texts only and is not reused
+      done = resumable.map_chunks(
+          ctx.dir, "continuations", fewshot,
+          lambda b, ci: [{"text": g.text, "ended": g.ended} for g in gen.generations(b, ci)],
+          int(sr.chunk))
+      parsed = [self_instruct.parse_generated(g["text"], sr.fewshot_layout, g["ended"])
+                for g in done]
       synthetic_valid = (self_instruct.synthetic_validity(c.data.synthetic_task)
                          if _data_kind(config) == "synthetic" else None)
 

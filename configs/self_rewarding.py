@@ -6,10 +6,11 @@ Presets:
   synthetic (default): the sort task with an oracle (`pit.data.synthetic`, 8-12 numbers, so M1's
     answers leave room to improve): a 4-layer byte model from scratch learns to answer (IFT:
     3,200 of the oracle's best answers, the paper's count), to judge (EFT: the oracle's worked
-    check, criteria and score with the compact additive prompt) and to write new prompts (instruction-creation rows: a model from scratch
-    cannot few-shot); then two self-rewarding DPO iterations M1 -> M2 -> M3; the oracle scores
-    every answer and ranks the held-out candidates the judges are measured on. One command on 2
-    CPU cores (BUILD_NOTES has the measured time and figures).
+    check, criteria and score with the compact additive prompt) and to write new prompts
+    (instruction-creation rows: a model from scratch cannot few-shot); then two self-rewarding
+    DPO iterations M1 -> M2 -> M3; the oracle scores every answer and ranks the held-out
+    candidates the judges are measured on. One command on 2 CPU cores (BUILD_NOTES has the
+    measured time and figures).
   synthetic_smoke: every stage, a few steps and samples each (CI).
   teacher_reward / teacher_demo: the synthetic preset with the Self-Reward RLHF report's
     teacher variants (`../shared/seeds/002`): `--config.self_rewarding.teacher=<a PIT workdir,

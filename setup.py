@@ -38,6 +38,8 @@ setup(
     extras_require={
         # setuptools: tests/test_packaging.py builds and installs the package itself
         # accelerate: transformers' GGUF loader, the reference of tests/test_gguf.py
+        # peer: `python -m pit.bench --peer=torch` (PyTorch / transformers side by side)
+        "peer": ["torch==2.13.0", "accelerate>=1.0"],
         "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0", "setuptools>=70",
                  "accelerate>=1.0"],
     },

@@ -2,6 +2,7 @@
 ceiling, and sampler decode tokens/s.
 
     python -m pit.bench [--d_model=512 --num_layers=4 ...] [--json_out=bench.json]
+    python -m pit.bench --peer=torch [--rounds=3 --parts=sft,dpo,...]   (pit.bench_peer)
 
 FLOP convention (stated in the output too)
 ------------------------------------------
@@ -462,6 +463,10 @@ def format_report(r: dict) -> str:
 def main(argv: Sequence[str] | None = None, devices=None) -> dict:
   """Command line: runs the benchmark, prints `format_report`, writes the report as JSON
   to `--json_out` when given and returns it."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if any(a == "--peer" or a.startswith("--peer=") for a in argv):
+    from pit import bench_peer   # PIT vs PyTorch side by side (issue 17); needs '.[peer]'
+    return bench_peer.main(argv)
   args = parse_args(argv)
   report = run(args, devices)
   print(format_report(report), flush=True)

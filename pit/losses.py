@@ -33,21 +33,35 @@ from pit import sharding as shd
 from pit.model import gather_last
 
 
+def target_logits(logits_BLV, targets_BL):
+  """logits_BLV[..., targets_BL] (fp32) as a masked sum over the vocabulary, not a gather:
+  its gradient is an elementwise select that fuses with the softmax's, where a gather's is a
+  scatter into the [B, L, V] gradient (serial on XLA:CPU)."""
+  V = logits_BLV.shape[-1]
+  hit_BLV = jnp.arange(V, dtype=jnp.int32) == targets_BL[..., None].astype(jnp.int32)
+  return jnp.sum(jnp.where(hit_BLV, logits_BLV.astype(jnp.float32), 0.0), axis=-1)
+
+
 def token_logprobs(logits_BLV, targets_BL):
-  """log p(target) per position, in fp32."""
-  logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp_BLV, targets_BL[..., None], axis=-1)[..., 0]
+  """log p(target) per position, in fp32: logit[target] - logsumexp(logits) [B, L]."""
+  lse_BL = jax.nn.logsumexp(logits_BLV.astype(jnp.float32), axis=-1)
+  return target_logits(logits_BLV, targets_BL) - lse_BL
 
 
 def sft_loss(model, batch, rng, extra):
-  """Mean NLL over target (response) tokens only."""
+  """Mean NLL over target (response) tokens only. Metric `token_accuracy`: the share of
+  target tokens whose logit is the row's maximum (argmax == target; a tie for the maximum
+  counts as a hit), computed from the max the log-sum-exp already takes."""
   del rng, extra
   logits_BLV, _ = model(batch["inputs"], batch["positions"], batch["mask"])
-  logp_BL = token_logprobs(logits_BLV, batch["targets"])
+  logits_BLV = logits_BLV.astype(jnp.float32)
+  target_BL = target_logits(logits_BLV, batch["targets"])
+  max_BL = jax.lax.stop_gradient(jnp.max(logits_BLV, axis=-1))
+  logp_BL = target_BL - jax.nn.logsumexp(logits_BLV, axis=-1)
   w_BL = batch["loss_mask"].astype(jnp.float32)
   n = jnp.sum(w_BL)
   loss = -jnp.sum(logp_BL * w_BL) / jnp.maximum(n, 1.0)
-  correct = (jnp.argmax(logits_BLV, -1) == batch["targets"]).astype(jnp.float32)
+  correct = (jax.lax.stop_gradient(target_BL) >= max_BL).astype(jnp.float32)
   acc = jnp.sum(correct * w_BL) / jnp.maximum(n, 1.0)
   return loss, n, {"nll": loss, "token_accuracy": acc}
 

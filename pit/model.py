@@ -207,6 +207,27 @@ def _lora_pair(module, rngs, cfg: ModelConfig, name: str, in_shape, in_axes, out
                                            "zeros"))
 
 
+def flat_matmul(x, w, n_in: int = 1, preferred_element_type=None):
+  """x [..., *I] @ w [*I, *O] -> [..., *O] (the last `n_in` dims of x contract with the first
+  `n_in` of w) as ONE 2-D matmul [prod(...), prod(I)] x [prod(I), prod(O)].
+
+  The same contraction as `jnp.tensordot(x, w, n_in)`, but XLA:CPU lowers the backward
+  pass of a 2-D dot to transposed-operand GEMMs, where a dot with several free or
+  contracting dims (`einsum('bld,dv->blv')`) gets whole-activation transposes and copies
+  (the [B, L, V] logit gradient, 65 M floats at 8 x 256 x 32000, was transposed every
+  step; the LM head's forward + backward took 1.8x the 2-D form's time). The reshapes are
+  of contiguous dims: free on every backend."""
+  lead, inner = x.shape[:x.ndim - n_in], x.shape[x.ndim - n_in:]
+  if tuple(w.shape[:n_in]) != tuple(inner):
+    raise ValueError(f"flat_matmul: x {x.shape} and w {w.shape} do not contract over {n_in} dim(s)")
+  outer = w.shape[n_in:]
+  k = 1
+  for d in inner:
+    k *= d
+  y = jnp.matmul(x.reshape(-1, k), w.reshape(k, -1), preferred_element_type=preferred_element_type)
+  return y.reshape(*lead, *outer)
+
+
 def _lora_delta(module, name: str, x, n_in: int):
   """(alpha / r) * (x A) B for weight `name` (x's last `n_in` dims contract with A), or None."""
   a = getattr(module, f"{name}_lora_a", None)
@@ -215,8 +236,8 @@ def _lora_delta(module, name: str, x, n_in: int):
   cfg = module.cfg
   dt = cfg.compute_dtype
   b = getattr(module, f"{name}_lora_b")
-  h = jnp.tensordot(x, a[...].astype(dt), axes=n_in)
-  return jnp.tensordot(h, b[...].astype(dt), axes=1) * (cfg.lora_alpha / cfg.lora_rank)
+  h = flat_matmul(x, a[...].astype(dt), n_in)
+  return flat_matmul(h, b[...].astype(dt), 1) * (cfg.lora_alpha / cfg.lora_rank)
 
 
 class Norm(nnx.Module):
@@ -290,7 +311,7 @@ class Attention(nnx.Module):
 
   def _proj(self, x_BLD, w, b, name):
     dt = self.cfg.compute_dtype
-    y = jnp.einsum("bld,dhe->blhe", x_BLD, w[...].astype(dt))
+    y = flat_matmul(x_BLD, w[...].astype(dt), 1)
     delta = _lora_delta(self, name, x_BLD, 1)
     if delta is not None:
       y = y + delta
@@ -318,19 +339,18 @@ class Attention(nnx.Module):
       axes = ("cache_batch", "activation_kv_heads", "cache_length", None)
       k_BKSE, v_BKSE = constrain(k_BKSE, axes), constrain(v_BKSE, axes)
       new_cache = {"k": k_BKSE, "v": v_BKSE}
-      k_BSKE, v_BSKE = k_BKSE.swapaxes(1, 2), v_BKSE.swapaxes(1, 2)
       q_slot_L = cache_index + jnp.arange(L)
     else:
-      k_BSKE, v_BSKE, new_cache = k_BLKE, v_BLKE, None
+      k_BKSE, v_BKSE, new_cache = k_BLKE.swapaxes(1, 2), v_BLKE.swapaxes(1, 2), None
       q_slot_L = jnp.arange(L)
-    S = k_BSKE.shape[1]
+    S = k_BKSE.shape[2]
     causal_LS = jnp.arange(S)[None, :] <= q_slot_L[:, None]
     if self.window:  # HF: a key is visible when q_slot - k_slot < sliding_window
       causal_LS = causal_LS & (q_slot_L[:, None] - jnp.arange(S)[None, :] < self.window)
     mask_BLS = causal_LS[None] & kv_mask_BS[:, None, :].astype(bool)
-    out_BLHE = attend(q_BLHE, k_BSKE.astype(q_BLHE.dtype), v_BSKE.astype(q_BLHE.dtype), mask_BLS,
+    out_BLHE = attend(q_BLHE, k_BKSE.astype(q_BLHE.dtype), v_BKSE.astype(q_BLHE.dtype), mask_BLS,
                       scale=cfg.attn_scale, softcap=cfg.attn_softcap)
-    out_BLD = jnp.einsum("blhe,hed->bld", out_BLHE, self.wo[...].astype(cfg.compute_dtype))
+    out_BLD = flat_matmul(out_BLHE, self.wo[...].astype(cfg.compute_dtype), 2)
     delta = _lora_delta(self, "wo", out_BLHE, 2)
     if delta is not None:
       out_BLD = out_BLD + delta
@@ -339,20 +359,28 @@ class Attention(nnx.Module):
     return out_BLD, new_cache
 
 
-def attend(q_BLHE, k_BSKE, v_BSKE, mask_BLS, scale: float = 0.0, softcap: float = 0.0):
+def attend(q_BLHE, k_BKSE, v_BKSE, mask_BLS, scale: float = 0.0, softcap: float = 0.0):
   """Grouped-query softmax attention with fp32 scores, scaled by `scale` (0: E ** -0.5)
-  and soft-capped to (-softcap, softcap) when softcap > 0 (Gemma 2)."""
+  and soft-capped to (-softcap, softcap) when softcap > 0 (Gemma 2): q_BLHE [B, L, H, E],
+  k_BKSE / v_BKSE [B, K, S, E] (the KV cache's layout), mask_BLS [B, L, S] -> [B, L, H, E].
+
+  Head-major: the G = H / K query heads of a kv head and the L positions form one
+  Q = G * L axis, so both products are plain batched matmuls over (B, K)
+  ([Q, E] x [E, S] and [Q, S] x [S, E]) with no size-1 or interleaved dims, which
+  XLA:CPU otherwise answers with copies of the [.., L, S] score matrices in the backward pass."""
   B, L, H, E = q_BLHE.shape
-  K = k_BSKE.shape[2]
-  q_BLKGE = q_BLHE.reshape(B, L, K, H // K, E)
-  scores_BKGLS = jnp.einsum("blkge,bske->bkgls", q_BLKGE, k_BSKE,
-                            preferred_element_type=jnp.float32) * (scale or E ** -0.5)
+  K, S = k_BKSE.shape[1], k_BKSE.shape[2]
+  G = H // K
+  q_BKQE = q_BLHE.reshape(B, L, K, G, E).transpose(0, 2, 3, 1, 4).reshape(B, K, G * L, E)
+  scores_BKQS = jnp.einsum("bkqe,bkse->bkqs", q_BKQE, k_BKSE,
+                           preferred_element_type=jnp.float32) * (scale or E ** -0.5)
   if softcap:
-    scores_BKGLS = softcap * jnp.tanh(scores_BKGLS / softcap)
+    scores_BKQS = softcap * jnp.tanh(scores_BKQS / softcap)
+  scores_BKGLS = scores_BKQS.reshape(B, K, G, L, S)
   scores_BKGLS = jnp.where(mask_BLS[:, None, None], scores_BKGLS, NEG_INF)
-  probs_BKGLS = jax.nn.softmax(scores_BKGLS, axis=-1).astype(v_BSKE.dtype)
-  out_BLKGE = jnp.einsum("bkgls,bske->blkge", probs_BKGLS, v_BSKE)
-  return out_BLKGE.reshape(B, L, H, E)
+  probs_BKQS = jax.nn.softmax(scores_BKGLS, axis=-1).astype(v_BKSE.dtype).reshape(B, K, G * L, S)
+  out_BKQE = jnp.einsum("bkqs,bkse->bkqe", probs_BKQS, v_BKSE)
+  return out_BKQE.reshape(B, K, G, L, E).transpose(0, 3, 1, 2, 4).reshape(B, L, H, E)
 
 
 class Mlp(nnx.Module):
@@ -384,7 +412,7 @@ class Mlp(nnx.Module):
   def __call__(self, x_BLD):
     dt = self.cfg.compute_dtype
     def dense(x, w, b, name):
-      y = x @ w[...].astype(dt)
+      y = flat_matmul(x, w[...].astype(dt), 1)
       delta = _lora_delta(self, name, x, 1)
       if delta is not None:
         y = y + delta
@@ -494,14 +522,14 @@ class Transformer(nnx.Module):
     """LM logits [B, L, V] (fp32) or scalar values [B, L] (fp32)."""
     dt = self.cfg.compute_dtype
     if self.score is not None:
-      values_BL1 = jnp.einsum("bld,dk->blk", h_BLD.astype(jnp.float32), self.score[...].astype(jnp.float32))
+      values_BL1 = flat_matmul(h_BLD.astype(jnp.float32), self.score[...].astype(jnp.float32), 1)
       return values_BL1[..., 0] + self.score_bias[...].astype(jnp.float32)[0]
     if self.lm_head is None:
-      logits_BLV = jnp.einsum("bld,vd->blv", h_BLD, self.embed[...].astype(dt),
-                              preferred_element_type=jnp.float32)
+      logits_BLV = flat_matmul(h_BLD, self.embed[...].astype(dt).T, 1,
+                               preferred_element_type=jnp.float32)
     else:
-      logits_BLV = jnp.einsum("bld,dv->blv", h_BLD, self.lm_head[...].astype(dt),
-                              preferred_element_type=jnp.float32)
+      logits_BLV = flat_matmul(h_BLD, self.lm_head[...].astype(dt), 1,
+                               preferred_element_type=jnp.float32)
     if self.lm_head_bias is not None:
       logits_BLV = logits_BLV + self.lm_head_bias[...].astype(jnp.float32)
     if self.cfg.final_softcap:

@@ -9,7 +9,7 @@ import pytest
 from pit import sharding as shd
 from pit.model import ModelConfig
 from pit.params import init_params, model_def
-from pit.sampler import Sampler, filter_logits, sample_token
+from pit.sampler import SAMPLE_BLOCK, Sampler, filter_logits, sample_categorical, sample_token
 
 RULES = shd.DEFAULT_RULES
 CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=64,
@@ -219,6 +219,30 @@ def test_empirical_frequencies_match_filtered_distribution(temperature, top_k, t
   assert set(np.unique(np.asarray(tokens_B)).tolist()) == set(keep)
   # Logprobs are under the unfiltered temperature-1 distribution.
   np.testing.assert_allclose(np.asarray(logprobs_B), np.log(PROBS)[np.asarray(tokens_B)], atol=1e-5)
+
+
+@pytest.mark.parametrize("V", [SAMPLE_BLOCK, 3 * SAMPLE_BLOCK + 37])
+def test_two_level_inverse_cdf_draws_the_categorical_distribution(V):
+  # Mass in the first and last slot of blocks, in the padded last block, zeros between.
+  from scipy import stats
+  rng = np.random.default_rng(0)
+  support = sorted({0, SAMPLE_BLOCK - 1, V - 1} | set(rng.choice(V, 5, replace=False).tolist()))
+  w_V = np.zeros(V)
+  w_V[support] = rng.uniform(0.5, 3.0, len(support))
+  n = 40000
+  tokens_B = np.asarray(jax.jit(sample_categorical)(
+      jnp.broadcast_to(jnp.asarray(w_V, jnp.float32), (n, V)), jax.random.key(7)))
+  assert set(np.unique(tokens_B).tolist()) <= set(support)      # a zero weight is never drawn
+  counts = np.bincount(tokens_B, minlength=V)[support]
+  p = stats.chisquare(counts, n * w_V[support] / w_V.sum()).pvalue
+  assert p > 1e-3, (counts, w_V[support])
+  # Same key, same draws; one weight: always that index.
+  again = np.asarray(jax.jit(sample_categorical)(
+      jnp.broadcast_to(jnp.asarray(w_V, jnp.float32), (n, V)), jax.random.key(7)))
+  np.testing.assert_array_equal(tokens_B, again)
+  one = np.zeros((4, V), np.float32)
+  one[:, V - 1] = 1e-30
+  np.testing.assert_array_equal(sample_categorical(jnp.asarray(one), jax.random.key(0)), V - 1)
 
 
 def test_temperature_zero_is_argmax_whatever_the_filters():

@@ -10,7 +10,8 @@ matrices only, global-norm clipping at 1.0):
            `pit.train_step` + `pit.losses.sft_loss` vs HF `LlamaForCausalLM` eager (SDPA
            attention) + cross-entropy + `torch.optim.AdamW`
   dpo      one DPO step on `batch` pairs of `seq` tokens with a live frozen reference (the
-           reference forward inside the step, as TRL does by default): `pit.losses.dpo_loss`
+           reference forward inside the step, as TRL does by default; a second model,
+           seed + 1, so the first loss checks both sides' policy and reference log-probs): `pit.losses.dpo_loss`
            vs a plain PyTorch DPO step (policy forward on chosen+rejected, reference forward
            under no_grad, summed response log-probs, -log sigmoid(beta h))
   decode   `pit.sampler.Sampler.generate` vs HF `generate`, temperature 1 (top-k 0, top-p 1),
@@ -111,20 +112,24 @@ def _pit_cfg(shape: dict):
                      norm_eps=1e-6, family="llama")
 
 
-def _pit_setup(shape: dict):
+def _pit_setup(shape: dict, seed_offset: int = 0):
   from pit import sharding as shd
   from pit.params import init_params, model_def
   cfg = _pit_cfg(shape)
   mdef = model_def(cfg)
   mesh = shd.make_mesh((1, -1, 1))
   rules = shd.DEFAULT_RULES
-  return cfg, mdef, mesh, rules, init_params(mdef, mesh, rules, shape["seed"])
+  return cfg, mdef, mesh, rules, init_params(mdef, mesh, rules, shape["seed"] + seed_offset)
 
 
 def pit_export(shape: dict, out_dir: str) -> dict:
-  """Writes PIT's initial parameters (seed `shape['seed']`) as an HF Llama directory."""
+  """Writes PIT's initial parameters as HF Llama directories: the policy (seed
+  `shape['seed']`) to `out_dir` and the DPO reference (seed + 1, so that the first DPO
+  loss depends on both models) to `out_dir`-ref."""
   from pit import hf_export
   cfg, _, _, _, params = _pit_setup(shape)
+  _, _, _, _, ref = _pit_setup(shape, seed_offset=1)
+  hf_export.export(cfg, ref, out_dir + "-ref", family="llama")
   return hf_export.export(cfg, params, out_dir, family="llama")
 
 
@@ -188,7 +193,7 @@ def pit_worker(part: str, shape: dict, args: dict) -> dict:
       del state, step
     return out if part == "scaling" else out[str(args["seq_len"])]
   if part == "dpo":
-    ref = jax.tree.map(jnp.copy, params)
+    ref = _pit_setup(shape, seed_offset=1)[4]
     loss_fn = losses.make_dpo_loss(_dpo_cfg())
     state, step = _pit_train_step(mdef, mesh, rules, params, loss_fn,
                                   extra_shardings={"ref_params": mdef.shardings(mesh, rules)})
@@ -288,7 +293,7 @@ def torch_worker(part: str, shape: dict, args: dict, hf_dir: str) -> dict:
       del model, opt
     return out if part == "scaling" else out[str(args["seq_len"])]
   if part == "dpo":
-    model, ref = _torch_model(hf_dir), _torch_model(hf_dir)
+    model, ref = _torch_model(hf_dir), _torch_model(hf_dir + "-ref")
     model.train()
     ref.eval()
     for p in ref.parameters():

@@ -79,6 +79,10 @@ class ModelConfig:
   dtype: str = "float32"         # compute dtype
   param_dtype: str = "float32"
   remat: str = "none"            # none | full | dots
+  # plain: `attend` (einsums, fp32 scores; the reference, and the faster one on CPU);
+  # dot_product: jax.nn.dot_product_attention (cuDNN flash attention on GPU where it applies,
+  # XLA otherwise); soft-capped scores (Gemma 2) always take the plain path
+  attention: str = "plain"
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -93,7 +97,7 @@ class ModelConfig:
       bad("head_dim", f"d_model={self.d_model} not divisible by num_heads={self.num_heads}; set head_dim")
     choices = dict(norm=("rmsnorm", "layernorm"), position=("rope", "learned", "none"),
                    mlp=("swiglu", "geglu", "gelu", "relu"), head=("lm", "scalar"),
-                   remat=("none", "full", "dots"), dtype=("float32", "bfloat16", "float16"),
+                   remat=("none", "full", "dots"), attention=("plain", "dot_product"), dtype=("float32", "bfloat16", "float16"),
                    rope_scaling=("none", "linear", "llama3"),
                    param_dtype=("float32", "bfloat16"))
     for field, allowed in choices.items():
@@ -348,8 +352,12 @@ class Attention(nnx.Module):
     if self.window:  # HF: a key is visible when q_slot - k_slot < sliding_window
       causal_LS = causal_LS & (q_slot_L[:, None] - jnp.arange(S)[None, :] < self.window)
     mask_BLS = causal_LS[None] & kv_mask_BS[:, None, :].astype(bool)
-    out_BLHE = attend(q_BLHE, k_BKSE.astype(q_BLHE.dtype), v_BKSE.astype(q_BLHE.dtype), mask_BLS,
-                      scale=cfg.attn_scale, softcap=cfg.attn_softcap)
+    if cfg.attention == "dot_product" and not cfg.attn_softcap:
+      out_BLHE = attend_fused(q_BLHE, k_BKSE.astype(q_BLHE.dtype), v_BKSE.astype(q_BLHE.dtype),
+                              mask_BLS, scale=cfg.attn_scale)
+    else:
+      out_BLHE = attend(q_BLHE, k_BKSE.astype(q_BLHE.dtype), v_BKSE.astype(q_BLHE.dtype), mask_BLS,
+                        scale=cfg.attn_scale, softcap=cfg.attn_softcap)
     out_BLD = flat_matmul(out_BLHE, self.wo[...].astype(cfg.compute_dtype), 2)
     delta = _lora_delta(self, "wo", out_BLHE, 2)
     if delta is not None:
@@ -381,6 +389,17 @@ def attend(q_BLHE, k_BKSE, v_BKSE, mask_BLS, scale: float = 0.0, softcap: float 
   probs_BKQS = jax.nn.softmax(scores_BKGLS, axis=-1).astype(v_BKSE.dtype).reshape(B, K, G * L, S)
   out_BKQE = jnp.einsum("bkqs,bkse->bkqe", probs_BKQS, v_BKSE)
   return out_BKQE.reshape(B, K, G, L, E).transpose(0, 3, 1, 2, 4).reshape(B, L, H, E)
+
+
+def attend_fused(q_BLHE, k_BKSE, v_BKSE, mask_BLS, scale: float = 0.0):
+  """`attend` (no soft-cap) through `jax.nn.dot_product_attention`: cuDNN's fused flash
+  attention on GPUs where its conditions hold (bf16 / fp16 and supported head sizes), XLA's
+  composition elsewhere. Same shapes and mask as `attend`; a query row with no visible key
+  (left padding) gives finite output like `attend`'s."""
+  E = q_BLHE.shape[-1]
+  return jax.nn.dot_product_attention(
+      q_BLHE, k_BKSE.swapaxes(1, 2), v_BKSE.swapaxes(1, 2), mask=mask_BLS[:, None],
+      scale=scale or E ** -0.5).astype(q_BLHE.dtype)
 
 
 class Mlp(nnx.Module):

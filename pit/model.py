@@ -355,6 +355,9 @@ class Attention(nnx.Module):
     if cfg.attention == "dot_product" and not cfg.attn_softcap:
       out_BLHE = attend_fused(q_BLHE, k_BKSE.astype(q_BLHE.dtype), v_BKSE.astype(q_BLHE.dtype),
                               mask_BLS, scale=cfg.attn_scale)
+    elif cache is None:   # self-attention over the row: the mask is causal, skip future keys
+      out_BLHE = attend_causal(q_BLHE, k_BKSE.astype(q_BLHE.dtype), v_BKSE.astype(q_BLHE.dtype),
+                               mask_BLS, scale=cfg.attn_scale, softcap=cfg.attn_softcap)
     else:
       out_BLHE = attend(q_BLHE, k_BKSE.astype(q_BLHE.dtype), v_BKSE.astype(q_BLHE.dtype), mask_BLS,
                         scale=cfg.attn_scale, softcap=cfg.attn_softcap)
@@ -389,6 +392,43 @@ def attend(q_BLHE, k_BKSE, v_BKSE, mask_BLS, scale: float = 0.0, softcap: float 
   probs_BKQS = jax.nn.softmax(scores_BKGLS, axis=-1).astype(v_BKSE.dtype).reshape(B, K, G * L, S)
   out_BKQE = jnp.einsum("bkqs,bkse->bkqe", probs_BKQS, v_BKSE)
   return out_BKQE.reshape(B, K, G, L, E).transpose(0, 3, 1, 2, 4).reshape(B, L, H, E)
+
+
+QUERY_BLOCK = 64
+
+
+def num_query_blocks(L: int, block: int = QUERY_BLOCK) -> int:
+  """How many equal query blocks `attend_causal` cuts L queries into: the divisor n of L whose
+  block L / n is closest to `block` among blocks of at least block / 2 (1 when L < 2 * block
+  or no such divisor)."""
+  if L < 2 * block:
+    return 1
+  sizes = [L // n for n in range(1, L + 1) if L % n == 0 and L // n >= block // 2]
+  best = min(sizes, key=lambda b: (abs(b - block), -b))
+  return L // best
+
+
+def attend_causal(q_BLHE, k_BKSE, v_BKSE, mask_BLS, scale: float = 0.0, softcap: float = 0.0,
+                  block: int = QUERY_BLOCK):
+  """`attend` for self-attention whose mask is causal (query i never sees key j > i; S = L):
+  queries in blocks of ~`block` (`num_query_blocks`), block i against keys [0, end of block i)
+  only. Equal to `attend` with the same mask for every query that sees a key (a fully masked
+  padding query gets a finite average over its block's keys instead of all keys; nothing
+  reads it). The masked upper triangle is not computed
+  (~(n + 1) / 2n of the score matrix), and the smaller score blocks stay in cache: the
+  attention gradient of a 32 x 384 row batch (4 heads, E = 32) took 240-285 ms against 483 ms
+  unblocked on the 2-core CPU (BUILD_NOTES, issue 17)."""
+  L = q_BLHE.shape[1]
+  n = num_query_blocks(L, block)
+  if n == 1:
+    return attend(q_BLHE, k_BKSE, v_BKSE, mask_BLS, scale=scale, softcap=softcap)
+  bq = L // n
+  outs = []
+  for i in range(n):
+    lo, hi = i * bq, (i + 1) * bq
+    outs.append(attend(q_BLHE[:, lo:hi], k_BKSE[:, :, :hi], v_BKSE[:, :, :hi],
+                       mask_BLS[:, lo:hi, :hi], scale=scale, softcap=softcap))
+  return jnp.concatenate(outs, axis=1)
 
 
 def attend_fused(q_BLHE, k_BKSE, v_BKSE, mask_BLS, scale: float = 0.0):

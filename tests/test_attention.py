@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pit.model import ModelConfig, Transformer, attend, attend_fused, init_cache
+from pit.model import (ModelConfig, Transformer, attend, attend_causal, attend_fused, init_cache,
+                       num_query_blocks)
 
 
 def _reference(q, k, v, mask, scale):
@@ -38,6 +39,44 @@ def test_attention_paths_match_float64_reference(H, K):
   args = [jnp.asarray(x, jnp.float32) for x in (q, k, v)] + [jnp.asarray(mask)]
   np.testing.assert_allclose(np.asarray(attend(*args, scale=0.3)), ref, atol=2e-5)
   np.testing.assert_allclose(np.asarray(attend_fused(*args, scale=0.3)), ref, atol=2e-5)
+
+
+def test_query_blocks_divide_the_length_near_the_target():
+  assert num_query_blocks(100) == 1 and num_query_blocks(127) == 1
+  assert num_query_blocks(256) == 4 and num_query_blocks(384) == 6 and num_query_blocks(1024) == 16
+  assert num_query_blocks(131) == 1          # prime: one block
+  assert num_query_blocks(192) == 3
+  for L in (128, 200, 250, 384, 768):
+    n = num_query_blocks(L)
+    assert L % n == 0 and (n == 1 or L // n >= 32)
+
+
+@pytest.mark.parametrize("L,H,K,window,softcap", [(256, 4, 2, 0, 0.0), (384, 2, 1, 50, 0.0),
+                                                  (192, 4, 4, 0, 5.0), (131, 2, 2, 0, 0.0)])
+def test_causal_query_blocks_equal_full_attention_values_and_grads(L, H, K, window, softcap):
+  rng = np.random.default_rng(L)
+  B, E = 2, 8
+  q = jnp.asarray(rng.standard_normal((B, L, H, E)), jnp.float32)
+  k, v = (jnp.asarray(rng.standard_normal((B, K, L, E)), jnp.float32) for _ in range(2))
+  i = np.arange(L)
+  causal = i[None, :] <= i[:, None]
+  if window:
+    causal &= i[:, None] - i[None, :] < window
+  valid = np.ones((B, L), bool)
+  valid[0, :37] = False                        # left padding in row 0
+  mask = jnp.asarray(causal[None] & valid[:, None, :])
+  # A query with no visible key (row 0's padding) has no defined output (both give finite
+  # values from different key ranges); compare and weight the gradient on the others.
+  seen_BL1 = jnp.asarray(np.asarray(mask).any(-1))[..., None, None]
+  full = lambda q, k, v: attend(q, k, v, mask, scale=0.3, softcap=softcap) * seen_BL1
+  blocked = lambda q, k, v: attend_causal(q, k, v, mask, scale=0.3, softcap=softcap) * seen_BL1
+  assert np.all(np.isfinite(np.asarray(attend_causal(q, k, v, mask))))
+  np.testing.assert_allclose(np.asarray(blocked(q, k, v)), np.asarray(full(q, k, v)), atol=1e-5)
+  w = jnp.asarray(rng.standard_normal((B, L, H, E)), jnp.float32)
+  grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * w), argnums=(0, 1, 2))(q, k, v)
+           for f in (full, blocked)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4)
 
 
 CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=48,

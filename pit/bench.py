@@ -259,6 +259,30 @@ def bench_train(cfg: ModelConfig, mesh, rules, *, batch_size: int, seq_len: int,
               final_loss=float(metrics["loss"]), num_compiled=step.num_compiled())
 
 
+def bench_compile(cfg: ModelConfig, mesh, rules, *, batch_size: int, seq_len: int) -> dict:
+  """Seconds to trace + lower and to compile one SFT forward + backward of `cfg` with its
+  layers unrolled and scanned (`model.scan_layers`), from abstract params and batch (nothing
+  is allocated, nothing runs): {'unrolled' | 'scanned': {'lower_s', 'compile_s'}}."""
+  out = {}
+  example = random_batch(batch_size, seq_len, cfg.vocab_size)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                   sharding=shd.batch_sharding(mesh, rules, v.ndim, v.shape))
+           for k, v in example.items()}
+  for scan in (False, True):
+    mdef = model_def(cfg.replace(scan_layers=scan))
+
+    def loss(params, batch, mdef=mdef):
+      with shd.axis_rules(mesh, rules):
+        return losses.sft_loss(mdef.merge(params), batch, None, None)[0]
+    t0 = time.perf_counter()
+    lowered = jax.jit(jax.value_and_grad(loss)).lower(mdef.sharded_abstract(mesh, rules), batch)
+    t1 = time.perf_counter()
+    lowered.compile()
+    out["scanned" if scan else "unrolled"] = dict(lower_s=t1 - t0,
+                                                  compile_s=time.perf_counter() - t1)
+  return out
+
+
 def bench_decode(cfg: ModelConfig, mesh, rules, *, batch_size: int, prompt_len: int,
                  new_tokens: int, reps: int = 3, seed: int = 0, params=None) -> dict:
   """Generated tokens/s of `Sampler.generate` (temperature 1, no eos stop)."""
@@ -313,7 +337,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
+  p.add_argument("--remat", default="none", choices=("none", "full", "dots", "dots_saveable"))
+  p.add_argument("--scan_layers", action="store_true", help="the train and decode parts with "
+                 "scanned layers (model.scan_layers)")
+  p.add_argument("--compile_layers", type=int, default=0, help="> 0: also time tracing and "
+                 "compiling a forward + backward of the model at this depth, unrolled vs scanned")
   p.add_argument("--decode_batches", type=_ints, default=(1, 32))
   p.add_argument("--decode_tokens", type=int, default=128)
   p.add_argument("--prompt_len", type=int, default=32)
@@ -336,7 +364,8 @@ def run(args: argparse.Namespace, devices=None) -> dict:
                     num_heads=args.num_heads, num_kv_heads=args.num_kv_heads, d_ff=args.d_ff,
                     mlp=args.mlp, tie_embeddings=args.tie_embeddings,
                     max_seq_len=max(args.seq_len, args.prompt_len + args.decode_tokens),
-                    dtype=args.dtype, param_dtype="float32", remat=args.remat)
+                    dtype=args.dtype, param_dtype="float32", remat=args.remat,
+                    scan_layers=args.scan_layers)
   mesh = shd.make_mesh(args.mesh, devices=devices)
   rules = shd.DEFAULT_RULES
   report = dict(
@@ -379,6 +408,11 @@ def run(args: argparse.Namespace, devices=None) -> dict:
       if "float32_ceiling_flops_per_s" in ceiling:
         report["train"]["fraction_of_float32_ceiling"] = (
             report["train"]["flops_per_s"] / (ceiling["float32_ceiling_flops_per_s"] * per_mesh))
+  if args.compile_layers > 0:
+    with CpuMonitor() as mon:
+      report["compile"] = bench_compile(cfg.replace(num_layers=args.compile_layers), mesh, rules,
+                                        batch_size=args.batch_size, seq_len=args.seq_len)
+    report["compile"].update(num_layers=args.compile_layers, cpu=mon.as_dict())
   if "decode" not in skip:
     report["decode"] = []
     params = init_params(model_def(cfg), mesh, rules, 0)
@@ -401,7 +435,8 @@ def format_report(r: dict) -> str:
       f"jax {r['jax_version']}",
       f"model: d_model={m['d_model']} layers={m['num_layers']} heads={m['num_heads']} "
       f"kv_heads={m['num_kv_heads'] or m['num_heads']} d_ff={m['d_ff']} ({m['mlp']}) "
-      f"vocab={m['vocab_size']} tied={m['tie_embeddings']} dtype={m['dtype']} remat={m['remat']}",
+      f"vocab={m['vocab_size']} tied={m['tie_embeddings']} dtype={m['dtype']} remat={m['remat']} "
+      f"scan_layers={m.get('scan_layers', False)}",
       "",
       f"{'params total':<34}{c['params_total']:>16,}",
       f"{'params non-embedding':<34}{c['params_non_embedding']:>16,}",
@@ -439,6 +474,11 @@ def format_report(r: dict) -> str:
       if "train" in r:
         lines.append(f"{'  achieved / float32 ceiling':<34}"
                      f"{100 * r['train']['fraction_of_float32_ceiling']:>15.1f} %")
+  if "compile" in r:
+    co = r["compile"]
+    lines += ["", f"forward + backward of a {co['num_layers']}-layer model, trace + lower / compile:"]
+    for kind in ("unrolled", "scanned"):
+      lines.append(f"{'  ' + kind:<34}{co[kind]['lower_s']:>10.1f} s / {co[kind]['compile_s']:.1f} s")
   if "decode" in r:
     lines += ["", "decode (Sampler.generate, temperature 1, no eos stop; prefill timed separately)"]
     lines.append(f"  {'batch':>5} {'prompt':>6} {'new':>5} {'decode tok/s':>13} {'prefill s':>10} "
@@ -451,6 +491,7 @@ def format_report(r: dict) -> str:
            ("ceiling", (r.get("ceiling") or {}).get("cpu")),
            ("float32 ceiling", (r.get("ceiling") or {}).get("float32_cpu"))]
   parts += [(f"decode b={d['batch_size']}", d.get("cpu")) for d in r.get("decode", [])]
+  parts.append(("compile", (r.get("compile") or {}).get("cpu")))
   busy = [(name, cpu["other_busy_cores"]) for name, cpu in parts
           if cpu and cpu.get("other_busy_cores") is not None]
   lines += ["", "other processes' CPU use during each part (cores busy; should be ~0): "

@@ -20,6 +20,9 @@ def model_defaults() -> ml_collections.ConfigDict:
       qkv_bias=False, out_bias=False, mlp_bias=False, lm_head_bias=False,
       tie_embeddings=False, parallel_residual=False, shared_parallel_norm=False, head="lm",
       dtype="float32", param_dtype="float32", remat="none", init_std=0.02,
+      # how it runs: attention 'plain' | 'dot_product' (jax.nn.dot_product_attention);
+      # scan_layers: the blocks stacked and applied by lax.scan (compile time flat in depth)
+      attention="plain", scan_layers=False,
       # where the weights start: '' (random) | hf:DIR | gguf:FILE | checkpoint:DIR
       # (pit.pretrained); the shape, tokenizer and chat template then come from there
       init_from=""))

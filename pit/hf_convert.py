@@ -513,7 +513,13 @@ def convert(hf: dict, src: TensorSource, cfg: ModelConfig,
   put it on the mesh) and releasing the tensor's pages after. With `skip_head` (a
   scalar-head model built on an LM checkpoint) the LM head tensors are read for nothing
   and `score` / `score_bias` are left out. Raises ValueError naming the tensor on a
-  missing / unexpected tensor or a shape mismatch."""
+  missing / unexpected tensor or a shape mismatch. A `scan_layers` model: the blocks' tensors
+  are converted one layer at a time as for the unrolled model, kept on the host, and each
+  stacked parameter [num_layers, ...] is placed once all its layers are read."""
+  scan = cfg.scan_layers
+  if scan:
+    cfg, scanned_place = cfg.replace(scan_layers=False), place
+    place = lambda name, a: a if name.startswith("block_") else scanned_place(name, a)
   want = _flat_abstract(cfg)
   if skip_head:
     want = {k: v for k, v in want.items() if k not in ("score", "score_bias")}
@@ -546,7 +552,20 @@ def convert(hf: dict, src: TensorSource, cfg: ModelConfig,
   missing = sorted(set(want) - set(flat))
   if missing:
     raise ValueError(f"no checkpoint tensor gives parameter(s) {missing[:8]}")
+  if scan:
+    return _stack_placed(flat, cfg.num_layers, scanned_place)
   return _nest(flat)
+
+
+def _stack_placed(flat: dict[str, Any], num_layers: int, place) -> dict:
+  """`convert`'s per-layer host arrays 'block_{i}/<rest>' as 'layers/<rest>' [N, ...], each
+  placed (`place`) as soon as it is stacked and its layers dropped."""
+  out = {k: v for k, v in flat.items() if not k.startswith("block_")}
+  rests = sorted({k.split("/", 1)[1] for k in flat if k.startswith("block_0/")})
+  for rest in rests:
+    names = [f"block_{i}/{rest}" for i in range(num_layers)]
+    out["layers/" + rest] = place("layers/" + rest, np.stack([flat.pop(n) for n in names]))
+  return _nest(out)
 
 
 def read_hf_config(path: str) -> dict:

@@ -26,6 +26,7 @@ import ml_dtypes
 import numpy as np
 
 from pit import hf_convert
+from pit import sharding as shd
 from pit.model import ModelConfig
 
 _CLASS_PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3",
@@ -33,7 +34,7 @@ _CLASS_PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen
                  "phi": "Phi"}
 # Fields that describe how we run a model, not what it computes.
 _RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "init_std", "head", "family", "lora_rank",
-                   "lora_alpha", "lora_targets")
+                   "lora_alpha", "lora_targets", "scan_layers", "attention")
 _DTYPES = {"float32": (np.float32, "F32"), "bfloat16": (ml_dtypes.bfloat16, "BF16"),
            "float16": (np.float16, "F16")}
 
@@ -158,15 +159,22 @@ def hf_tensors(cfg: ModelConfig, params: Any, family: str | None = None, hf: dic
   time (each fetched from the devices only when written). Scalar models give
   `score.weight` [1, D] in place of the LM head."""
   family = family or infer_family(cfg)
-  flat = {hf_convert._path_name(p): a for p, a in jax.tree_util.tree_flatten_with_path(params)[0]}
+  flat = {}   # name -> a thunk giving the (unrolled) parameter; scanned layers sliced lazily
+  for p, a in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name = hf_convert._path_name(p)
+    if name.startswith("layers/"):
+      for i in range(a.shape[0]):
+        flat[f"block_{i}/{name[len('layers/'):]}"] = lambda a=a, i=i: a[i]
+    else:
+      flat[name] = lambda a=a: a
   lm_cfg = cfg.replace(head="lm") if cfg.head == "scalar" else cfg
   for entry in hf_convert.entries(hf or {"model_type": family}, lm_cfg):
     if cfg.head == "scalar" and entry.ours[0] in ("lm_head", "lm_head_bias"):
       continue
-    arrays = [np.asarray(jax.device_get(flat[name]), np.float32) for name in entry.ours]
+    arrays = [shd.to_host(flat[name]()).astype(np.float32) for name in entry.ours]
     yield entry.hf, np.ascontiguousarray(entry.save(*arrays))
   if cfg.head == "scalar":
-    yield "score.weight", np.ascontiguousarray(np.asarray(jax.device_get(flat["score"]), np.float32).T)
+    yield "score.weight", np.ascontiguousarray(shd.to_host(flat["score"]()).astype(np.float32).T)
 
 
 def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict | None = None):
@@ -214,7 +222,7 @@ def export(cfg: ModelConfig, params: Any, out_dir: str, *, tokenizer=None, famil
   config["dtype"] = dtype
   score_bias = 0.0
   if cfg.head == "scalar":
-    score_bias = float(np.asarray(jax.device_get(params["score_bias"])).reshape(-1)[0])
+    score_bias = float(shd.to_host(params["score_bias"]).reshape(-1)[0])
     if score_bias:
       config["pit_score_bias"] = score_bias
       logging.warning("export: the reward head's bias (%g) has no place in HF's "

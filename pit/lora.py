@@ -105,17 +105,20 @@ def join(frozen: dict, trainable: dict) -> dict:
   return out
 
 
-def merge(params: dict, scale: float) -> dict:
+def merge(params: dict, scale: float, stacked: bool = False) -> dict:
   """Plain-model params: every weight w with factors gets w + scale * A B (contracting A's
-  rank axis with B's), factors dropped. Works on nested trees (e.g. PPO's policy / value)."""
+  rank axis with B's), factors dropped. Works on nested trees (e.g. PPO's policy / value);
+  under `layers` (scanned layers) A, B and w carry a leading layer axis, merged per layer."""
   out = {}
   for k, v in params.items():
     if isinstance(v, dict):
-      out[k] = merge(v, scale)
+      out[k] = merge(v, scale, stacked or k == "layers")
     elif not k.endswith(SUFFIXES):
       a, b = params.get(k + "_lora_a"), params.get(k + "_lora_b")
       if a is not None and b is not None:
-        delta = jnp.tensordot(a.astype(jnp.float32), b.astype(jnp.float32), axes=1)
+        product = lambda a, b: jnp.tensordot(a, b, axes=1)
+        delta = (jax.vmap(product) if stacked else product)(a.astype(jnp.float32),
+                                                            b.astype(jnp.float32))
         v = (v.astype(jnp.float32) + scale * delta).astype(v.dtype)
       out[k] = v
   return out
@@ -144,8 +147,9 @@ def fresh_factors(abstract_trainable: dict, shardings: dict, seed: int) -> dict:
       if _name(path).endswith("_lora_b"):
         values.append(jnp.zeros(a.shape, a.dtype))
       else:
-        fan_in = 1
-        for d in a.shape[:-1]:
+        fan_in = 1   # the input dims: not the rank, nor the scanned layers' leading axis
+        stacked = any(getattr(k, "key", None) == "layers" for k in path)
+        for d in a.shape[1 if stacked else 0:-1]:
           fan_in *= d
         values.append((jax.random.normal(jax.random.fold_in(key, i), a.shape, jnp.float32)
                        * fan_in ** -0.5).astype(a.dtype))

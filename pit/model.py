@@ -78,11 +78,17 @@ class ModelConfig:
   head: str = "lm"               # lm | scalar
   dtype: str = "float32"         # compute dtype
   param_dtype: str = "float32"
-  remat: str = "none"            # none | full | dots
+  # none | full (recompute the block) | dots (keep the weight matmuls' outputs) |
+  # dots_saveable (keep every matmul's output, attention's batched ones too)
+  remat: str = "none"
   # plain: `attend` (einsums, fp32 scores; the reference, and the faster one on CPU);
   # dot_product: jax.nn.dot_product_attention (cuDNN flash attention on GPU where it applies,
   # XLA otherwise); soft-capped scores (Gemma 2) always take the plain path
   attention: str = "plain"
+  # One stacked `layers` module (every block's params with a leading [num_layers] axis,
+  # logical axis "layers") applied by `jax.lax.scan`: the block is traced and compiled once,
+  # so compile time does not grow with depth; the KV cache is stacked the same way
+  scan_layers: bool = False
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -97,7 +103,7 @@ class ModelConfig:
       bad("head_dim", f"d_model={self.d_model} not divisible by num_heads={self.num_heads}; set head_dim")
     choices = dict(norm=("rmsnorm", "layernorm"), position=("rope", "learned", "none"),
                    mlp=("swiglu", "geglu", "gelu", "relu"), head=("lm", "scalar"),
-                   remat=("none", "full", "dots"), attention=("plain", "dot_product"), dtype=("float32", "bfloat16", "float16"),
+                   remat=("none", "full", "dots", "dots_saveable"), attention=("plain", "dot_product"), dtype=("float32", "bfloat16", "float16"),
                    rope_scaling=("none", "linear", "llama3"),
                    param_dtype=("float32", "bfloat16"))
     for field, allowed in choices.items():
@@ -321,7 +327,10 @@ class Attention(nnx.Module):
       y = y + delta
     return y + b[...].astype(dt) if b is not None else y
 
-  def __call__(self, x_BLD, positions_BL, kv_mask_BS, cache=None, cache_index=None):
+  def __call__(self, x_BLD, positions_BL, kv_mask_BS, cache=None, cache_index=None,
+               window=None):
+    """`window` (a traced int, scanned layers): this layer's sliding window, 0 for none; None
+    takes the layer's own (`ModelConfig.layer_window`)."""
     cfg = self.cfg
     q_BLHE, k_BLKE = self._proj(x_BLD, self.wq, self.bq, "wq"), self._proj(x_BLD, self.wk, self.bk, "wk")
     if self.q_norm is not None:
@@ -349,7 +358,10 @@ class Attention(nnx.Module):
       q_slot_L = jnp.arange(L)
     S = k_BKSE.shape[2]
     causal_LS = jnp.arange(S)[None, :] <= q_slot_L[:, None]
-    if self.window:  # HF: a key is visible when q_slot - k_slot < sliding_window
+    if window is not None:   # scanned layers: the window is data (0 = full attention)
+      causal_LS = causal_LS & ((window <= 0)
+                               | (q_slot_L[:, None] - jnp.arange(S)[None, :] < window))
+    elif self.window:  # HF: a key is visible when q_slot - k_slot < sliding_window
       causal_LS = causal_LS & (q_slot_L[:, None] - jnp.arange(S)[None, :] < self.window)
     mask_BLS = causal_LS[None] & kv_mask_BS[:, None, :].astype(bool)
     if cfg.attention == "dot_product" and not cfg.attn_softcap:
@@ -499,9 +511,10 @@ class Block(nnx.Module):
     self.attn_post_norm = Norm(cfg, rngs) if cfg.post_norms else None
     self.mlp_post_norm = Norm(cfg, rngs) if cfg.post_norms else None
 
-  def __call__(self, x_BLD, positions_BL, kv_mask_BS, cache=None, cache_index=None):
+  def __call__(self, x_BLD, positions_BL, kv_mask_BS, cache=None, cache_index=None,
+               window=None):
     h_BLD = self.attn_norm(x_BLD)
-    attn_BLD, new_cache = self.attn(h_BLD, positions_BL, kv_mask_BS, cache, cache_index)
+    attn_BLD, new_cache = self.attn(h_BLD, positions_BL, kv_mask_BS, cache, cache_index, window)
     if self.cfg.parallel_residual:
       mlp_in = h_BLD if self.mlp_norm is None else self.mlp_norm(x_BLD)
       x_BLD = x_BLD + attn_BLD + self.mlp(mlp_in)
@@ -524,6 +537,7 @@ def _block_apply(block, x_BLD, positions_BL, kv_mask_BS, cache, cache_index):
 _REMAT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
 }
 
 
@@ -536,9 +550,14 @@ class Transformer(nnx.Module):
     self.embed = _param(rngs, (V, D), ("vocab", "embed"), cfg)
     self.pos_embed = (_param(rngs, (cfg.max_seq_len, D), ("position", "embed"), cfg)
                       if cfg.position == "learned" else None)
-    self.num_blocks = cfg.num_layers
-    for i in range(cfg.num_layers):
-      setattr(self, f"block_{i}", Block(cfg, rngs, i))
+    if cfg.scan_layers:
+      self.num_blocks = 0
+      self.layers = _stacked_blocks(cfg, rngs)
+    else:
+      self.num_blocks = cfg.num_layers
+      self.layers = None
+      for i in range(cfg.num_layers):
+        setattr(self, f"block_{i}", Block(cfg, rngs, i))
     self.final_norm = Norm(cfg, rngs)
     if cfg.head == "scalar":
       self.score = _param(rngs, (D, 1), ("embed", "score"), cfg, std=1.0 / (D + 1) ** 0.5)
@@ -550,7 +569,7 @@ class Transformer(nnx.Module):
       self.lm_head_bias = _param(rngs, (V,), ("vocab",), cfg, "zeros") if cfg.lm_head_bias else None
 
   def blocks(self):
-    """The `num_layers` Blocks in order."""
+    """The `num_layers` Blocks in order (none with scan_layers: see `layers`)."""
     return [getattr(self, f"block_{i}") for i in range(self.num_blocks)]
 
   def hidden(self, tokens_BL, positions_BL, kv_mask_BS, cache=None, cache_index=None):
@@ -569,12 +588,31 @@ class Transformer(nnx.Module):
     # sampler's while_loop cannot merge the outer trace's params (TraceContextError).
     if cfg.remat != "none" and cache is None:
       apply = nnx.remat(_block_apply, policy=_REMAT_POLICIES[cfg.remat])
+    if cfg.scan_layers:
+      return self._scan_blocks(x_BLD, positions_BL, kv_mask_BS, cache, cache_index)
     new_cache = [] if cache is not None else None
     for i, block in enumerate(self.blocks()):
       layer_cache = cache[i] if cache is not None else None
       x_BLD, c = apply(block, x_BLD, positions_BL, kv_mask_BS, layer_cache, cache_index)
       if cache is not None:
         new_cache.append(c)
+    return self.final_norm(x_BLD), new_cache
+
+  def _scan_blocks(self, x_BLD, positions_BL, kv_mask_BS, cache, cache_index):
+    """`hidden`'s layers as one `lax.scan` over the stacked `layers` params (and the stacked
+    cache {'k', 'v'} [N, B, K, S, E] when decoding); each layer's window is scanned as data."""
+    cfg = self.cfg
+    graphdef, state = nnx.split(self.layers)
+    windows_N = jnp.asarray([cfg.layer_window(i) for i in range(cfg.num_layers)], jnp.int32)
+
+    def body(x_BLD, xs):
+      layer_state, layer_cache, window = xs
+      block = nnx.merge(graphdef, layer_state)
+      return block(x_BLD, positions_BL, kv_mask_BS, layer_cache, cache_index, window)
+
+    if cfg.remat != "none" and cache is None:
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    x_BLD, new_cache = jax.lax.scan(body, x_BLD, (state, cache, windows_N))
     return self.final_norm(x_BLD), new_cache
 
   def head(self, h_BLD):
@@ -609,7 +647,7 @@ class Transformer(nnx.Module):
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
     if mask_BL is None:
-      S = L if cache is None else cache[0]["k"].shape[2]
+      S = L if cache is None else cache_length(cache)
       mask_BL = jnp.ones((B, S), bool)
     if cache is not None and cache_index is None:
       cache_index = 0
@@ -617,11 +655,41 @@ class Transformer(nnx.Module):
     return self.head(h_BLD), new_cache
 
 
-def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> list[dict[str, jax.Array]]:
+def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+  """`num_layers` Blocks as one module whose params carry a leading [num_layers] axis. The
+  blocks are made one after another from `rngs`, as the unrolled model makes them, and stacked:
+  a seed gives the same model in either layout. (Each is built as layer 0; the scanned
+  forward passes every layer's own window as data.)"""
+  blocks = [nnx.split(Block(cfg, rngs, 0)) for _ in range(cfg.num_layers)]
+  graphdef = blocks[0][0]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(state for _, state in blocks))
+  return nnx.merge(graphdef, stacked)
+
+
+def cache_length(cache) -> int:
+  """S, the slots of a KV cache (a per-layer list of {'k', 'v'} [B, K, S, E], or the
+  scanned layers' stacked {'k', 'v'} [N, B, K, S, E])."""
+  k = cache["k"] if isinstance(cache, dict) else cache[0]["k"]
+  return k.shape[-2]
+
+
+def constrain_cache(cache):
+  """`cache` with its logical sharding (batch over the data axes, heads over tensor)."""
+  axes = ("cache_batch", "activation_kv_heads", "cache_length", None)
+  if isinstance(cache, dict):   # stacked: [N, B, K, S, E]
+    return {k: constrain(v, (None,) + axes) for k, v in cache.items()}
+  return [{k: constrain(v, axes) for k, v in c.items()} for c in cache]
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None):
   """An all-zero KV cache: one {'k', 'v'} per layer, each [B, K, S, E] with B = `batch`,
-  S = `length`, in `dtype` (default the compute dtype)."""
+  S = `length`, in `dtype` (default the compute dtype); with scan_layers one stacked {'k', 'v'}
+  [N, B, K, S, E] (N = num_layers)."""
   dtype = cfg.compute_dtype if dtype is None else dtype
   shape = (batch, cfg.kv_heads, length, cfg.dim_per_head)
+  if cfg.scan_layers:
+    shape = (cfg.num_layers,) + shape
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
   return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)]
 
 

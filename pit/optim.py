@@ -16,8 +16,13 @@ def learning_rate_schedule(cfg) -> optax.Schedule:
 
 
 def _decay_mask(params):
-  """Weight decay on matrices only (not norms, biases or scalar heads' bias)."""
-  return jax.tree.map(lambda x: x.ndim >= 2, params)
+  """Weight decay on matrices only (not norms, biases or scalar heads' bias); under `layers`
+  (scanned layers) the leading layer axis does not count: a stacked norm scale [N, D] is still
+  a vector per layer."""
+  def is_matrix(path, x):
+    stacked = any(getattr(k, "key", None) == "layers" for k in path)
+    return x.ndim - int(stacked) >= 2
+  return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:

@@ -56,6 +56,9 @@ def model_def(cfg: ModelConfig) -> ModelDef:
   axes_state = jax.tree.map(lambda v: v.replace(LogicalAxes(tuple(v.get_metadata()["axes"]))),
                             state, is_leaf=is_var)
   axes = _to_pure(axes_state)
+  if cfg.scan_layers:   # nnx.vmap stacked the block params: a leading "layers" axis
+    axes["layers"] = jax.tree.map(lambda a: LogicalAxes(("layers",) + a.names), axes["layers"],
+                                  is_leaf=lambda x: isinstance(x, LogicalAxes))
   return ModelDef(cfg, graphdef, state.to_pure_dict(), axes)
 
 
@@ -86,3 +89,34 @@ def init_params(mdef: ModelDef, mesh: Mesh, rules, seed: int) -> Params:
 def num_params(params: Params) -> int:
   """Total number of elements over the leaves of `params`."""
   return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def stack_layers(params: Params, num_layers: int, stack=None) -> Params:
+  """Unrolled params ({'block_0': ..., 'block_{N-1}': ..., rest}) as scanned params ({'layers':
+  every leaf stacked over the N blocks [N, ...], rest}), the layout of `scan_layers` models.
+  `stack` (default numpy's) joins one leaf's N arrays. Raises ValueError when a block is
+  missing or the blocks differ in structure."""
+  import numpy as np
+  stack = stack or (lambda xs: np.stack(xs))
+  names = [f"block_{i}" for i in range(num_layers)]
+  missing = [n for n in names if n not in params]
+  if missing:
+    raise ValueError(f"stack_layers: no {missing[:4]} in the params")
+  out = {k: v for k, v in params.items() if k not in names}
+  blocks = [params[n] for n in names]
+  if any(jax.tree.structure(b) != jax.tree.structure(blocks[0]) for b in blocks):
+    raise ValueError("stack_layers: the blocks differ in structure")
+  out["layers"] = jax.tree.map(lambda *xs: stack(list(xs)), *blocks)
+  return out
+
+
+def unstack_layers(params: Params) -> Params:
+  """Scanned params ({'layers': [N, ...] leaves, rest}) as unrolled ones ({'block_i': the
+  i-th slice of each leaf, rest}); unrolled params are returned as they are."""
+  if "layers" not in params:
+    return params
+  out = {k: v for k, v in params.items() if k != "layers"}
+  n = jax.tree.leaves(params["layers"])[0].shape[0]
+  for i in range(n):
+    out[f"block_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["layers"])
+  return out

@@ -30,7 +30,7 @@ from pit.params import init_params
 
 KINDS = ("hf", "gguf", "checkpoint")
 # How the model runs, not what it computes: kept from the run's own config.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "head", "init_std")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "head", "init_std", "scan_layers", "attention")
 
 
 def parse(init_from: str) -> tuple[str, str]:

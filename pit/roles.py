@@ -21,12 +21,16 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import logging
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from pit.checkpoint import Checkpointer
 from pit.model import ModelConfig
-from pit.params import ModelDef, model_def
+from pit.params import ModelDef, model_def, stack_layers, unstack_layers
 
 HEADS = {"policy": "lm", "reference": "lm", "judge": "lm", "reward": "scalar",
          "gap_reward": "scalar", "value": "scalar"}
@@ -87,9 +91,20 @@ def restore_params(mdef: ModelDef, path: str, mesh, rules, field: str = "checkpo
   try:
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-    return ckpt.restore_params(mdef.sharded_abstract(mesh, rules))
+    saved = set(ckpt.saved_param_keys())
+    scanned_saved = "layers" in saved
+    if scanned_saved == mdef.cfg.scan_layers or not ({"layers", "block_0"} & saved):
+      return ckpt.restore_params(mdef.sharded_abstract(mesh, rules))
+    # the other layout (scanned vs unrolled layers): restored as saved, then (un)stacked
+    saved_mdef = model_def(mdef.cfg.replace(scan_layers=scanned_saved))
+    params, step = ckpt.restore_params(saved_mdef.sharded_abstract(mesh, rules))
   finally:
     ckpt.close()
+  logging.info("%s: %s layers restored into %s ones", path, "scanned" if scanned_saved else
+               "unrolled", "scanned" if mdef.cfg.scan_layers else "unrolled")
+  params = (stack_layers(params, mdef.cfg.num_layers, jnp.stack) if mdef.cfg.scan_layers
+            else unstack_layers(params))
+  return jax.device_put(params, mdef.shardings(mesh, rules)), step
 
 
 def load(role: str, path: str, *, mesh, rules, default_mdef: ModelDef | None = None,

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from pit import sharding as shd
 from pit.data.batching import bucket_length, default_buckets
-from pit.model import init_cache, positions_from_mask
+from pit.model import constrain_cache, init_cache, positions_from_mask
 from pit.params import ModelDef
 
 
@@ -122,8 +122,7 @@ class Sampler:
       with shd.axis_rules(mesh, rules):
         model = mdef.merge(params)
         cache = init_cache(mdef.cfg, B, P + N, self.cache_dtype)
-        cache = [{k: shd.constrain(v, ("cache_batch", "activation_kv_heads", "cache_length", None))
-                  for k, v in c.items()} for c in cache]
+        cache = constrain_cache(cache)
         kv_mask_BS = jnp.concatenate([mask_BP, jnp.ones((B, N), bool)], axis=1)
         positions_BP = positions_from_mask(mask_BP)
         # Prefill: the cache of all P prompt slots, but vocabulary logits for the last slot
@@ -193,5 +192,5 @@ class Sampler:
     tokens_d, mask_d = shd.put_global((tokens, mask), self.mesh, self.rules)
     out = self._compiled[key](params, tokens_d, mask_d, jax.random.key(seed),
                               jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
-    toks, lps, lens = (np.asarray(jax.device_get(x))[:n] for x in out)
+    toks, lps, lens = (x[:n] for x in shd.to_host(out))
     return SampleOutput(toks, lps, lens)

@@ -41,6 +41,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("norm", None),
     ("position", None),
     ("score", None),
+    ("layers", None),     # the stacked layer axis of scanned layers (model.scan_layers)
 )
 
 _state = threading.local()
@@ -208,6 +209,20 @@ def maybe_initialize_distributed(dist_cfg) -> None:
       kwargs[key] = value
   logging.info("jax.distributed.initialize(%s)", kwargs)
   jax.distributed.initialize(**kwargs)
+
+
+def to_host(tree: Any) -> Any:
+  """Every leaf of `tree` as a numpy array of its GLOBAL value on every process (multi-host
+  safe): arrays whose shards live on other processes too (a batch sharded over the hosts'
+  devices) are all-gathered (`multihost_utils.process_allgather`, a collective: every
+  process must call it in the same order); local or fully replicated arrays are copied.
+  Non-array leaves go through `np.asarray`."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(get, tree)
 
 
 def tree_specs(tree) -> Any:

@@ -83,7 +83,8 @@ def test_cli_writes_json(tmp_path, capsys):
       "--d_model=32", "--num_layers=1", "--num_heads=2", "--d_ff=64", "--vocab_size=64",
       "--seq_len=16", "--batch_size=8", "--steps=1", "--warmup=1", "--dtype=bfloat16",
       "--decode_batches=1", "--decode_tokens=3", "--prompt_len=4", "--matmul_reps=1",
-      "--matmul_squares=64", "--mesh=1,1,1", f"--json_out={out}"], devices=jax.devices()[:1])
+      "--matmul_squares=64", "--mesh=1,1,1", "--compile_layers=3", f"--json_out={out}"],
+      devices=jax.devices()[:1])
   text = capsys.readouterr().out
   assert "FLOPs/token (train)" in text and "achieved / ceiling" in text and "decode" in text
   assert "cross-check: XLA cost_analysis" in text and "float32 ceiling (reference)" in text
@@ -98,5 +99,8 @@ def test_cli_writes_json(tmp_path, capsys):
   assert ce["ceiling_flops_per_s"] == max(c["flops_per_s"] for c in ce["cases"])
   assert t["fraction_of_float32_ceiling"] == pytest.approx(
       t["flops_per_s"] / ce["float32_ceiling_flops_per_s"])
+  co = saved["compile"]
+  assert co["num_layers"] == 3 and "trace + lower / compile" in text
+  assert all(co[k]["lower_s"] > 0 and co[k]["compile_s"] > 0 for k in ("unrolled", "scanned"))
   [d] = saved["decode"]
   assert d["batch_size"] == 1 and d["new_tokens"] == 3 and d["decode_tokens_per_s"] > 0

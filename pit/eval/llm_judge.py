@@ -145,7 +145,7 @@ class LMJudge:
       if L not in self._forward:
         self._forward[L] = self._build_forward(L)
       batch = shd.put_global((inputs, targets, mask, cont), self.mesh, self.rules)
-      lp = np.asarray(jax.device_get(self._forward[L](self.params, *batch)), np.float64)
+      lp = shd.to_host(self._forward[L](self.params, *batch)).astype(np.float64)
       out[lo:lo + len(chunk)] = lp[:len(chunk)]
     return out
 

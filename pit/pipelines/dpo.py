@@ -48,7 +48,7 @@ def precompute_reference(rt, ref_params, examples, config) -> None:
       return losses.pair_logprobs(rt.mdef.merge(params), batch)
 
   for b, idx in batches:
-    out = np.asarray(jax.device_get(logps(ref_params, shd.put_global(b, rt.mesh, rt.rules))))
+    out = shd.to_host(logps(ref_params, shd.put_global(b, rt.mesh, rt.rules)))
     for row, i in enumerate(idx):
       examples[i].ref_logps = (float(out[row, 0]), float(out[row, 1]))
 

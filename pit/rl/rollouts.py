@@ -202,7 +202,7 @@ class Rollouts:
     kl_coef = self.kl.value
     adv, returns, stats = self._advantages(logp, ref_logp, values, jnp.asarray(norm_scores),
                                            jnp.asarray(rmask_f), jnp.float32(kl_coef))
-    logp, values, adv, returns, stats = jax.device_get((logp, values, adv, returns, stats))
+    logp, values, adv, returns, stats = shd.to_host((logp, values, adv, returns, stats))
     gap = float(np.max(np.abs(np.asarray(logp) - out.logprobs) * rmask_f))
     self._buffer = dict(batch, response_mask=rmask_f, old_logprobs=np.asarray(logp),
                         old_values=np.asarray(values), advantages=np.asarray(adv),

@@ -120,7 +120,7 @@ class RewardModelScorer:
         s = chunk[i % len(chunk)]
         tokens[i, :len(s)], mask[i, :len(s)] = s, True
       vals = self._score(self.params, *shd.put_global((tokens, mask), self.mesh, self.rules))
-      out[start:start + len(chunk)] = np.asarray(jax.device_get(vals))[:len(chunk)]
+      out[start:start + len(chunk)] = shd.to_host(vals)[:len(chunk)]
     return out
 
 

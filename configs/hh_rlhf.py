@@ -101,7 +101,7 @@ def smollm2(c):
 def pretrained_8b(c, preset: str):
   """Llama-3.1-8B / Qwen2.5-7B (Instruct) from an HF directory given on the command line."""
   from pit.config_base import stage_overrides, SCALAR
-  c.model.update(dtype="bfloat16", param_dtype="float32", remat="full")
+  c.model.update(dtype="bfloat16", param_dtype="float32", remat="full", scan_layers=True)
   c.mesh.shape = (1, -1, 1)
   c.train.accum_steps = 4
   c.train.lora.update(rank=64, alpha=128.0)

@@ -169,7 +169,7 @@ def oasst1(c):
 
 def hf(c):
   oasst1(c)
-  c.model.update(dtype="bfloat16", param_dtype="float32", remat="full")
+  c.model.update(dtype="bfloat16", param_dtype="float32", remat="full", scan_layers=True)
   c.mesh.shape = (1, -1, 1)
   c.data.update(max_len=2048, max_response_len=1024)
   alpaca = paths.shared_dir("data", "alpaca_eval")

@@ -134,7 +134,7 @@ def hf(c):
   text(c, "ultrafeedback")
   s = c.ser
   s.update(max_pairs=0, require_pretrained=True)
-  c.model.update(dtype="bfloat16", param_dtype="float32", remat="full")
+  c.model.update(dtype="bfloat16", param_dtype="float32", remat="full", scan_layers=True)
   c.mesh.shape = (1, -1, 1)
   c.train.lora.update(rank=8, alpha=32.0)
   c.data.update(max_len=1024, max_response_len=512, buckets=(256, 512, 1024))

@@ -31,7 +31,8 @@ def get_config(preset: str = "tiny"):
     c.checkpoint.update(every=500, keep=2)
   elif preset == "llama7b":
     c.model.update(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32,
-                   d_ff=11008, max_seq_len=4096, norm_eps=1e-5, dtype="bfloat16", remat="full")
+                   d_ff=11008, max_seq_len=4096, norm_eps=1e-5, dtype="bfloat16", remat="full",
+                   scan_layers=True)
     c.data.max_len, c.data.max_response_len, c.data.buckets = 2048, 1024, (512, 1024, 2048)
     c.mesh.shape = (1, -1, 1)  # pure FSDP; e.g. (1, -1, 8) for FSDP+TP on 8-GPU hosts
     c.train.update(steps=1000, batch_size=256, accum_steps=4, log_every=10)

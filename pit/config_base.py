@@ -249,7 +249,7 @@ def llama7b_pit(c, pit_data: dict):
   the caller sets the lengths (data, improve, ppo)."""
   c.model.update(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32,
                  d_ff=11008, max_seq_len=4096, norm_eps=1e-5, dtype="bfloat16",
-                 param_dtype="float32", remat="full")
+                 param_dtype="float32", remat="full", scan_layers=True)
   c.mesh.shape = (1, -1, 1)
   c.train.accum_steps = 4
   c.pit.policy_sft = stage_overrides(steps=2000, batch_size=128, learning_rate=2e-5,

@@ -167,6 +167,13 @@ class Checkpointer:
     step = self._step(step)
     return list(self._state_metadata(step)["params"].keys())
 
+  def saved_param_shapes(self, step: int | None = None) -> dict:
+    """The params saved at `step` as a nested dict of shape tuples (metadata, no arrays)."""
+    step = self._step(step)
+    tree = self._state_metadata(step)["params"]
+    return jax.tree.map(lambda m: tuple(m.shape), dict(tree),
+                        is_leaf=lambda x: hasattr(x, "shape"))
+
   def quarantine(self, step: int) -> str | None:
     """Moves a failing step aside (`<step>.corrupt`, numbered if taken); it is kept for
     inspection and never read again. Returns the new path (process 0), else None."""

@@ -517,9 +517,17 @@ def convert(hf: dict, src: TensorSource, cfg: ModelConfig,
   are converted one layer at a time as for the unrolled model, kept on the host, and each
   stacked parameter [num_layers, ...] is placed once all its layers are read."""
   scan = cfg.scan_layers
-  if scan:
-    cfg, scanned_place = cfg.replace(scan_layers=False), place
-    place = lambda name, a: a if name.startswith("block_") else scanned_place(name, a)
+  if scan:   # each block tensor written into its stacked host buffer [N, ...] as it is read
+    cfg, scanned_place, buffers = cfg.replace(scan_layers=False), place, {}
+
+    def place(name, a):
+      if not name.startswith("block_"):
+        return scanned_place(name, a)
+      layer, rest = name.split("/", 1)
+      if rest not in buffers:
+        buffers[rest] = np.empty((cfg.num_layers,) + a.shape, np.float32)
+      buffers[rest][int(layer[len("block_"):])] = a
+      return None
   want = _flat_abstract(cfg)
   if skip_head:
     want = {k: v for k, v in want.items() if k not in ("score", "score_bias")}
@@ -552,20 +560,12 @@ def convert(hf: dict, src: TensorSource, cfg: ModelConfig,
   missing = sorted(set(want) - set(flat))
   if missing:
     raise ValueError(f"no checkpoint tensor gives parameter(s) {missing[:8]}")
-  if scan:
-    return _stack_placed(flat, cfg.num_layers, scanned_place)
+  if scan:   # every layer was read (the missing check above): place the stacked buffers
+    out = {k: v for k, v in flat.items() if not k.startswith("block_")}
+    for rest in sorted(buffers):
+      out["layers/" + rest] = scanned_place("layers/" + rest, buffers.pop(rest))
+    return _nest(out)
   return _nest(flat)
-
-
-def _stack_placed(flat: dict[str, Any], num_layers: int, place) -> dict:
-  """`convert`'s per-layer host arrays 'block_{i}/<rest>' as 'layers/<rest>' [N, ...], each
-  placed (`place`) as soon as it is stacked and its layers dropped."""
-  out = {k: v for k, v in flat.items() if not k.startswith("block_")}
-  rests = sorted({k.split("/", 1)[1] for k in flat if k.startswith("block_0/")})
-  for rest in rests:
-    names = [f"block_{i}/{rest}" for i in range(num_layers)]
-    out["layers/" + rest] = place("layers/" + rest, np.stack([flat.pop(n) for n in names]))
-  return _nest(out)
 
 
 def read_hf_config(path: str) -> dict:

@@ -15,12 +15,18 @@ def learning_rate_schedule(cfg) -> optax.Schedule:
       decay_steps=decay, end_value=peak * float(cfg.end_lr_ratio))
 
 
+BIASES = ("bq", "bk", "bv", "bo")
+
+
 def _decay_mask(params):
-  """Weight decay on matrices only (not norms, biases or scalar heads' bias); under `layers`
-  (scanned layers) the leading layer axis does not count: a stacked norm scale [N, D] is still
-  a vector per layer."""
+  """Weight decay on matrices only: not on norms, nor on biases of any rank (bq / bk / bv are
+  [heads, head_dim]), nor on the scalar head's bias; under `layers` (scanned layers) the
+  leading layer axis does not count: a stacked norm scale [N, D] is still a vector per layer."""
   def is_matrix(path, x):
     stacked = any(getattr(k, "key", None) == "layers" for k in path)
+    name = str(getattr(path[-1], "key", path[-1])) if path else ""
+    if name in BIASES or name.startswith("b_") or name.endswith("bias"):
+      return False   # the attention biases bq / bk / bv are [heads, head_dim]: still biases
     return x.ndim - int(stacked) >= 2
   return jax.tree_util.tree_map_with_path(is_matrix, params)
 
@@ -28,7 +34,7 @@ def _decay_mask(params):
 def make_optimizer(cfg) -> optax.GradientTransformation:
   """The optimizer of a config's `optim` section: global-norm gradient clipping (when
   grad_clip_norm > 0), then AdamW (Loshchilov & Hutter 2019; b1, b2, eps) on
-  `learning_rate_schedule`, with weight decay on parameters of rank >= 2 only."""
+  `learning_rate_schedule`, with weight decay on weight matrices only (`_decay_mask`)."""
   parts = []
   if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(float(cfg.grad_clip_norm)))

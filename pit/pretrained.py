@@ -127,12 +127,32 @@ def trunk_from_lm_checkpoint(mdef, mesh, rules, checkpoint_dir: str, seed: int):
   checkpoint of the same width. A reward model deeper than the LM (model.num_layers above
   the checkpoint's) takes the LM's blocks as its lower blocks; each extra top block starts
   as the identity (its attention and MLP output projections zero), so training starts from
-  exactly the LM trunk's features."""
+  exactly the LM trunk's features. Either model may have scanned layers (`scan_layers`): the
+  trunk is assembled unrolled and stacked at the end when the scalar model is scanned."""
+  from pit.params import model_def, stack_layers, unstack_layers
+  if mdef.cfg.scan_layers:
+    params = trunk_from_lm_checkpoint(model_def(mdef.cfg.replace(scan_layers=False)), mesh, rules,
+                                      checkpoint_dir, seed)
+    params = stack_layers(params, mdef.cfg.num_layers, jnp.stack)
+    return jax.device_put(params, mdef.shardings(mesh, rules))
   head = ("score", "score_bias")
   target = {k: v for k, v in mdef.sharded_abstract(mesh, rules).items() if k not in head}
   ckpt = Checkpointer(checkpoint_dir, read_only=True, async_save=False)
-  trunk, step = ckpt.restore_params(target, allow_missing=lambda k: k.startswith("block_"))
-  ckpt.close()
+  try:
+    if "layers" in ckpt.saved_param_keys():   # a scanned LM: restored at its own depth, unstacked
+      shapes = ckpt.saved_param_shapes()["layers"]
+      n_lm = int(jax.tree.leaves(shapes, is_leaf=lambda t: isinstance(t, tuple))[0][0])
+      if n_lm > mdef.cfg.num_layers:
+        raise ValueError(f"{checkpoint_dir}: the LM has {n_lm} layers, the scalar model "
+                         f"{mdef.cfg.num_layers}")
+      lm = model_def(mdef.cfg.replace(scan_layers=True, num_layers=n_lm))
+      lm_target = {k: v for k, v in lm.sharded_abstract(mesh, rules).items() if k not in head}
+      trunk, step = ckpt.restore_params(lm_target)
+      trunk = unstack_layers(trunk)
+    else:
+      trunk, step = ckpt.restore_params(target, allow_missing=lambda k: k.startswith("block_"))
+  finally:
+    ckpt.close()
   extra = sorted((k for k in target if k not in trunk), key=lambda k: int(k.split("_")[1]))
   n_lm = sum(k.startswith("block_") for k in trunk)
   if [int(k.split("_")[1]) for k in extra] != list(range(n_lm, n_lm + len(extra))):

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from pit import sharding as shd
 from pit.data.batching import bucket_length, default_buckets
 from pit.model import constrain_cache, init_cache, positions_from_mask
-from pit.params import ModelDef
+from pit.params import ModelDef, model_def, unstack_layers
 
 
 @dataclasses.dataclass
@@ -117,10 +117,17 @@ class Sampler:
   def _build(self, B: int, P: int, N: int):
     mdef, mesh, rules = self.mdef, self.mesh, self.rules
     pad_id, eos_id = self.pad_id, self.eos_id
+    unrolled = model_def(mdef.cfg.replace(scan_layers=False)) if mdef.cfg.scan_layers else None
 
     def run(params, tokens_BP, mask_BP, key, temperature, top_k, top_p):
       with shd.axis_rules(mesh, rules):
-        model = mdef.merge(params)
+        if mdef.cfg.scan_layers:
+          # Scanned layers decode as unrolled ones: the stacked params are sliced per layer
+          # once per call, outside the decode loop (slicing them inside every step copies
+          # the weights each token: decode 0.54x at batch 1, measured on CPU).
+          model = unrolled.merge(unstack_layers(params))
+        else:
+          model = mdef.merge(params)
         cache = init_cache(mdef.cfg, B, P + N, self.cache_dtype)
         cache = constrain_cache(cache)
         kv_mask_BS = jnp.concatenate([mask_BP, jnp.ones((B, N), bool)], axis=1)

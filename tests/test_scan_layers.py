@@ -169,6 +169,28 @@ def test_cli_trains_scanned_checkpoints_and_restores_either_layout(tmp_path):
   back, _ = roles.restore_params(model_def(cfg), str(tmp_path / "scan_False"), mesh,
                                  shd.DEFAULT_RULES)
   assert "layers" in back and back["layers"]["attn"]["wq"].shape[0] == 3
+  # A reward model's trunk from the LM checkpoint, every layout pair, same depth and deeper
+  # (the extra top layers identity-initialised: attention and MLP output projections zero)
+  from pit import pretrained
+  lm = {True: jax.device_get(unstack_layers(scanned)),
+        False: jax.device_get(roles.restore_params(model_def(cfg.replace(scan_layers=False)),
+                                                   str(tmp_path / "scan_False"), mesh,
+                                                   shd.DEFAULT_RULES)[0])}
+  for saved in (True, False):
+    for scan in (True, False):
+      for depth in (3, 4):
+        rm = model_def(cfg.replace(head="scalar", scan_layers=scan, num_layers=depth))
+        p = pretrained.trunk_from_lm_checkpoint(rm, mesh, shd.DEFAULT_RULES,
+                                                str(tmp_path / f"scan_{saved}" / "checkpoints"), 0)
+        assert jax.tree.structure(p) == jax.tree.structure(rm.abstract_params)
+        p = jax.device_get(unstack_layers(p))
+        src = lm[saved]
+        np.testing.assert_array_equal(p["embed"], src["embed"])
+        for i in range(3):
+          jax.tree.map(np.testing.assert_array_equal, p[f"block_{i}"], src[f"block_{i}"])
+        if depth == 4:
+          assert not np.any(p["block_3"]["attn"]["wo"]) and not np.any(p["block_3"]["mlp"]["w_down"])
+          assert np.any(p["block_3"]["attn"]["wq"])
 
 
 def test_every_model_field_is_a_config_field():

@@ -135,9 +135,27 @@ def test_model_options_train_like_the_plain_model(option, loss_rtol, update_rtol
   moved = _global_norm(jax.tree.map(np.subtract, p_ref, p_init))
   off = _global_norm(jax.tree.map(np.subtract, p_opt, p_ref))
   assert moved > 0.1 and off < update_rtol * moved, (off, moved)
-  for name in p_ref:    # every parameter, not only in aggregate (a decay mask is per leaf)
-    m = _global_norm(jax.tree.map(np.subtract, p_ref[name], p_init[name]))
-    o = _global_norm(jax.tree.map(np.subtract, p_opt[name], p_ref[name]))
+  leaves = lambda t: {jax.tree_util.keystr(k): np.asarray(v)
+                      for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+  init, ref, opt = leaves(p_init), leaves(p_ref), leaves(p_opt)
+  for name in ref:     # every parameter leaf, not only in aggregate (a decay mask is per leaf)
+    m, o = _global_norm(ref[name] - init[name]), _global_norm(opt[name] - ref[name])
     assert o <= max(3 * update_rtol * m, 1e-6), (name, o, m)
   if option.get("dtype") == "bfloat16":   # really computed in bf16: not bit-equal
     assert any(a["loss"] != b["loss"] for a, b in zip(h_ref, h_opt))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_weight_decay_reaches_matrices_only(scan):
+  """AdamW's decay mask: every weight matrix (attention, MLP, embedding, head, LoRA factors)
+  and nothing else — not norm scales, not biases of any rank, in either layer layout."""
+  mdef = tiny_mdef(qkv_bias=True, out_bias=True, mlp_bias=True, scan_layers=scan, lora_rank=2)
+  mask = optim._decay_mask(mdef.abstract_params)
+  flat = {"/".join(str(getattr(k, "key", k)) for k in p): v
+          for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+  decayed = {k.split("/")[-1] for k, v in flat.items() if v}
+  kept = {k.split("/")[-1] for k, v in flat.items() if not v}
+  assert decayed == {"embed", "lm_head", "wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"} | {
+      f"{w}_lora_{ab}" for w in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+      for ab in "ab"}, decayed
+  assert kept == {"scale", "bq", "bk", "bv", "bo", "b_up", "b_gate", "b_down"}, kept

@@ -41,7 +41,7 @@ def make_eval_fn(rt, examples, config):
     del step
     r = np.zeros((len(examples), 4), np.float32)
     for b, idx in batches:
-      out = shd.to_host(rewards(state.params, shd.put_batch(b, rt.mesh, rt.rules)))
+      out = shd.to_host(rewards(state.params, shd.put_global(b, rt.mesh, rt.rules)))
       r[idx] = out[:len(idx)]
     m = losses.gap_reward_metrics(jnp.asarray(r), jnp.ones(len(examples), jnp.float32))
     return {**{k: float(v) for k, v in m.items()}, **accuracy_standard_errors(r)}

@@ -30,23 +30,46 @@ class SampleOutput:
   lengths: np.ndarray   # int32 [B]; generated tokens including eos
 
 
+def _largest_threshold(p_BV, enough):
+  """Per row, the largest float32 tau in [0, 1] with `enough(tau_B1)` true, for an `enough`
+  that is true at 0 and monotone (true up to some tau, false above): a bisection on the bit
+  patterns of non-negative floats (which order as the floats do), so 31 steps find it exactly.
+  Each step is one pass over [B, V]; no sort."""
+  B = p_BV.shape[0]
+  lo_B = jnp.zeros((B,), jnp.int32)                       # bits of 0.0: enough
+  hi_B = jnp.full((B,), 0x3F800001, jnp.int32)            # just above 1.0: out of range
+
+  def body(_, carry):
+    lo_B, hi_B = carry
+    mid_B = lo_B + (hi_B - lo_B) // 2
+    ok_B = enough(jax.lax.bitcast_convert_type(mid_B, jnp.float32)[:, None])
+    return jnp.where(ok_B, mid_B, lo_B), jnp.where(ok_B, hi_B, mid_B)
+
+  lo_B, _ = jax.lax.fori_loop(0, 31, body, (lo_B, hi_B))
+  return jax.lax.bitcast_convert_type(lo_B, jnp.float32)[:, None]
+
+
 def filter_logits(logits_BV, temperature, top_k, top_p):
-  """Temperature, then top-k, then top-p (nucleus). Removed entries are -inf."""
+  """Temperature, then top-k, then top-p (nucleus) on the top-k renormalised distribution.
+  Removed entries are -inf. Nucleus: a token is kept when the mass of the strictly more
+  likely tokens is below top_p (the token that crosses top_p is kept; the most likely token
+  always is). Tokens tied with the last kept one are all kept (no arbitrary order among equal
+  tokens). Thresholds by bisection (`_largest_threshold`), not a vocabulary sort: a sort of
+  [16, 49152] rows cost ~0.4 s a decode step on 2 CPU cores."""
   scaled_BV = logits_BV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
 
   def filtered(x_BV):
-    V = x_BV.shape[-1]
-    order_BV = jnp.argsort(-x_BV, axis=-1)
-    sorted_BV = jnp.take_along_axis(x_BV, order_BV, axis=-1)
-    rank_V = jnp.arange(V)
-    keep_BV = (top_k <= 0) | (rank_V < top_k)
-    sorted_BV = jnp.where(keep_BV, sorted_BV, -jnp.inf)
-    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
-    before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV  # mass of strictly better tokens
-    keep_BV = keep_BV & ((before_BV < top_p) | (rank_V == 0))
-    sorted_BV = jnp.where(keep_BV, sorted_BV, -jnp.inf)
-    inverse_BV = jnp.argsort(order_BV, axis=-1)
-    return jnp.take_along_axis(sorted_BV, inverse_BV, axis=-1)
+    p_BV = jax.nn.softmax(x_BV, axis=-1)
+    # top-k: the largest tau with at least k tokens at or above it
+    tau_k = _largest_threshold(p_BV, lambda t: jnp.sum(p_BV >= t, axis=-1) >= top_k)
+    keep_BV = (top_k <= 0) | (p_BV >= tau_k)
+    kept_BV = jnp.where(keep_BV, p_BV, 0.0)
+    total_B1 = jnp.sum(kept_BV, axis=-1, keepdims=True)
+    # top-p: the largest tau whose kept tokens at or above it hold top_p of the kept mass
+    tau_p = _largest_threshold(p_BV, lambda t: jnp.sum(jnp.where(kept_BV >= t, kept_BV, 0.0),
+                                                       axis=-1) >= top_p * total_B1[:, 0])
+    keep_BV = keep_BV & ((top_p >= 1.0) | (p_BV >= tau_p))
+    return jnp.where(keep_BV, x_BV, -jnp.inf)
 
   no_filter = (top_k <= 0) & (top_p >= 1.0)
   return jax.lax.cond(no_filter, lambda x: x, filtered, scaled_BV)

@@ -184,10 +184,35 @@ def test_top_k_and_top_p_survivors():
   assert survivors(top_p=0.72) == [0, 1, 2]    # before(2) = .7 < .72
   assert survivors(top_p=0.3) == [0]
   assert survivors(top_p=1e-6) == [0]
-  # Exact boundary with exactly representable probabilities (.25 each): before = 0, .25, .5, .75.
+  # Exact boundary with exactly representable probabilities .5 .25 .125 .0625 .0625:
+  # before = 0, .5, .75, .875
+  pow2_1V = jnp.log(jnp.asarray([[0.5, 0.25, 0.125, 0.0625, 0.0625]]))
+  assert survivors(top_p=0.5, logits_1V=pow2_1V) == [0]          # before == top_p is dropped
+  assert survivors(top_p=0.5001, logits_1V=pow2_1V) == [0, 1]
+  assert survivors(top_p=0.75, logits_1V=pow2_1V) == [0, 1]
+  assert survivors(top_p=0.7501, logits_1V=pow2_1V) == [0, 1, 2]
+  # Ties with the last kept token are all kept (no arbitrary order among equal tokens)
   flat_1V = jnp.zeros((1, 4))
-  assert len(survivors(top_p=0.5, logits_1V=flat_1V)) == 2   # before == top_p is dropped
-  assert len(survivors(top_p=0.5001, logits_1V=flat_1V)) == 3
+  assert len(survivors(top_p=0.5, logits_1V=flat_1V)) == 4
+  assert len(survivors(top_k=2, logits_1V=flat_1V)) == 4
+  assert survivors(top_p=0.9, logits_1V=pow2_1V) == [0, 1, 2, 3, 4]   # .0625 tie at the edge
+  # Against a sort-based reference on random rows of a large vocabulary (no ties)
+  rng = np.random.default_rng(0)
+  big_BV = rng.normal(size=(6, 5000)).astype(np.float32) * 3
+  for k, p_ in ((0, 0.9), (50, 1.0), (300, 0.7), (0, 0.05)):
+    got = np.isfinite(np.asarray(filter_logits(jnp.asarray(big_BV), jnp.float32(0.8),
+                                               jnp.int32(k), jnp.float32(p_))))
+    for row, keep in zip(big_BV, got):
+      order = np.argsort(-row)
+      probs = np.exp((row - row.max()) / 0.8)
+      probs = probs / probs.sum()
+      ranks = np.arange(len(row)) < (k if k > 0 else len(row))
+      q = np.where(ranks, probs[order], 0.0)
+      q = q / q.sum()
+      before = np.cumsum(q) - q
+      want = np.zeros(len(row), bool)
+      want[order] = ranks & ((before < p_) | (np.arange(len(row)) == 0) | (p_ >= 1.0))
+      assert (keep == want).all(), (k, p_, np.flatnonzero(keep != want)[:5])
   # Top-p acts on the top-k renormalised distribution: top-3 gives .588 .235 .176.
   assert survivors(top_k=3, top_p=0.8) == [0, 1]   # unrenormalised would keep [0, 1, 2]
   # Top-p acts after temperature: T=.5 gives .769 .123 .069 ...

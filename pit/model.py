@@ -87,7 +87,7 @@ class ModelConfig:
   attention: str = "plain"
   # One stacked `layers` module (every block's params with a leading [num_layers] axis,
   # logical axis "layers") applied by `jax.lax.scan`: the block is traced and compiled once,
-  # so compile time does not grow with depth; the KV cache is stacked the same way
+  # so compile time does not grow with depth (decoding keeps one cache buffer per layer)
   scan_layers: bool = False
   init_std: float = 0.02
 

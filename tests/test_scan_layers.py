@@ -74,10 +74,22 @@ def test_scanned_forward_and_gradient_equal_unrolled(remat):
 
 
 def test_scanned_cache_decoding_equals_unrolled():
-  """The sampler (prefill + while_loop decode over the stacked [N, B, K, S, E] cache) gives
-  the unrolled model's tokens and log-probs, greedy and sampled."""
+  """The sampler (which decodes a scanned model through its unrolled view) and the scanned
+  model's own cached forward give the unrolled model's tokens, log-probs and logits."""
   m0, p0, m1, p1 = _pair()
   mesh = MESH()
+  from pit.model import init_cache
+  tokens = jnp.asarray(np.random.default_rng(2).integers(1, 64, (2, 6)), jnp.int32)
+  step = jnp.asarray([[5], [7]], jnp.int32)
+  outs = []
+  for m, p in ((m0, p0), (m1, p1)):
+    model = m.merge(p)
+    mask = jnp.ones((2, 10), bool)
+    logits, cache = model(tokens, None, mask, init_cache(m.cfg, 2, 10), 0)
+    nxt, _ = model(step, jnp.full((2, 1), 6), mask, cache, 6)
+    outs.append((np.asarray(logits), np.asarray(nxt)))
+  np.testing.assert_allclose(outs[1][0], outs[0][0], atol=1e-5)
+  np.testing.assert_allclose(outs[1][1], outs[0][1], atol=1e-5)
   prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
   for temperature in (0.0, 1.0):
     outs = [Sampler(m, mesh, shd.DEFAULT_RULES, pad_id=0, eos_id=63).generate(

@@ -95,3 +95,20 @@ def build_hf_model_dir(path, corpus, *, family="llama", vocab_size=300, seed=0, 
       p.add_(0.05 * torch.randn_like(p))
   model.save_pretrained(str(path))
   return model
+
+
+def final_params(workdir, pipeline: str = "sft"):
+  """(params on the host, step) of the latest checkpoint of a pipeline's workdir, in the model
+  shape its `config_<pipeline>.json` saved, restored onto one device."""
+  import json
+  import os
+  import jax
+  from pit.checkpoint import Checkpointer
+  from pit.model import ModelConfig
+  cfg = json.load(open(os.path.join(workdir, f"config_{pipeline}.json")))
+  mdef = model_def(ModelConfig.from_config(cfg["model"]))
+  mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=1)
+  params, step = ckpt.restore_params(mdef.sharded_abstract(mesh, shd.DEFAULT_RULES))
+  ckpt.close()
+  return jax.device_get(params), step

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.helpers import sigkill_when, without_run
+from tests.helpers import final_params, sigkill_when, without_run
 
 TINY = ["--config=configs/sft.py:tiny", "--config.progress=False",
         "--config.model.d_model=64", "--config.model.d_ff=128", "--config.train.batch_size=16"]
@@ -86,23 +86,9 @@ def test_sft_trains_then_generate_samples(tmp_path):
   r = _run(wd2, f"--config.train.init_checkpoint={wd}", "--config.train.steps=1",
            "--config.optim.learning_rate=0.0", "--config.optim.warmup_steps=0")
   assert r.returncode == 0, r.stderr[-3000:]
-  jax.tree.map(np.testing.assert_array_equal, _final_params(wd)[0], _final_params(wd2)[0])
+  jax.tree.map(np.testing.assert_array_equal, final_params(wd)[0], final_params(wd2)[0])
 
 
-def _final_params(workdir):
-  from pit import sharding as shd
-  from pit.checkpoint import Checkpointer
-  from pit.model import ModelConfig
-  from pit.params import model_def
-  cfg = json.load(open(os.path.join(workdir, "config_sft.json")))
-  mdef = model_def(ModelConfig.from_config(cfg["model"]))
-  mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        mdef.abstract_params, mdef.shardings(mesh, shd.DEFAULT_RULES))
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=1)
-  params, step = ckpt.restore_params(target)
-  ckpt.close()
-  return jax.device_get(params), step
 
 
 def test_sigkill_midway_resumes_to_identical_params(tmp_path):
@@ -129,8 +115,8 @@ def test_sigkill_midway_resumes_to_identical_params(tmp_path):
   again = json.load(open(killed / "sft_summary.json"))
   assert again["run"] == {"steps_run": 0, "resumed_from": 40}
   assert without_run(again) == without_run(reference)
-  p_ref, s_ref = _final_params(ref)
-  p_res, s_res = _final_params(killed)
+  p_ref, s_ref = final_params(ref)
+  p_res, s_res = final_params(killed)
   assert s_ref == s_res == 40
   jax.tree.map(np.testing.assert_array_equal, p_ref, p_res)
   steps = [l["step"] for l in map(json.loads, open(killed / "metrics.jsonl")) if l["split"] == "train"]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import final_params
 
 MODEL = ["--config.model.d_model=32", "--config.model.d_ff=64", "--config.model.num_layers=2",
          "--config.progress=False", "--config.mesh.shape=(2,2,1)"]
@@ -77,21 +78,6 @@ def _assert_metrics_close(a_dir, b_dir, rtol=2e-4):
       np.testing.assert_allclose(rb[k], ra[k], rtol=rtol, atol=1e-5, err_msg=f"step {ra['step']} {k}")
 
 
-def _final_params(workdir, stage):
-  import jax
-  from pit import sharding as shd
-  from pit.checkpoint import Checkpointer
-  from pit.model import ModelConfig
-  from pit.params import model_def
-  cfg = json.load(open(os.path.join(workdir, f"config_{stage}.json")))
-  mdef = model_def(ModelConfig.from_config(cfg["model"]))
-  mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        mdef.abstract_params, mdef.shardings(mesh, shd.DEFAULT_RULES))
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=1)
-  params, step = ckpt.restore_params(target)
-  ckpt.close()
-  return jax.device_get(params), step
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +113,8 @@ def runs(tmp_path_factory):
 def test_sft_two_processes_equal_one(runs):
   _assert_metrics_close(runs[1] / "sft", runs[2] / "sft")
   import jax
-  p1, s1 = _final_params(runs[1] / "sft", "sft")
-  p2, s2 = _final_params(runs[2] / "sft", "sft")
+  p1, s1 = final_params(runs[1] / "sft", "sft")
+  p2, s2 = final_params(runs[2] / "sft", "sft")
   assert s1 == s2 == 6
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6), p1, p2)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.helpers import sigkill_when, without_run
+from tests.helpers import final_params, sigkill_when, without_run
 
 SMALL = ["--config.progress=False", "--config.model.d_model=32", "--config.model.d_ff=64",
          "--config.model.num_layers=1", "--config.train.batch_size=8",
@@ -38,20 +38,6 @@ def _run(pipeline, workdir, *extra, devices=2):
                         capture_output=True, text=True, timeout=600)
 
 
-def _final_params(workdir, pipeline):
-  from pit import sharding as shd
-  from pit.checkpoint import Checkpointer
-  from pit.model import ModelConfig
-  from pit.params import model_def
-  cfg = json.load(open(os.path.join(workdir, f"config_{pipeline}.json")))
-  mdef = model_def(ModelConfig.from_config(cfg["model"]))
-  mesh = shd.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        mdef.abstract_params, mdef.shardings(mesh, shd.DEFAULT_RULES))
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=1)
-  params, step = ckpt.restore_params(target)
-  ckpt.close()
-  return jax.device_get(params), step
 
 
 @pytest.mark.parametrize("pipeline", ["reward", "dpo"])
@@ -69,8 +55,8 @@ def test_sigkill_midway_resumes_to_identical_params(tmp_path, pipeline):
   assert summary["run"]["resumed_from"] is not None and 4 <= summary["run"]["resumed_from"] < 12
   assert without_run(summary) == without_run(json.load(open(ref / f"{pipeline}_summary.json")))
   assert summary["final_eval"]["pairs"] == 16
-  p_ref, s_ref = _final_params(ref, pipeline)
-  p_res, s_res = _final_params(killed, pipeline)
+  p_ref, s_ref = final_params(ref, pipeline)
+  p_res, s_res = final_params(killed, pipeline)
   assert s_ref == s_res == 12
   jax.tree.map(np.testing.assert_array_equal, p_ref, p_res)
   steps = [l["step"] for l in map(json.loads, open(killed / "metrics.jsonl")) if l["split"] == "train"]

@@ -603,8 +603,9 @@ class Transformer(nnx.Module):
     window is scanned as data. Decoding (with a per-layer cache): see below."""
     cfg = self.cfg
     graphdef, state = nnx.split(self.layers)
-    windows_N = jnp.asarray([cfg.layer_window(i) for i in range(cfg.num_layers)], jnp.int32)
     if cache is None:
+      windows_N = jnp.asarray([cfg.layer_window(i) for i in range(cfg.num_layers)], jnp.int32)
+
       def body(x_BLD, xs):
         layer_state, window = xs
         block = nnx.merge(graphdef, layer_state)
@@ -659,7 +660,7 @@ class Transformer(nnx.Module):
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
     if mask_BL is None:
-      S = L if cache is None else cache_length(cache)
+      S = L if cache is None else cache[0]["k"].shape[2]
       mask_BL = jnp.ones((B, S), bool)
     if cache is not None and cache_index is None:
       cache_index = 0
@@ -678,18 +679,13 @@ def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
   return nnx.merge(graphdef, stacked)
 
 
-def cache_length(cache) -> int:
-  """S, the slots of a KV cache (a per-layer list of {'k', 'v'} [B, K, S, E])."""
-  return cache[0]["k"].shape[-2]
-
-
 def constrain_cache(cache):
   """`cache` with its logical sharding (batch over the data axes, heads over tensor)."""
   axes = ("cache_batch", "activation_kv_heads", "cache_length", None)
   return [{k: constrain(v, axes) for k, v in c.items()} for c in cache]
 
 
-def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None):
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> list[dict[str, jax.Array]]:
   """An all-zero KV cache: one {'k', 'v'} per layer, each [B, K, S, E] with B = `batch`,
   S = `length`, in `dtype` (default the compute dtype); scanned layers too (their decode step
   runs the layers unrolled, each on its own buffer: `Transformer._scan_blocks`)."""

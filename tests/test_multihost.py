@@ -6,6 +6,7 @@ of every training batch, generation and scoring run over the global mesh and the
 gathered on every process (`pit.sharding.to_host`)."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -33,14 +34,15 @@ def _env(devices: int):
   return env
 
 
-def _run(workdir, args, processes: int, timeout: float = 600):
-  """`python -m pit.main` as one process of 4 devices or `processes` processes sharing them."""
+def _run(workdir, args, processes: int, timeout: float = 600) -> list[str]:
+  """`python -m pit.main` as one process of 4 devices or `processes` processes sharing them;
+  returns each process's stderr."""
   cmd = [sys.executable, "-m", "pit.main", f"--workdir={workdir}", *args]
   if processes == 1:
     r = subprocess.run(cmd, cwd=REPO, env=_env(4), capture_output=True, text=True,
                        timeout=timeout)
     assert r.returncode == 0, r.stderr[-4000:]
-    return
+    return [r.stderr]
   port = _free_port()
   procs = [subprocess.Popen(
       cmd + ["--config.distributed.enabled=True",
@@ -60,6 +62,7 @@ def _run(workdir, args, processes: int, timeout: float = 600):
         p.kill()
   for i, (rc, err) in enumerate(errs):
     assert rc == 0, f"process {i} of {processes}:\n{err[-4000:]}"
+  return [err for _, err in errs]
 
 
 def _train_metrics(workdir):
@@ -88,14 +91,14 @@ def runs(tmp_path_factory):
   for n in (1, 2):
     w = root / f"p{n}"
     sft = w / "sft"
-    _run(sft, ["--config=configs/sft.py:tiny", *MODEL, "--config.train.steps=6",
+    out[n, "sft_logs"] = _run(sft, ["--config=configs/sft.py:tiny", *MODEL, "--config.train.steps=6",
                "--config.train.batch_size=8", "--config.train.log_every=1",
                "--config.train.eval_every=6", "--config.checkpoint.every=3"], n)
     _run(sft, ["--config=configs/sft.py:tiny", *MODEL, "--config.pipeline=generate",
                "--config.generate.max_new_tokens=8", "--config.generate.batch_size=4",
                "--config.generate.num_samples=2", "--config.generate.temperature=1.0",
                "--config.generate.output=samples.jsonl"], n)
-    _run(w / "dpo", ["--config=configs/dpo.py:tiny", *MODEL, f"--config.dpo.init_checkpoint={sft}",
+    out[n, "dpo_logs"] = _run(w / "dpo", ["--config=configs/dpo.py:tiny", *MODEL, f"--config.dpo.init_checkpoint={sft}",
                      "--config.data.synthetic_train_size=64", "--config.data.synthetic_eval_size=16",
                      "--config.dpo.oracle_eval_prompts=8", "--config.generate.max_new_tokens=8",
                      "--config.train.steps=4", "--config.train.batch_size=8",
@@ -117,6 +120,23 @@ def test_sft_two_processes_equal_one(runs):
   p2, s2 = final_params(runs[2] / "sft", "sft")
   assert s1 == s2 == 6
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6), p1, p2)
+
+
+def test_each_process_tokenises_only_its_share(runs):
+  """No process holds the whole tokenised dataset: process p encodes the examples
+  i = p (mod 2), 1/2 of each dataset (pit.data.sharded), the rest only when a batch needs it."""
+  for stage, datasets in (("sft", ["toy_sft.jsonl"]), ("dpo", ["train pairs", "eval pairs"])):
+    logs = runs[2, f"{stage}_logs"]
+    for what in datasets:
+      counts = []
+      for p, log in enumerate(logs):
+        (m,) = re.findall(re.escape(what) + rf": (\d+) of (\d+) tokenised on process {p} of 2",
+                          log) or [None]
+        assert m, f"{stage} process {p}: no share line for {what}"
+        counts.append((int(m[0]), int(m[1])))
+      total = counts[0][1]
+      assert total > 8 and [k for k, _ in counts] == [-(-total // 2), total // 2], (stage, counts)
+    assert " tokenised on process" not in runs[1, f"{stage}_logs"][0]   # one process: all
 
 
 def test_generation_two_processes_equal_one(runs):

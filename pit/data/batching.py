@@ -155,13 +155,16 @@ class BatchIterator:
       raise ValueError("no training examples")
     if batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} not divisible by {process_count} processes")
-    self.examples = list(examples)
+    # a ShardedExamples (pit.data.sharded) stays as it is: only this process's slice of each
+    # batch is read, and the lengths are known without encoding anything
+    self.examples = examples if hasattr(examples, "lengths") else list(examples)
     self.batch_size, self.buckets, self.pad_id = batch_size, tuple(buckets), pad_id
     self.seed, self.shuffle = seed, shuffle
     self.process_index, self.process_count = process_index, process_count
     self.collate_fn, self.length_fn = collate_fn, length_fn
     self.group_by_length = bool(group_by_length)
     self.epoch, self.index = 0, 0
+    self._lengths: np.ndarray | None = None          # per example, on first use
     self._bucket_of: np.ndarray | None = None        # per example (group_by_length)
     self._epoch_batches: tuple[int, np.ndarray] | None = None   # (epoch, [batches, B] ids)
 
@@ -176,8 +179,8 @@ class BatchIterator:
     if self._epoch_batches is not None and self._epoch_batches[0] == epoch:
       return self._epoch_batches[1]
     if self._bucket_of is None:
-      self._bucket_of = np.asarray([bucket_length(self.length_fn(e), self.buckets)
-                                    for e in self.examples], np.int64)
+      self._bucket_of = np.asarray([bucket_length(int(n), self.buckets) for n in self.lengths],
+                                   np.int64)
     B = self.batch_size
     # the rows an ungrouped epoch visits (its first floor(n/B)*B): the remainder is then left
     # out at random, not always from the same bucket (a rare long bucket would starve)
@@ -200,6 +203,14 @@ class BatchIterator:
       batches = np.resize(self._order(epoch), (1, B))
     self._epoch_batches = (epoch, batches)
     return batches
+
+  @property
+  def lengths(self) -> np.ndarray:
+    """[N] positions each example needs (`length_fn`; a ShardedExamples' own lengths)."""
+    if self._lengths is None:
+      from pit.data import sharded
+      self._lengths = sharded.lengths_of(self.examples, self.length_fn)
+    return self._lengths
 
   @property
   def batches_per_epoch(self) -> int:
@@ -232,8 +243,9 @@ class BatchIterator:
     self.index += 1
     if self.index >= self.batches_per_epoch:
       self.epoch, self.index = self.epoch + 1, 0
-    chosen = [self.examples[i] for i in idx]
-    length = bucket_length(max(self.length_fn(e) for e in chosen), self.buckets)
+    idx = np.asarray(idx, np.int64)
+    length = bucket_length(int(self.lengths[idx].max()), self.buckets)
     local = self.batch_size // self.process_count
-    mine = chosen[self.process_index * local:(self.process_index + 1) * local]
+    mine = [self.examples[int(i)] for i in idx[self.process_index * local:
+                                               (self.process_index + 1) * local]]
     return self.collate_fn(mine, length, self.pad_id)

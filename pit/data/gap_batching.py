@@ -103,8 +103,10 @@ def gap_iterator(examples: Sequence[GapExample], *, batch_size: int, buckets: Se
 
 
 def fixed_gap_batches(examples: Sequence[GapExample], *, batch_size: int, buckets: Sequence[int],
-                      pad_id: int) -> list[tuple[dict[str, np.ndarray], list[int]]]:
+                      pad_id: int, process_index: int = 0, process_count: int = 1
+                      ) -> list[tuple[dict[str, np.ndarray], list[int]]]:
   """Every pair exactly once, in fixed-shape batches for evaluation
-  (`pair_batching.fixed_batches` with the gap collate)."""
+  (`pair_batching.fixed_batches` with the gap collate; this process's slice of each batch)."""
   return pair_batching.fixed_batches(examples, batch_size=batch_size, buckets=buckets,
-                                     pad_id=pad_id, collate_fn=collate_gap, length_fn=gap_length)
+                                     pad_id=pad_id, collate_fn=collate_gap, length_fn=gap_length,
+                                     process_index=process_index, process_count=process_count)

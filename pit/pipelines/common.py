@@ -10,7 +10,7 @@ import numpy as np
 
 from pit import jsonio, pretrained
 from pit import sharding as shd
-from pit.data import batching, encoding, sources
+from pit.data import batching, encoding, sharded, sources
 from pit.data.tokenizer import Tokenizer, make_tokenizer
 from pit.model import ModelConfig
 from pit.params import ModelDef, model_def
@@ -71,6 +71,11 @@ def train_summary(result, **fields) -> dict:
           "run": {"steps_run": result.steps_run, "resumed_from": result.resumed_from}}
 
 
+def process_share() -> dict:
+  """{process_index, process_count} of this process (its share of batches and data)."""
+  return {"process_index": jax.process_index(), "process_count": jax.process_count()}
+
+
 def buckets(config) -> tuple[int, ...]:
   """The batch length buckets: data.buckets, else powers of two from 32 up to data.max_len
   (`batching.default_buckets`)."""
@@ -78,9 +83,10 @@ def buckets(config) -> tuple[int, ...]:
 
 
 def load_sft_examples(path: str, config, tokenizer, stats=None, *, split: str = "train",
-                      report=None) -> list[batching.Example]:
+                      report=None) -> sharded.ShardedExamples:
   """SFT records from `sources.load_sft_records` (config.data.source), tokenised:
-  {"prompt","response"} (loss on response) or {"text"} (loss on all).
+  {"prompt","response"} (loss on response) or {"text"} (loss on all); this process holds
+  its share of the tokenised examples (`pit.data.sharded.encode_shared`).
 
   For data.source='jsonl' `path` is the file (train_path or eval_path). Skips and
   truncations are counted in `report` (a `sources.DataReport`) and logged here."""
@@ -96,15 +102,15 @@ def load_sft_examples(path: str, config, tokenizer, stats=None, *, split: str = 
   else:
     recs = sources.load_sft_records(config.data, split, report=report)
     what = f"data.source={config.data.source} split={split}"
-  examples = []
   max_len, max_resp = int(config.data.max_len), int(config.data.max_response_len)
-  for rec in recs:
+
+  def encode(rec, stats):
     if "text" in rec:
-      examples.append(encoding.text_example(tokenizer, rec["text"], max_len=max_len, stats=stats))
-    else:
-      examples.append(encoding.example(
-          tokenizer, config.data.prompt_format.format(prompt=rec["prompt"]), rec["response"],
-          max_len=max_len, max_response_len=max_resp, stats=stats))
+      return encoding.text_example(tokenizer, rec["text"], max_len=max_len, stats=stats)
+    return encoding.example(
+        tokenizer, config.data.prompt_format.format(prompt=rec["prompt"]), rec["response"],
+        max_len=max_len, max_response_len=max_resp, stats=stats)
+  examples = sharded.encode_shared(recs, encode, batching.example_length, stats=stats, what=what)
   logging.info("%s: %d examples", what, len(examples))
   report.log(what)
   return examples
@@ -155,6 +161,9 @@ def split_eval(examples, fraction: float, seed: int):
     return examples, []
   order = np.random.default_rng(seed).permutation(len(examples))
   n_eval = max(1, int(len(examples) * fraction))
-  ev = set(order[:n_eval].tolist())
-  return ([e for i, e in enumerate(examples) if i not in ev],
-          [e for i, e in enumerate(examples) if i in ev])
+  held_out = np.zeros(len(examples), bool)
+  held_out[order[:n_eval]] = True
+  keep, ev = np.flatnonzero(~held_out), np.flatnonzero(held_out)
+  if hasattr(examples, "subset"):   # a ShardedExamples: views, nothing encoded
+    return examples.subset(keep), examples.subset(ev)
+  return [examples[i] for i in keep], [examples[i] for i in ev]

@@ -36,21 +36,32 @@ REFERENCE_MODES = ("precompute", "live")
 
 
 def precompute_reference(rt, ref_params, examples, config) -> None:
-  """Sets `ex.ref_logps` = reference summed response log-probs (chosen, rejected)."""
+  """Sets every example's `ref_logps` = the reference's summed response log-probs (chosen,
+  rejected), nats: each process scores its slice of every fixed-shape batch, the results are
+  gathered on every process (`pit.sharding.to_host`). `examples`: a
+  `pit.data.sharded.ShardedExamples` (the values attached with `set_field`) or a list of
+  PairExamples (set on each)."""
   if not examples:
     return
   batches = pair_batching.fixed_batches(examples, batch_size=int(config.train.batch_size),
-                                        buckets=common.buckets(config), pad_id=rt.tokenizer.pad_id)
+                                        buckets=common.buckets(config), pad_id=rt.tokenizer.pad_id,
+                                        **common.process_share())
 
   @jax.jit
   def logps(params, batch):
     with shd.axis_rules(rt.mesh, rt.rules):
       return losses.pair_logprobs(rt.mdef.merge(params), batch)
 
+  values = [None] * len(examples)
   for b, idx in batches:
-    out = shd.to_host(logps(ref_params, shd.put_global(b, rt.mesh, rt.rules)))
+    out = shd.to_host(logps(ref_params, shd.put_batch(b, rt.mesh, rt.rules)))
     for row, i in enumerate(idx):
-      examples[i].ref_logps = (float(out[row, 0]), float(out[row, 1]))
+      values[i] = (float(out[row, 0]), float(out[row, 1]))
+  if hasattr(examples, "set_field"):
+    examples.set_field("ref_logps", values)
+  else:
+    for ex, v in zip(examples, values):
+      ex.ref_logps = v
 
 
 def oracle_eval(rt, params, config, sampler: Sampler) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 
 from pit import losses, pit_format, pretrained, roles
 from pit import sharding as shd
-from pit.data import gap_batching
+from pit.data import gap_batching, sharded
 from pit.pipelines import common, reward
 from pit.trainer import train
 
@@ -30,7 +30,7 @@ def make_eval_fn(rt, examples, config):
     return None
   batches = gap_batching.fixed_gap_batches(examples, batch_size=int(config.train.batch_size),
                                            buckets=common.buckets(config),
-                                           pad_id=rt.tokenizer.pad_id)
+                                           pad_id=rt.tokenizer.pad_id, **common.process_share())
 
   @jax.jit
   def rewards(params, batch):
@@ -41,7 +41,7 @@ def make_eval_fn(rt, examples, config):
     del step
     r = np.zeros((len(examples), 4), np.float32)
     for b, idx in batches:
-      out = shd.to_host(rewards(state.params, shd.put_global(b, rt.mesh, rt.rules)))
+      out = shd.to_host(rewards(state.params, shd.put_batch(b, rt.mesh, rt.rules)))
       r[idx] = out[:len(idx)]
     m = losses.gap_reward_metrics(jnp.asarray(r), jnp.ones(len(examples), jnp.float32))
     return {**{k: float(v) for k, v in m.items()}, **accuracy_standard_errors(r)}
@@ -79,14 +79,17 @@ def run(config, workdir: str):
   pit_format.template(template)
   loss_fn = losses.make_gap_reward_loss(gcfg)
   train_pairs, eval_pairs, report = reward.load_raw_pair_splits(config)
-  tok = lambda ps: gap_batching.tokenize_gap_pairs(ps, rt.tokenizer, config.data, template,
-                                                   stats=report.truncation)
-  train_ex, eval_ex = tok(train_pairs), tok(eval_pairs)
+  dc = config.data
+  encode = lambda pair, stats: gap_batching.make_gap_example(
+      pair, rt.tokenizer, template=template, prompt_format=str(dc.prompt_format),
+      max_len=int(dc.max_len), max_response_len=int(dc.max_response_len), stats=stats)
+  tok = lambda ps, what: sharded.encode_shared(ps, encode, gap_batching.gap_length,
+                                               stats=report.truncation, what=what)
+  train_ex, eval_ex = tok(train_pairs, "train gap pairs"), tok(eval_pairs, "eval gap pairs")
   report.log("gap_reward pairs")
   data = gap_batching.gap_iterator(
       train_ex, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
-      pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed),
-      process_index=jax.process_index(), process_count=jax.process_count(),
+      pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed), **common.process_share(),
       group_by_length=bool(config.data.get("group_by_length", False)))
   eval_fn = make_eval_fn(rt, eval_ex, config)
   init_fn = pretrained.init_fn(rt, config)

@@ -11,26 +11,32 @@ import numpy as np
 
 from pit import losses, pretrained, roles
 from pit import sharding as shd
-from pit.data import batching, sources
+from pit.data import batching, sharded, sources
 from pit.pipelines import common
 from pit.trainer import train
 
 
 def make_eval_fn(rt, examples, config):
-  """Held-out mean NLL on response tokens, in fixed-shape batches."""
+  """Held-out mean NLL on response tokens, in fixed-shape batches (weight 0 on the padding
+  rows of the last); each process collates only its slice of every batch."""
   if not examples:
     return None
   bs = int(config.train.batch_size)
   bk = common.buckets(config)
+  share = common.process_share()
+  local = bs // share["process_count"]
+  lo, hi = share["process_index"] * local, (share["process_index"] + 1) * local
+  lengths = sharded.lengths_of(examples, batching.example_length)
   batches = []
   for i in range(0, len(examples), bs):
-    chunk = examples[i:i + bs]
-    chunk = chunk + [chunk[-1]] * (bs - len(chunk))  # pad batch; weights below
+    rows = list(range(i, min(i + bs, len(examples))))
     weight = np.zeros(bs, np.float32)
-    weight[:len(examples[i:i + bs])] = 1.0
-    b = batching.collate(chunk, batching.bucket_length(max(len(e.tokens) - 1 for e in chunk), bk),
+    weight[:len(rows)] = 1.0
+    rows = rows + [rows[-1]] * (bs - len(rows))   # pad the batch; weight 0 below
+    b = batching.collate([examples[j] for j in rows[lo:hi]],
+                         batching.bucket_length(int(lengths[rows].max()), bk),
                          rt.tokenizer.pad_id)
-    b["loss_mask"] = b["loss_mask"] * weight[:, None]
+    b["loss_mask"] = b["loss_mask"] * weight[lo:hi, None]
     batches.append(b)
 
   @jax.jit
@@ -65,8 +71,7 @@ def run(config, workdir: str):
     train_ex, eval_ex = common.split_eval(examples, float(config.data.eval_fraction), int(config.data.seed))
   data = batching.BatchIterator(
       train_ex, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
-      pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed),
-      process_index=jax.process_index(), process_count=jax.process_count(),
+      pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed), **common.process_share(),
       group_by_length=bool(config.data.get("group_by_length", False)))
   eval_fn = make_eval_fn(rt, eval_ex, config)
   init_fn = pretrained.init_fn(rt, config)

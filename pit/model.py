@@ -187,6 +187,18 @@ class ModelConfig:
     """A copy with the fields in `kw` changed (validated again)."""
     return dataclasses.replace(self, **kw)
 
+  def weight_differences(self, other: "ModelConfig") -> list[str]:
+    """The fields, other than how the model computes (`COMPUTE_FIELDS`: compute dtype, remat,
+    attention path, scanned layers, LoRA, init scale), on which `other` differs: [] when a
+    checkpoint of one restores into the other (the layer layout is converted on restore)."""
+    return [f.name for f in dataclasses.fields(self) if f.name not in COMPUTE_FIELDS
+            and getattr(self, f.name) != getattr(other, f.name)]
+
+
+# how a model computes, not which weights it has: a run may change them between checkpoints
+COMPUTE_FIELDS = ("dtype", "remat", "attention", "scan_layers", "lora_rank", "lora_alpha",
+                  "lora_targets", "init_std")
+
 
 def _param(rngs, shape, axes, cfg: ModelConfig, init: str = "normal", std=None):
   dtype = jnp.dtype(cfg.param_dtype)

@@ -61,6 +61,22 @@ def test_sigkill_midway_resumes_to_identical_params(tmp_path, pipeline):
   jax.tree.map(np.testing.assert_array_equal, p_ref, p_res)
   steps = [l["step"] for l in map(json.loads, open(killed / "metrics.jsonl")) if l["split"] == "train"]
   assert steps == sorted(set(steps)) and steps[-1] == 12
+  if pipeline == "reward":   # SER's continuation: the whole RM, into another layout / remat
+    cont = tmp_path / "continued"
+    r = _run(pipeline, cont, "--config.train.steps=1", "--config.optim.learning_rate=0.0",
+             "--config.optim.warmup_steps=0", "--config.mesh.shape=(1,2,1)",
+             f"--config.reward.init_reward_model={ref}", "--config.model.scan_layers=True",
+             "--config.model.remat=full")
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.load(open(cont / "reward_summary.json"))["final_eval"]
+    want = json.load(open(ref / "reward_summary.json"))["final_eval"]
+    for k in ("loss", "accuracy"):
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    r = _run(pipeline, tmp_path / "wider", "--config.train.steps=1", "--config.model.d_ff=128",
+             f"--config.reward.init_reward_model={ref}", devices=1)
+    errors = [l for l in r.stderr.splitlines() if l.startswith("pit: error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "model.d_ff" in errors[0], r.stderr[-2000:]
+    assert "scan_layers" not in errors[0] and "remat" not in errors[0]
   if pipeline == "dpo":  # iterative DPO: policy and live reference = the previous iteration
     it2 = tmp_path / "iter2"
     r = _run(pipeline, it2, "--config.train.steps=2", "--config.mesh.shape=(1,2,1)",

@@ -18,7 +18,8 @@ import jax
 
 from pit import losses, pretrained, roles
 from pit import sharding as shd
-from pit.data import pair_batching, sources
+from pit.data import pair_batching, sharded, sources
+from pit.model import ModelConfig
 from pit.pipelines import common
 from pit.trainer import train
 
@@ -37,10 +38,16 @@ def load_raw_pair_splits(config):
 
 
 def load_pair_splits(config, tokenizer):
-  """(train PairExamples, eval PairExamples, DataReport), see `load_raw_pair_splits`."""
+  """(train PairExamples, eval PairExamples, DataReport), see `load_raw_pair_splits`; each
+  a `pit.data.sharded.ShardedExamples` of which this process holds its share."""
   train_pairs, eval_pairs, report = load_raw_pair_splits(config)
-  tok = lambda ps: pair_batching.tokenize_pairs(ps, tokenizer, config.data, report.truncation)
-  train_ex, eval_ex = tok(train_pairs), tok(eval_pairs)
+  dc = config.data
+  encode = lambda pair, stats: pair_batching.make_pair_example(
+      pair, tokenizer, prompt_format=str(dc.prompt_format), max_len=int(dc.max_len),
+      max_response_len=int(dc.max_response_len), stats=stats)
+  tok = lambda ps, what: sharded.encode_shared(ps, encode, pair_batching.pair_length,
+                                               stats=report.truncation, what=what)
+  train_ex, eval_ex = tok(train_pairs, "train pairs"), tok(eval_pairs, "eval pairs")
   report.log("preference pairs")
   return train_ex, eval_ex, report
 
@@ -50,8 +57,7 @@ def pair_iterator(rt, examples, config):
   the config's batch size, buckets and data seed, this process's share of each batch."""
   return pair_batching.pair_iterator(
       examples, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
-      pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed),
-      process_index=jax.process_index(), process_count=jax.process_count(),
+      pad_id=rt.tokenizer.pad_id, seed=int(config.data.seed), **common.process_share(),
       group_by_length=bool(config.data.get("group_by_length", False)))
 
 
@@ -60,9 +66,9 @@ def make_pair_eval_fn(rt, examples, config, loss_fn, extra=None, prefix=""):
   returns the pair-weighted mean of the loss and of each metric."""
   if not examples:
     return None
-  batches = [b for b, _ in pair_batching.fixed_batches(
+  batches = [b for b, _ in pair_batching.fixed_batches(   # this process's slice of each
       examples, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
-      pad_id=rt.tokenizer.pad_id)]
+      pad_id=rt.tokenizer.pad_id, **common.process_share())]
 
   @jax.jit
   def run(params, batch, extra):
@@ -74,7 +80,7 @@ def make_pair_eval_fn(rt, examples, config, loss_fn, extra=None, prefix=""):
     del step
     tot, wsum = {}, 0.0
     for b in batches:
-      w, m = jax.device_get(run(state.params, shd.put_global(b, rt.mesh, rt.rules), extra))
+      w, m = jax.device_get(run(state.params, shd.put_batch(b, rt.mesh, rt.rules), extra))
       wsum += float(w)
       for k, v in m.items():
         tot[k] = tot.get(k, 0.0) + float(v) * float(w)
@@ -102,12 +108,17 @@ def run(config, workdir: str):
     rm_dir = config.reward.init_reward_model
 
     def continue_rm():
-      model = roles.load("reward", rm_dir, mesh=rt.mesh, rules=rt.rules,
-                         field="reward.init_reward_model")
-      if model.mdef.cfg != rt.mdef.cfg:
-        raise ValueError(f"reward.init_reward_model={rm_dir}: its model shape differs from "
-                         "this run's model section")
-      return model.params
+      saved = roles.saved_config(rm_dir, "scalar")
+      if saved is None:
+        raise FileNotFoundError(f"reward.init_reward_model={rm_dir}: no config_*.json with "
+                                "model.head='scalar' (not a reward-model workdir)")
+      differ = rt.mdef.cfg.weight_differences(ModelConfig.from_config(saved["model"]))
+      if differ:
+        raise ValueError(f"reward.init_reward_model={rm_dir}: its model differs from this "
+                         f"run's model section in {', '.join('model.' + f for f in differ)}")
+      # compute-only fields (scan_layers, remat, dtype, ...) may differ: the run's own apply
+      return roles.restore_params(rt.mdef, rm_dir, rt.mesh, rt.rules,
+                                  "reward.init_reward_model")[0]
     init_fn = continue_rm
   elif config.reward.init_checkpoint:
     ckpt_dir = roles.checkpoint_dir(config.reward.init_checkpoint, "reward.init_checkpoint")

@@ -86,8 +86,10 @@ def _leaves_by_name(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _is_matmul_param(name: str, shape: tuple[int, ...]) -> bool:
-  last = name.split("/")[-1]
-  return len(shape) >= 2 and last not in ("embed", "pos_embed")
+  """A weight matrix (`optim.is_weight_matrix`: no norm scales or biases, stacked or not)
+  other than the embeddings."""
+  keys = name.split("/")
+  return optim.is_weight_matrix(keys, len(shape)) and keys[-1] not in ("embed", "pos_embed")
 
 
 def flop_counts(cfg: ModelConfig, seq_len: int) -> dict:

@@ -18,16 +18,22 @@ def learning_rate_schedule(cfg) -> optax.Schedule:
 BIASES = ("bq", "bk", "bv", "bo")
 
 
+def is_weight_matrix(keys, ndim: int) -> bool:
+  """Whether the param at path `keys` (its key names, e.g. ("layers", "attn", "wq")) with
+  `ndim` dims is a weight matrix: not a norm scale, nor a bias of any rank (bq / bk / bv are
+  [heads, head_dim]), nor the scalar head's bias; under `layers` (scanned layers) the leading
+  layer axis does not count: a stacked norm scale [N, D] is still a vector per layer."""
+  keys = [str(k) for k in keys]
+  name = keys[-1] if keys else ""
+  if name in BIASES or name.startswith("b_") or name.endswith("bias"):
+    return False
+  return ndim - int("layers" in keys) >= 2
+
+
 def _decay_mask(params):
-  """Weight decay on matrices only: not on norms, nor on biases of any rank (bq / bk / bv are
-  [heads, head_dim]), nor on the scalar head's bias; under `layers` (scanned layers) the
-  leading layer axis does not count: a stacked norm scale [N, D] is still a vector per layer."""
+  """Weight decay on weight matrices only (`is_weight_matrix`)."""
   def is_matrix(path, x):
-    stacked = any(getattr(k, "key", None) == "layers" for k in path)
-    name = str(getattr(path[-1], "key", path[-1])) if path else ""
-    if name in BIASES or name.startswith("b_") or name.endswith("bias"):
-      return False   # the attention biases bq / bk / bv are [heads, head_dim]: still biases
-    return x.ndim - int(stacked) >= 2
+    return is_weight_matrix([getattr(k, "key", k) for k in path], x.ndim)
   return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 

@@ -31,6 +31,9 @@ def _hand_counts(D, Lyr, H, K, E, F, V, *, tied=False, gated=True, pos=0):
     dict(),
     dict(tie_embeddings=True),
     dict(mlp="gelu", position="learned", head_dim=16),
+    dict(scan_layers=True),                  # stacked norm scales [N, D] are not matmuls
+    dict(qkv_bias=True, scan_layers=True),   # nor are the [heads, head_dim] biases
+    dict(qkv_bias=True),
 ])
 def test_param_and_flop_counts_match_hand_count(kw):
   cfg = TINY.replace(**kw)
@@ -38,6 +41,8 @@ def test_param_and_flop_counts_match_hand_count(kw):
   n_matmul, total, embed = _hand_counts(
       32, 2, 4, 2, E, 48, 64, tied=cfg.tie_embeddings, gated=cfg.mlp == "swiglu",
       pos=cfg.max_seq_len if cfg.position == "learned" else 0)
+  if cfg.qkv_bias:
+    total += 2 * (4 + 2 * 2) * E   # bq [H, E], bk and bv [K, E] per layer
   c = bench.flop_counts(cfg, seq_len=16)
   assert c["params_matmul"] == n_matmul
   assert c["params_total"] == total

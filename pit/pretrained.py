@@ -171,10 +171,17 @@ def trunk_from_lm_checkpoint(mdef, mesh, rules, checkpoint_dir: str, seed: int):
   return params
 
 
-def load_lm(spec: str, mesh, rules, *, chat_template: bool = True, field: str = "model"):
+# how a teacher / judge loaded by `load_lm` computes, taken from the run's own model section
+INFERENCE_FIELDS = ("dtype", "attention", "scan_layers")
+
+
+def load_lm(spec: str, mesh, rules, *, chat_template: bool = True, field: str = "model",
+            compute_like=None):
   """(ModelDef, params, tokenizer) of a language model named by `spec`: 'hf:DIR', 'gguf:FILE',
   'checkpoint:DIR' or a bare PIT workdir / checkpoints folder, with its own shape and tokenizer
-  (a teacher or judge need not share the student's). Errors name `field`."""
+  (a teacher or judge need not share the student's). `compute_like` (a ModelConfig, the run's):
+  its `INFERENCE_FIELDS` (compute dtype, attention path, scanned layers) apply to this model
+  too (its weights are converted to the layout). Errors name `field`."""
   from pit.data.tokenizer import make_tokenizer
   from pit.params import model_def
   import ml_collections
@@ -189,8 +196,10 @@ def load_lm(spec: str, mesh, rules, *, chat_template: bool = True, field: str = 
     raise type(e)(str(e).replace("model.init_from", field)) from None
   cfg, tok = source_model_config(kind, path)
   tok = ml_collections.ConfigDict({**tok, "chat_template": chat_template})
+  compute = ({f: getattr(compute_like, f) for f in INFERENCE_FIELDS}
+             if compute_like is not None else {})
   if kind == "checkpoint":
-    model = roles.load("policy", path, mesh=mesh, rules=rules, field=field)
+    model = roles.load("policy", path, mesh=mesh, rules=rules, field=field, compute=compute)
     return model.mdef, model.params, make_tokenizer(tok)
-  mdef = model_def(cfg.replace(head="lm"))
+  mdef = model_def(cfg.replace(head="lm", **compute))
   return mdef, load_params(kind, path, mdef, mesh, rules), make_tokenizer(tok)

@@ -108,8 +108,10 @@ def restore_params(mdef: ModelDef, path: str, mesh, rules, field: str = "checkpo
 
 
 def load(role: str, path: str, *, mesh, rules, default_mdef: ModelDef | None = None,
-         field: str | None = None) -> Model:
-  """The `role`'s model from a workdir or checkpoints folder (see module docstring)."""
+         field: str | None = None, compute: dict | None = None) -> Model:
+  """The `role`'s model from a workdir or checkpoints folder (see module docstring);
+  `compute`: ModelConfig fields on how it computes (e.g. dtype, scan_layers) to use instead of
+  the saved ones (the params are restored into that layout)."""
   if role not in HEADS:
     raise ValueError(f"unknown role {role!r} (known: {', '.join(HEADS)})")
   field = field or role
@@ -125,5 +127,7 @@ def load(role: str, path: str, *, mesh, rules, default_mdef: ModelDef | None = N
   if mdef.cfg.head != HEADS[role]:
     raise ValueError(f"{field}: a {role} needs model.head='{HEADS[role]}', the model at {path} "
                      f"has '{mdef.cfg.head}'")
+  if compute:
+    mdef = model_def(mdef.cfg.replace(**compute))
   params, step = restore_params(mdef, ckpt_dir, mesh, rules, field)
   return Model(role, mdef, params, step, ckpt_dir, cfg)

@@ -124,6 +124,28 @@ def test_convert_hf_to_checkpoint_and_back(hf_dir, tmp_path):
   assert r.returncode == 2 and "model.init_from" in r.stderr and "/no/such/dir" in r.stderr
 
 
+def test_teacher_and_judge_models_compute_like_the_run(hf_dir, tmp_path):
+  """pretrained.load_lm (self-rewarding teachers and LLM judges): an hf: or checkpoint: model
+  takes the run's scanned layers and attention path, and computes the same logits."""
+  from pit.model import ModelConfig
+  path, model = hf_dir
+  ck = str(tmp_path / "ck")
+  r = subprocess.run([sys.executable, "-m", "pit.convert", f"--from=hf:{path}", f"--to=checkpoint:{ck}"],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  mesh = shd.make_mesh((1, -1, 1))
+  run_cfg = ModelConfig(scan_layers=True, attention="dot_product")   # the run's; shape unrelated
+  ids = np.arange(24).reshape(2, 12) % model.config.vocab_size
+  for spec in (f"hf:{path}", ck):
+    mdef, params, _ = pretrained.load_lm(spec, mesh, shd.DEFAULT_RULES, compute_like=run_cfg)
+    assert mdef.cfg.scan_layers and mdef.cfg.attention == "dot_product", spec
+    assert mdef.cfg.d_model == 32 and "layers" in params, spec    # its own shape, stacked
+    np.testing.assert_allclose(_logits(mdef, params, ids), _hf_logits(model, ids), atol=1e-4,
+                               rtol=0, err_msg=spec)
+    plain, _, _ = pretrained.load_lm(spec, mesh, shd.DEFAULT_RULES)
+    assert not plain.cfg.scan_layers and plain.cfg.attention == "plain"
+
+
 def test_bad_init_from_values_are_named(tmp_path):
   with pytest.raises(ValueError, match="model.init_from: 'llama:/x'"):
     pretrained.parse("llama:/x")

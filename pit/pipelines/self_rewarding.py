@@ -173,7 +173,8 @@ def _generator(rt, config, source: str, settings, samplers) -> generation.Genera
   or of an external model ('ext:' + spec; its own tokenizer)."""
   if source.startswith("ext:"):
     mdef, params, tok = pretrained.load_lm(source[4:], rt.mesh, rt.rules,
-                                           field="self_rewarding.teacher")
+                                           field="self_rewarding.teacher",
+                                           compute_like=rt.mdef.cfg)
     return generation.Generator(generation.sampler_for(mdef, tok, rt.mesh, rt.rules, settings),
                                 params, tok, settings)
   if source == "init":
@@ -967,7 +968,8 @@ def _eval_judges(c, rt) -> dict:
                                   batch_size=int(sr.generation.batch_size))
   if "llm_judge" in names and sr.llm_judge:
     mdef, params, tok = pretrained.load_lm(sr.llm_judge, rt.mesh, rt.rules, chat_template=False,
-                                           field="self_rewarding.llm_judge")
+                                           field="self_rewarding.llm_judge",
+                                           compute_like=rt.mdef.cfg)
     judges["llm_judge"] = judges_lib.PairwiseLLMJudge(LMJudge(
         mdef, params, tok, rt.mesh, rt.rules,
         chat=bool(getattr(getattr(tok, "tok", None), "chat_template", None)),   # instruct models

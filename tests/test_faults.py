@@ -774,6 +774,9 @@ def test_every_trainer_sampler_and_scorer_encodes_a_pair_identically(kind, token
     # prose after a labelled score never overrides it; without a label, "score is N" counts
     ("Score: 2\nThe maximum score is 5.", 2.0), ("Score: 4\n\nNote: a perfect score is 5.", 4.0),
     ("Score: 4\nThis score is justified because it is clear.", 4.0),
+    ("The score is: 5", 5.0), ("Final score is = 2", 2.0), ("The score is **3**.", 3.0),
+    ("The score is: 5\n\nThe response is:\n\nChina", 5.0),   # SmolLM2's, HH run 2026-12-02
+    ("The score is: 10", None), ("The score is: 3-4", None), ("The score for it is 3", None),
     ("Score: 4 1/2", None), ("Score: 3 -> 4", None), ("Score: 4; 5", None),
 ])
 def test_judge_scores_follow_the_documented_grammar(text, score):

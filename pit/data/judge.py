@@ -36,7 +36,8 @@ _FIELD_RE = re.compile(r"\{(instruction|response)\}")
 # The grammar of `parse_judge_score` (see its docstring).
 _DECOR = r"[\s*_`~\[\](){}<>\"']*"
 _LABEL_RE = re.compile(r"\bscore\b" + _DECOR + r"[:=]", re.IGNORECASE)          # "Score:", "score ="
-_PROSE_LABEL_RE = re.compile(r"\bscore" + _DECOR + r"\bis\b", re.IGNORECASE)     # "the score is"
+_PROSE_LABEL_RE = re.compile(r"\bscore" + _DECOR + r"\bis\b" + _DECOR + r"[:=]?",   # "the score is",
+                             re.IGNORECASE)                                    # "score is: 4"
 _VALUE_RE = re.compile(
     r"(?P<lead>[\s*_`~\[(<\"']*)"                      # markdown / brackets before the number
     r"(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"  # any number-like token
@@ -61,7 +62,8 @@ def parse_judge_score(text: str | None) -> float | None:
               closing markdown/brackets
     end    := the end of the text, whitespace, or punctuation such as "." "," "!"
   The LAST label decides (a judge that revises itself ends with its final score); when
-  the text has no such label, the last "score is <value>" does ("The score is 3."), so
+  the text has no such label, the last "score is <value>" does ("The score is 3.", "The
+  score is: 3"), so
   prose after a labelled score ("a perfect score is 5") never overrides it. The value
   must be in [0, 5]. None (never a number) for: no label; a label with no number
   ("Score: <total points>", "Score: five"); exponent or signed forms ("1e-1", "-1",

@@ -526,6 +526,35 @@ def test_dpo_length_follows_the_pairs_and_too_few_pairs_keep_the_model(smoke_run
       assert stages_lib.read_summary(wd, "prompts_2")["generated"] > 0
 
 
+def test_an_iteration_that_trained_nothing_is_judged_and_decoded_once(smoke_run, tmp_path):
+  """M2 = M1 (too few pairs): judge_eval and evaluate reuse M1's judgements and outputs (the
+  same model with the same seeds) instead of computing them again."""
+  from pit import stages as stages_lib
+  from pit.pipelines import self_rewarding as recipe
+  wd = str(tmp_path / "run")
+  os.makedirs(wd)
+  for stage in ("data", "m1", "prompts_1", "candidates_1", "judgements_1", "pairs_1"):
+    shutil.copytree(os.path.join(smoke_run, stage), os.path.join(wd, stage))
+  c = _cfg(iterations=1, min_pairs=10 ** 6)
+  stages_lib.run_stages(wd, recipe.build_stages(c))
+  assert stages_lib.read_summary(wd, "m2")["same_model_as"] == "m1"
+  models = stages_lib.read_summary(wd, "judge_eval")["models"]
+  assert models["m2"].pop("same_model_as") == "m1"
+  assert json.dumps(models["m2"], sort_keys=True) == json.dumps(models["m1"], sort_keys=True)
+  assert models["m1"]["candidates"] > 0
+  judged = os.listdir(os.path.join(wd, "judge_eval"))
+  assert [n for n in judged if "_m1" in n] and not [n for n in judged if "_m2" in n]
+  ev = os.path.join(wd, "evaluate")
+  outs = {n for n in os.listdir(ev) if n.startswith("outputs_")}
+  assert any(n.startswith("outputs_m1_") and not n.endswith(".json") for n in outs)
+  assert not [n for n in outs if n.startswith("outputs_m2_") and not n.endswith(".json")]
+  for dec in [n[len("outputs_m1_"):-len(".json")] for n in outs
+              if n.startswith("outputs_m1_") and n.endswith(".json")]:   # AlpacaEval files: both
+    with open(os.path.join(ev, f"outputs_m1_{dec}.json")) as f1, \
+         open(os.path.join(ev, f"outputs_m2_{dec}.json")) as f2:
+      assert [r["output"] for r in json.load(f1)] == [r["output"] for r in json.load(f2)]
+
+
 def test_killed_inside_an_iteration_resumes_there(smoke_run, tmp_path):
   """SIGKILL while judgements_2 is half done; the same command finishes the run, and what it
   wrote equals the uninterrupted run's."""

@@ -832,9 +832,15 @@ def judge_eval_stage(config):
     settings = _settings(sr, temperature=sr.judge_temperature, top_p=sr.judge_top_p,
                          max_new_tokens=sr.judge_max_new_tokens,
                          offset=seed_offset("judge_eval"))
-    samplers, out = {}, {}
+    samplers, out, judged = {}, {}, {}
     for name in names:
-      gen = _generator(rt, c, model_dir(ctx, name), settings, samplers)
+      src = model_dir(ctx, name)
+      if src in judged:   # an iteration that trained nothing: the same model, same seeds
+        out[name] = {**out[judged[src]], "same_model_as": judged[src]}
+        logging.info("judge_eval %s: the same model as %s (its figures)", name, judged[src])
+        continue
+      judged[src] = name
+      gen = _generator(rt, c, src, settings, samplers)
       texts = _judge_all(gen, items, int(sr.judge_samples), sr.judge_prompt == "compact", ctx.dir,
                          f"judgements_{name}", int(sr.chunk))
       means, _, counts = aift.candidate_scores(texts)
@@ -912,8 +918,14 @@ def evaluate_stage(config, before: list[str]):
     prompts = [r["prompt"] for r in _rows(ctx, DATA, "eval_prompts")]
     decodings = {evaluator.decoding_name(t): float(t) for t in c.eval.temperatures}
     outputs: dict = {s: {} for s in systems}
-    samplers = {}
+    samplers, decoded = {}, {}
     for s in systems:
+      src = model_dir(ctx, s)
+      if src in decoded:   # an iteration that trained nothing: the same model, same seeds
+        outputs[s] = outputs[decoded[src]]
+        logging.info("evaluate %s: the same model as %s (its outputs)", s, decoded[src])
+        continue
+      decoded[src] = s
       for dec, temp in decodings.items():
         settings = _settings(sr, temperature=temp, top_p=sr.eval_top_p if temp > 0 else 1.0,
                              max_new_tokens=sr.max_new_tokens,

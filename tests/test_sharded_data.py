@@ -44,7 +44,7 @@ def _length(ex):
   return len(ex.tokens) - 1
 
 
-def _processes(records, P, log=None):
+def _processes(records, P):
   """The ShardedExamples of each of P processes (simulated all-gather) and each one's
   on-demand encode log."""
   logs = [[] for _ in range(P)]

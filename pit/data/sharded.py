@@ -48,6 +48,7 @@ class ShardedExamples(Sequence):
 
   @property
   def kept(self) -> int:
+    """How many of the N examples this process holds encoded (its share; N with one process)."""
     return len(self._kept)
 
   def __len__(self) -> int:

@@ -4,9 +4,10 @@
 
 Presets:
   synthetic (default): the sort task's preference pairs (`sort_long`, 8-12 numbers) with the
-    oracle's labels: 15 % of the labels train the seed RM, the rest are self-labelled; the
-    full-label RM is the baseline; PPO with the evolved RM from an SFT policy trained on the
-    seed pairs' chosen answers; the oracle judges PPO vs SFT. 4-layer d128 byte models from
+    oracle's labels, split as the paper does: 30 % SFT (the policy learns their chosen
+    answers), the rest RM data: 15 % of its labels train the seed RM, the rest are
+    self-labelled; the full-label RM (all the RM data's labels) is the baseline; PPO with the
+    evolved RM from the SFT policy; the oracle judges PPO vs SFT. 4-layer d128 byte models from
     scratch on 2 CPU cores (BUILD_NOTES has the measured time and figures).
   synthetic_smoke: every stage, a few steps each (CI).
   hh_rlhf: the shared HH-RLHF pairs (`../shared/data/hh-rlhf`), tiny byte models from
@@ -43,7 +44,9 @@ def get_config(preset: str = "synthetic"):
 
 def synthetic(c, smoke: bool):
   s = c.ser
-  c.data.update(source="synthetic", synthetic_task="sort_long", synthetic_train_size=20000,
+  # 28,572 pairs: 5 % held out, 30 % of the rest the SFT split (ser.sft_fraction, the paper's),
+  # 19,000 the RM data (15 % of it labelled for the seed RM; all of it for the full-label RM)
+  c.data.update(source="synthetic", synthetic_task="sort_long", synthetic_train_size=28572,
                 synthetic_eval_size=400, max_len=96, max_response_len=48, buckets=(64, 96))
   c.model.update(vocab_size=384, d_model=128, num_layers=4, num_heads=4, num_kv_heads=2,
                  d_ff=384, max_seq_len=256)
@@ -54,7 +57,7 @@ def synthetic(c, smoke: bool):
   c.ppo.update(rollout_batch_size=128, max_new_tokens=48, max_prompt_len=96,
                prompt_buckets=(64, 96), reward_max_len=96)
   if smoke:
-    c.data.update(synthetic_train_size=120, synthetic_eval_size=32)
+    c.data.update(synthetic_train_size=170, synthetic_eval_size=32)   # ~114 RM pairs, 48 SFT
     c.model.update(d_model=32, num_layers=2, num_heads=2, num_kv_heads=1, d_ff=64)
     # a 4-step RM gives nearly one reward to every answer: delta 0 keeps every pair it orders
     # at all, 30 a loop, so three loops train and continue each other (the status rules are

@@ -118,6 +118,8 @@ def test_config_checks_name_the_field():
                               ("max_loops", 0, "max_loops"),
                               ("max_kept_per_loop", -1, "max_kept_per_loop"),
                               ("max_pairs", -5, "max_pairs"),
+                              ("sft_fraction", 1.0, "sft_fraction"),
+                              ("sft_fraction", -0.1, "sft_fraction"),
                               ("rm_epochs", 0.0, "rm_epochs"),
                               ("margin", -1.0, "margin"),
                               ("min_gain", float("nan"), "min_gain")):
@@ -191,12 +193,20 @@ def test_what_flows_between_the_stages(smoke_run):
     w, l = (r["a"], r["b"]) if truth[r["id"]] == "a" else (r["b"], r["a"])
     assert (r["prompt"], w, l) in full_keys
   assert all(r["margin"] == 1.0 for r in seed_train + full)
-  # each RM trains on its own file; the SFT policy on the seed training pairs' chosen answers
+  # each RM trains on its own file; the SFT policy on the chosen answers of the SFT split (the
+  # smoke's default sft_fraction 0.3 of the training pairs), which no RM file holds
   assert _config(wd, "seed_rm", "reward")["data"]["train_path"] == f"{d}/seed_train.jsonl"
   assert _config(wd, "full_rm", "reward")["data"]["train_path"] == f"{d}/full_train.jsonl"
+  assert _config(wd, "policy_sft", "sft")["data"]["train_path"] == f"{d}/policy_sft_train.jsonl"
   sft = _read(f"{d}/policy_sft_train.jsonl")
-  assert [(r["prompt"], r["response"]) for r in sft] == [(r["prompt"], r["chosen"])
-                                                         for r in seed_train]
+  counts = _summary(wd, "data")["counts"]
+  assert len(sft) == counts["sft_pairs"] == round(0.3 * (counts["sft_pairs"] + n))
+  assert not {(r["prompt"], r["response"]) for r in sft} & \
+      {(r["prompt"], r["chosen"]) for r in full}
+  assert not {r["prompt"] for r in sft} & {r["prompt"] for r in full}
+  # PPO's prompts: those of both splits (prompts carry no label)
+  rl = {r["prompt"] for r in _read(f"{d}/rl_prompts.jsonl")}
+  assert {r["prompt"] for r in sft} | {r["prompt"] for r in full} == rl
   # the loops: each self-labels what is left of the pool with the best RM so far (validation),
   # keeps exactly the pairs its status passes (the 30 most confident), labels them by p, and
   # continues that RM on them plus the seed pairs
@@ -279,6 +289,39 @@ def test_hidden_labels_never_change_the_selection(smoke_run, tmp_path):
   assert a["accuracy"] == b["accuracy"]
   assert a["self_label_accuracy"]["accuracy"] == pytest.approx(
       1.0 - b["self_label_accuracy"]["accuracy"])
+
+
+def test_sft_split_is_the_papers_or_the_seed_pairs(tmp_path):
+  """sft_fraction 0.3: the policy learns the chosen answers of 30 % of the training pairs, the
+  RM data (seed share, validation, pool, full-label) is the other 70 %, disjoint; sft_fraction 0: the
+  policy learns the seed training pairs' chosen answers and the RM data is every pair."""
+  from pit import stages
+  got = {}
+  for frac in (0.3, 0.0):
+    c = _cfg()
+    c.ser.sft_fraction = frac
+    wd = str(tmp_path / f"run{frac}")
+    stages.run_stages(wd, [s for s in ser.build_stages(c) if s.name == "data"])
+    d = os.path.join(wd, "data")
+    sft = [(r["prompt"], r["response"]) for r in _read(f"{d}/policy_sft_train.jsonl")]
+    full = _read(f"{d}/full_train.jsonl")
+    seed = _read(f"{d}/seed_train.jsonl") + _read(f"{d}/seed_val.jsonl")
+    got[frac] = (sft, full, seed, _summary(wd, "data")["counts"])
+  sft, full, seed, counts = got[0.3]
+  total = counts["sft_pairs"] + counts["train_pairs"]
+  assert len(sft) == counts["sft_pairs"] == round(0.3 * total) > 0
+  assert len(full) == counts["train_pairs"]
+  assert len(seed) == round(_cfg().ser.seed_fraction * len(full))
+  assert not {p for p, _ in sft} & {r["prompt"] for r in full}
+  sft0, full0, _, counts0 = got[0.0]
+  assert counts0["sft_pairs"] == 0 and len(full0) == total
+  assert sft0 == [(r["prompt"], r["chosen"])
+                  for r in _read(str(tmp_path / "run0.0" / "data" / "seed_train.jsonl"))]
+  # the same shuffle: the paper's split takes the first pairs for SFT, the RM data is the rest
+  n_sft = counts["sft_pairs"]
+  key = lambda r: (r["prompt"], r["chosen"], r["rejected"])
+  assert [key(r) for r in full0[n_sft:]] == [key(r) for r in full]
+  assert sft == [(r["prompt"], r["chosen"]) for r in full0[:n_sft]]
 
 
 def test_a_loop_that_finds_nothing_stops_the_loops(smoke_run, tmp_path):

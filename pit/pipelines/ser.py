@@ -6,19 +6,22 @@ retrained on them (with the seed pairs, pairwise loss with a margin) until no ne
 the evolved RM then drives PPO. Stages (each a `pit.stages` stage in WORKDIR/<stage>/, skipped
 once done, resumed from its own checkpoints):
 
-  data        the labelled pairs split into: the seed share (`ser.seed_fraction`, default 15 %)
-              -- of which `seed_val_fraction` is the validation set the driver decides on --,
-              the unlabelled rest (answers in random a/b order; the hidden label kept apart in
-              unlabelled_truth.jsonl, read only to report how right the self-labels are), the
-              held-out test pairs (reported, never decided on), the policy's SFT rows (the seed
-              pairs' chosen answers) and the evaluation prompts
+  data        the labelled pairs split into: the SFT split (`ser.sft_fraction`, the paper's
+              SFT:RM:PPO = 0.3:0.65:0.05 split; its chosen answers are the policy's SFT rows and
+              it never reaches an RM; with 0 the policy learns the seed pairs' chosen answers
+              instead) and the RM data: the seed share (`ser.seed_fraction` of the RM data,
+              default 15 %) -- of which `seed_val_fraction` is the validation set the driver
+              decides on --, the unlabelled rest (answers in random a/b order; the hidden label
+              kept apart in unlabelled_truth.jsonl, read only to report how right the
+              self-labels are); the held-out test pairs (reported, never decided on) and the
+              evaluation prompts
   policy_sft  the SFT policy (PPO's start and KL reference; the RMs' trunk with
               `reward_init_from_policy`)
   pool        the unlabelled pairs: the data's (`unlabelled_source='pairs'`) or two answers per
               prompt sampled from the SFT policy ('policy'; hidden label: the oracle's, on the
               synthetic task)
   seed_rm     the seed RM on the seed pairs
-  full_rm     the baseline on 100 % of the labels (every training pair)
+  full_rm     the baseline on 100 % of the RM data's labels (every RM training pair)
   loop_<k>    one SER loop (`ser.max_loops` stages; see `select_pairs` / `next_status`):
               the current RM scores both answers of every pair still in the pool, p = sigmoid(r);
               status 1 keeps pairs with one p > tau_high and the other < tau_low, status 2 pairs
@@ -91,6 +94,8 @@ def _check(config):
   for field in ("seed_fraction", "seed_val_fraction"):
     if not 0.0 < float(s[field]) < 1.0:
       raise ValueError(f"ser.{field} must be in (0, 1), got {s[field]}")
+  if not 0.0 <= float(s.sft_fraction) < 1.0:
+    raise ValueError(f"ser.sft_fraction must be in [0, 1), got {s.sft_fraction}")
   if not 0.0 < float(s.tau_low) <= float(s.tau_high) < 1.0:
     raise ValueError(f"ser.tau_low={s.tau_low} / ser.tau_high={s.tau_high}: need "
                      "0 < tau_low <= tau_high < 1 (p = sigmoid(r) is never 0 or 1)")
@@ -229,8 +234,9 @@ def _margin_pairs(pairs):
 def data_stage(config):
   """Labelled pairs -> seed / validation / unlabelled / test files (module docstring). Raises
   ValueError when the seed share leaves fewer than 2 training or 1 validation pair."""
-  c = derive(config, "data", None, keep=("train_split", "eval_split", "seed_fraction",
-                                         "seed_val_fraction", "max_eval_prompts", "max_pairs"))
+  c = derive(config, "data", None, keep=("train_split", "eval_split", "sft_fraction",
+                                         "seed_fraction", "seed_val_fraction",
+                                         "max_eval_prompts", "max_pairs"))
 
   def run(ctx):
     dcfg, s, d = c.data, c.ser, ctx.dir
@@ -241,14 +247,19 @@ def data_stage(config):
     train = [train[int(i)] for i in rng.permutation(len(train))]
     if int(s.max_pairs):
       train = train[:int(s.max_pairs)]
+    # the paper's SFT split (SFT:RM:PPO = 0.3:0.65:0.05): its chosen answers train the policy
+    # and it never reaches an RM; the rest is the RM data, of which seed_fraction is labelled
+    n_sft = int(round(float(s.sft_fraction) * len(train)))
+    sft_split, train = train[:n_sft], train[n_sft:]
     n_seed = int(round(float(s.seed_fraction) * len(train)))
     n_val = int(round(float(s.seed_val_fraction) * n_seed))
     if n_val < 1 or n_seed - n_val < 2:
-      raise ValueError(f"ser.seed_fraction={s.seed_fraction} of {len(train)} training pairs "
+      raise ValueError(f"ser.seed_fraction={s.seed_fraction} of {len(train)} RM training pairs "
                        f"gives {n_seed} seed pairs ({n_val} for validation): need at least 2 "
                        "to train on and 1 to validate on")
     seed, rest = train[:n_seed], train[n_seed:]
     seed_val, seed_train = seed[:n_val], seed[n_val:]
+    sft_source = sft_split if n_sft else seed_train
     flips = rng.random(len(rest)) < 0.5
     unlabelled, truth = [], []
     for i, (p, flip) in enumerate(zip(rest, flips)):
@@ -257,7 +268,7 @@ def data_stage(config):
       truth.append({"id": str(i), "better": "b" if flip else "a"})
     prompts = list(dict.fromkeys(p.prompt for p in evals))[:int(s.max_eval_prompts) or None]
     counts = {
-        "train_pairs": len(train), "seed_train": write_pairs_jsonl(
+        "sft_pairs": n_sft, "train_pairs": len(train), "seed_train": write_pairs_jsonl(
             os.path.join(d, "seed_train.jsonl"), _margin_pairs(seed_train)),
         "seed_val": write_pairs_jsonl(os.path.join(d, "seed_val.jsonl"), seed_val),
         "full_train": write_pairs_jsonl(os.path.join(d, "full_train.jsonl"), _margin_pairs(train)),
@@ -267,13 +278,13 @@ def data_stage(config):
                                                       truth),
         "policy_sft_train": jsonio.write_jsonl_atomic(
             os.path.join(d, "policy_sft_train.jsonl"),
-            [{"prompt": p.prompt, "response": p.chosen} for p in seed_train]),
+            [{"prompt": p.prompt, "response": p.chosen} for p in sft_source]),
         "policy_sft_eval": jsonio.write_jsonl_atomic(
             os.path.join(d, "policy_sft_eval.jsonl"),
             [{"prompt": p.prompt, "response": p.chosen} for p in evals]),
         "rl_prompts": jsonio.write_jsonl_atomic(
             os.path.join(d, "rl_prompts.jsonl"),
-            [{"prompt": x} for x in dict.fromkeys(p.prompt for p in train)]),
+            [{"prompt": x} for x in dict.fromkeys(p.prompt for p in train + sft_split)]),
         "eval_prompts": jsonio.write_jsonl_atomic(os.path.join(d, "eval_prompts.jsonl"),
                                                   [{"prompt": x} for x in prompts])}
     for split, rep in reports.items():
@@ -292,7 +303,8 @@ def _jsonl(c, train_path: str, eval_path: str):
 
 
 def policy_stage(config):
-  """The SFT policy on the seed pairs' chosen answers (`pipeline=sft`)."""
+  """The SFT policy on the SFT split's chosen answers, or the seed pairs' with
+  `ser.sft_fraction=0` (`pipeline=sft`)."""
   c = derive(config, "sft", "policy_sft")
 
   def run(ctx):

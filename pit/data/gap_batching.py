@@ -61,15 +61,23 @@ def make_gap_example(pair: PreferencePair, tokenizer, *, template: str, prompt_f
   return GapExample(rows, float(pair.margin))
 
 
+def gap_encoder(tokenizer, data_cfg, template: str):
+  """`encode(pair, stats) -> GapExample` with `template` and the config's `data` section
+  (prompt_format, max_len, max_response_len): the one mapping of those fields, used by
+  `tokenize_gap_pairs` and as the `encode` of `pit.data.sharded.encode_shared`. Raises
+  ValueError on a bad template at once (`pit_format.template`)."""
+  pit_format.template(template)
+  kw = dict(template=template, prompt_format=str(data_cfg.prompt_format),
+            max_len=int(data_cfg.max_len), max_response_len=int(data_cfg.max_response_len))
+  return lambda pair, stats=None: make_gap_example(pair, tokenizer, stats=stats, **kw)
+
+
 def tokenize_gap_pairs(pairs: Sequence[PreferencePair], tokenizer, data_cfg, template: str,
                        stats: batching.TruncationStats | None = None) -> list[GapExample]:
-  """data_cfg: the config's `data` section (prompt_format, max_len, max_response_len)."""
-  pit_format.template(template)  # fail early on a bad template
-  return [make_gap_example(p, tokenizer, template=template,
-                           prompt_format=str(data_cfg.prompt_format),
-                           max_len=int(data_cfg.max_len),
-                           max_response_len=int(data_cfg.max_response_len), stats=stats)
-          for p in pairs]
+  """Every pair encoded by `gap_encoder(tokenizer, data_cfg, template)` (truncation counted
+  in `stats`)."""
+  encode = gap_encoder(tokenizer, data_cfg, template)
+  return [encode(p, stats) for p in pairs]
 
 
 def gap_length(ex: GapExample) -> int:

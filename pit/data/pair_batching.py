@@ -45,13 +45,21 @@ def make_pair_example(pair: PreferencePair, tokenizer, *, prompt_format: str, ma
                      float(pair.margin))
 
 
+def pair_encoder(tokenizer, data_cfg):
+  """`encode(pair, stats) -> PairExample` with the config's `data` section (prompt_format,
+  max_len, max_response_len): the one mapping of those fields, used by `tokenize_pairs` and
+  as the `encode` of `pit.data.sharded.encode_shared`."""
+  kw = dict(prompt_format=str(data_cfg.prompt_format), max_len=int(data_cfg.max_len),
+            max_response_len=int(data_cfg.max_response_len))
+  return lambda pair, stats=None: make_pair_example(pair, tokenizer, stats=stats, **kw)
+
+
 def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer, data_cfg,
                    stats: batching.TruncationStats | None = None) -> list[PairExample]:
-  """data_cfg: the config's `data` section (prompt_format, max_len, max_response_len)."""
-  return [make_pair_example(p, tokenizer, prompt_format=str(data_cfg.prompt_format),
-                            max_len=int(data_cfg.max_len),
-                            max_response_len=int(data_cfg.max_response_len), stats=stats)
-          for p in pairs]
+  """Every pair encoded by `pair_encoder(tokenizer, data_cfg)` (truncation counted in
+  `stats`)."""
+  encode = pair_encoder(tokenizer, data_cfg)
+  return [encode(p, stats) for p in pairs]
 
 
 def pair_length(ex: PairExample) -> int:

@@ -79,10 +79,7 @@ def run(config, workdir: str):
   pit_format.template(template)
   loss_fn = losses.make_gap_reward_loss(gcfg)
   train_pairs, eval_pairs, report = reward.load_raw_pair_splits(config)
-  dc = config.data
-  encode = lambda pair, stats: gap_batching.make_gap_example(
-      pair, rt.tokenizer, template=template, prompt_format=str(dc.prompt_format),
-      max_len=int(dc.max_len), max_response_len=int(dc.max_response_len), stats=stats)
+  encode = gap_batching.gap_encoder(rt.tokenizer, config.data, template)
   tok = lambda ps, what: sharded.encode_shared(ps, encode, gap_batching.gap_length,
                                                stats=report.truncation, what=what)
   train_ex, eval_ex = tok(train_pairs, "train gap pairs"), tok(eval_pairs, "eval gap pairs")

@@ -41,10 +41,7 @@ def load_pair_splits(config, tokenizer):
   """(train PairExamples, eval PairExamples, DataReport), see `load_raw_pair_splits`; each
   a `pit.data.sharded.ShardedExamples` of which this process holds its share."""
   train_pairs, eval_pairs, report = load_raw_pair_splits(config)
-  dc = config.data
-  encode = lambda pair, stats: pair_batching.make_pair_example(
-      pair, tokenizer, prompt_format=str(dc.prompt_format), max_len=int(dc.max_len),
-      max_response_len=int(dc.max_response_len), stats=stats)
+  encode = pair_batching.pair_encoder(tokenizer, config.data)
   tok = lambda ps, what: sharded.encode_shared(ps, encode, pair_batching.pair_length,
                                                stats=report.truncation, what=what)
   train_ex, eval_ex = tok(train_pairs, "train pairs"), tok(eval_pairs, "eval pairs")

@@ -11,33 +11,29 @@ import numpy as np
 
 from pit import losses, pretrained, roles
 from pit import sharding as shd
-from pit.data import batching, sharded, sources
+from pit.data import batching, pair_batching, sources
 from pit.pipelines import common
 from pit.trainer import train
 
 
+def _collate_weighted(items, length: int, pad_id: int, weights) -> dict:
+  """SFT rows collated (`batching.collate`) with each row's loss mask times its weight (0 on
+  the padding rows `fixed_batches` adds)."""
+  b = batching.collate(items, length, pad_id)
+  b["loss_mask"] = b["loss_mask"] * np.asarray(weights, np.float32)[:, None]
+  return b
+
+
 def make_eval_fn(rt, examples, config):
-  """Held-out mean NLL on response tokens, in fixed-shape batches (weight 0 on the padding
-  rows of the last); each process collates only its slice of every batch."""
+  """Held-out mean NLL on response tokens, in fixed-shape batches grouped by bucket
+  (`pair_batching.fixed_batches`: weight 0 on the padding rows of a bucket's last batch; each
+  process collates only its slice of every batch)."""
   if not examples:
     return None
-  bs = int(config.train.batch_size)
-  bk = common.buckets(config)
-  share = common.process_share()
-  local = bs // share["process_count"]
-  lo, hi = share["process_index"] * local, (share["process_index"] + 1) * local
-  lengths = sharded.lengths_of(examples, batching.example_length)
-  batches = []
-  for i in range(0, len(examples), bs):
-    rows = list(range(i, min(i + bs, len(examples))))
-    weight = np.zeros(bs, np.float32)
-    weight[:len(rows)] = 1.0
-    rows = rows + [rows[-1]] * (bs - len(rows))   # pad the batch; weight 0 below
-    b = batching.collate([examples[j] for j in rows[lo:hi]],
-                         batching.bucket_length(int(lengths[rows].max()), bk),
-                         rt.tokenizer.pad_id)
-    b["loss_mask"] = b["loss_mask"] * weight[lo:hi, None]
-    batches.append(b)
+  batches = [b for b, _ in pair_batching.fixed_batches(
+      examples, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
+      pad_id=rt.tokenizer.pad_id, collate_fn=_collate_weighted,
+      length_fn=batching.example_length, **common.process_share())]
 
   @jax.jit
   def nll_sum(params, batch):

@@ -45,7 +45,7 @@ def get_config(preset: str = "synthetic"):
 def synthetic(c, smoke: bool):
   s = c.ser
   # 28,572 pairs: 5 % held out, 30 % of the rest the SFT split (ser.sft_fraction, the paper's),
-  # 19,000 the RM data (15 % of it labelled for the seed RM; all of it for the full-label RM)
+  # 19,001 the RM data (15 % of it labelled for the seed RM; all of it for the full-label RM)
   c.data.update(source="synthetic", synthetic_task="sort_long", synthetic_train_size=28572,
                 synthetic_eval_size=400, max_len=96, max_response_len=48, buckets=(64, 96))
   c.model.update(vocab_size=384, d_model=128, num_layers=4, num_heads=4, num_kv_heads=2,

@@ -330,9 +330,10 @@ def ser_defaults() -> ml_collections.ConfigDict:
       dataset_name="",
       train_split="train", eval_split="",   # '' -> data.eval_fraction of the training pairs
       max_pairs=0,                  # training pairs used (0: all)
-      sft_fraction=0.3,             # the paper's SFT split (SFT:RM:PPO = 0.3:0.65:0.05): its
-                                    # chosen answers train the policy, never an RM (0: the
-                                    # policy learns the seed pairs' chosen answers)
+      sft_fraction=0.3,             # the SFT share of the paper's split (SFT:RM:PPO =
+                                    # 0.3:0.65:0.05), whole prompts: its chosen answers train
+                                    # the policy (every RM's trunk), no RM trains on its pairs
+                                    # (0: the policy learns the seed training pairs' answers)
       seed_fraction=0.15,           # share of the RM training pairs whose labels are used
       seed_val_fraction=0.2,        # of the seed pairs: the validation set the driver decides on
       unlabelled_source="pairs",    # pairs (the rest, labels hidden) | policy (2 samples / prompt)

@@ -266,6 +266,7 @@ def test_what_flows_between_the_stages(smoke_run):
   with open(os.path.join(wd, "report.md")) as f:
     text = f.read()
   assert "full-label RM" in text and "loop_3" in text and "PPO (evolved RM) vs SFT policy" in text
+  assert f"the {counts['sft_pairs']} pairs of the SFT split" in text
 
 
 def test_hidden_labels_never_change_the_selection(smoke_run, tmp_path):
@@ -289,6 +290,22 @@ def test_hidden_labels_never_change_the_selection(smoke_run, tmp_path):
   assert a["accuracy"] == b["accuracy"]
   assert a["self_label_accuracy"]["accuracy"] == pytest.approx(
       1.0 - b["self_label_accuracy"]["accuracy"])
+
+
+def test_sft_split_takes_whole_prompts():
+  """Pairs of one prompt never straddle the SFT split and the RM data; with one pair per prompt
+  the split is the first round(fraction x N) pairs; order is kept."""
+  from pit.data.pairs import PreferencePair
+  mk = lambda prompt, i: PreferencePair(prompt, f"w{i}", f"l{i}")
+  pairs = [mk(p, i) for i, p in enumerate("aabcbddde")]
+  sft, rm = ser.sft_split(pairs, 0.3)          # target 3: a (2 pairs), b (2) -> 4 pairs
+  assert [p.prompt for p in sft] == list("aabb") and [p.prompt for p in rm] == list("cddde")
+  assert [p.chosen for p in sft] == ["w0", "w1", "w2", "w4"]
+  assert ser.sft_split(pairs, 0.0) == ([], pairs)
+  unique = [mk(str(i), i) for i in range(10)]
+  assert ser.sft_split(unique, 0.3) == (unique[:3], unique[3:])
+  sft, rm = ser.sft_split(pairs, 0.99)
+  assert len(sft) == 9 and rm == []
 
 
 def test_sft_split_is_the_papers_or_the_seed_pairs(tmp_path):

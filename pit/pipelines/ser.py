@@ -6,10 +6,11 @@ retrained on them (with the seed pairs, pairwise loss with a margin) until no ne
 the evolved RM then drives PPO. Stages (each a `pit.stages` stage in WORKDIR/<stage>/, skipped
 once done, resumed from its own checkpoints):
 
-  data        the labelled pairs split into: the SFT split (`ser.sft_fraction`, the paper's
-              SFT:RM:PPO = 0.3:0.65:0.05 split; its chosen answers are the policy's SFT rows and
-              it never reaches an RM; with 0 the policy learns the seed pairs' chosen answers
-              instead) and the RM data: the seed share (`ser.seed_fraction` of the RM data,
+  data        the labelled pairs split into: the SFT split (`ser.sft_fraction`, the SFT share
+              of the paper's SFT:RM:PPO = 0.3:0.65:0.05; whole prompts, `sft_split`): its
+              chosen answers are the policy's SFT rows and no RM trains on its pairs (every RM
+              starts from that policy with `reward_init_from_policy`); with 0 the policy learns
+              the seed training pairs' chosen answers instead) and the RM data: the seed share (`ser.seed_fraction` of the RM data,
               default 15 %) -- of which `seed_val_fraction` is the validation set the driver
               decides on --, the unlabelled rest (answers in random a/b order; the hidden label
               kept apart in unlabelled_truth.jsonl, read only to report how right the
@@ -193,6 +194,24 @@ def planned_status(previous: list[dict], *, min_gain: float, z: float) -> int:
   return status
 
 
+def sft_split(pairs: list, fraction: float) -> tuple[list, list]:
+  """(SFT split, RM data) of `pairs` (already shuffled): whole prompts, in order of first
+  appearance, go to the SFT split until it holds round(fraction x N) pairs or more, so no
+  prompt of the SFT split is in the RM data (data with several pairs per prompt: TL;DR, HH-RLHF);
+  with one pair per prompt it is the first round(fraction x N) pairs. Order kept in both."""
+  target = int(round(float(fraction) * len(pairs)))
+  counts: dict[str, int] = {}
+  for p in pairs:
+    counts[p.prompt] = counts.get(p.prompt, 0) + 1
+  chosen, n = set(), 0
+  for prompt, k in counts.items():
+    if n >= target:
+      break
+    chosen.add(prompt)
+    n += k
+  return ([p for p in pairs if p.prompt in chosen], [p for p in pairs if p.prompt not in chosen])
+
+
 def paired_difference(a, b) -> dict:
   """mean(a - b) over paired per-pair credits with its s.e. (ddof 1) and 95 % t-interval."""
   from scipy.stats import t as student_t
@@ -247,19 +266,24 @@ def data_stage(config):
     train = [train[int(i)] for i in rng.permutation(len(train))]
     if int(s.max_pairs):
       train = train[:int(s.max_pairs)]
-    # the paper's SFT split (SFT:RM:PPO = 0.3:0.65:0.05): its chosen answers train the policy
-    # and it never reaches an RM; the rest is the RM data, of which seed_fraction is labelled
-    n_sft = int(round(float(s.sft_fraction) * len(train)))
-    sft_split, train = train[:n_sft], train[n_sft:]
+    # the SFT share of the paper's split (its SFT:RM:PPO = 0.3:0.65:0.05): its chosen answers
+    # train the policy and no RM trains on its pairs; the rest is the RM data, of which
+    # seed_fraction is labelled
+    sft_pairs, train = sft_split(train, float(s.sft_fraction))
+    n_sft = len(sft_pairs)
+    if float(s.sft_fraction) > 0 and not n_sft:
+      raise ValueError(f"ser.sft_fraction={s.sft_fraction} of {len(train)} training pairs gives "
+                       "no SFT pair (set 0 to train the policy on the seed pairs instead)")
     n_seed = int(round(float(s.seed_fraction) * len(train)))
     n_val = int(round(float(s.seed_val_fraction) * n_seed))
     if n_val < 1 or n_seed - n_val < 2:
       raise ValueError(f"ser.seed_fraction={s.seed_fraction} of {len(train)} RM training pairs "
+                       f"(after ser.sft_fraction={s.sft_fraction} of the pairs went to SFT) "
                        f"gives {n_seed} seed pairs ({n_val} for validation): need at least 2 "
                        "to train on and 1 to validate on")
     seed, rest = train[:n_seed], train[n_seed:]
     seed_val, seed_train = seed[:n_val], seed[n_val:]
-    sft_source = sft_split if n_sft else seed_train
+    sft_source = sft_pairs if n_sft else seed_train
     flips = rng.random(len(rest)) < 0.5
     unlabelled, truth = [], []
     for i, (p, flip) in enumerate(zip(rest, flips)):
@@ -284,7 +308,7 @@ def data_stage(config):
             [{"prompt": p.prompt, "response": p.chosen} for p in evals]),
         "rl_prompts": jsonio.write_jsonl_atomic(
             os.path.join(d, "rl_prompts.jsonl"),
-            [{"prompt": x} for x in dict.fromkeys(p.prompt for p in train + sft_split)]),
+            [{"prompt": x} for x in dict.fromkeys(p.prompt for p in train + sft_pairs)]),
         "eval_prompts": jsonio.write_jsonl_atomic(os.path.join(d, "eval_prompts.jsonl"),
                                                   [{"prompt": x} for x in prompts])}
     for split, rep in reports.items():
@@ -624,7 +648,8 @@ def evaluate_stage(config, before: list[str]):
   RM) with intervals, and WORKDIR/report.md with plots of accuracy and pairs kept per loop."""
   c = derive(config, "generate", None, keep=("dataset_name", "max_new_tokens", "generation",
                                              "chunk", "final_rm", "max_loops", "eval_top_p",
-                                             "rm_epochs"))
+                                             "rm_epochs", "sft_fraction",
+                                             "reward_init_from_policy"))
   c.eval = config.eval.to_dict()
   loops = [loop_name(k) for k in range(1, int(config.ser.max_loops) + 1)]
 
@@ -700,6 +725,17 @@ def _pct(a: dict) -> str:
   return f"{100 * a['accuracy']:.1f} ± {100 * a['se']:.1f}"
 
 
+def _sft_sentence(workdir: str, c) -> str:
+  """What the SFT policy (PPO's start, every RM's trunk with reward_init_from_policy) learnt."""
+  n_sft = stages.read_summary(workdir, DATA)["counts"].get("sft_pairs", 0)
+  trunk = (" Every RM starts from that policy (`reward_init_from_policy`)."
+           if c.ser.reward_init_from_policy else "")
+  if n_sft:
+    return (f"SFT policy: the chosen answers of the {n_sft} pairs of the SFT split "
+            f"(`ser.sft_fraction` {c.ser.sft_fraction}), which no RM trains on.{trunk}")
+  return f"SFT policy: the seed training pairs' chosen answers.{trunk}"
+
+
 def _write_report(workdir, c, summaries, loops, final, diffs, rows, prompts, outputs,
                   decodings):
   acc = accuracy_summary(summaries, loops, final)
@@ -723,7 +759,7 @@ def _write_report(workdir, c, summaries, loops, final, diffs, rows, prompts, out
             f"Seed RM: {summaries[SEED_RM].get('train_rows')} labelled pairs trained on (the seed "
             "share less its validation pairs, which the driver decides on); full-label RM: "
             f"{summaries[FULL_RM].get('train_rows')}; every RM {c.ser.rm_epochs} epochs of its "
-            "rows.", "",
+            "rows. " + _sft_sentence(workdir, c), "",
             "## Loops\n", "| loop | status | pool | passed / kept | self-label accuracy vs hidden "
             "labels | validation before → after (paired gain ± s.e.) | trained on | steps | "
             "note |", "|---|---|---|---|---|---|---|---|---|"]

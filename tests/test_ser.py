@@ -310,8 +310,9 @@ def test_sft_split_takes_whole_prompts():
 
 def test_sft_split_is_the_papers_or_the_seed_pairs(tmp_path):
   """sft_fraction 0.3: the policy learns the chosen answers of 30 % of the training pairs, the
-  RM data (seed share, validation, pool, full-label) is the other 70 %, disjoint; sft_fraction 0: the
-  policy learns the seed training pairs' chosen answers and the RM data is every pair."""
+  RM data (seed share, validation, pool, full-label) is the other 70 %, disjoint;
+  sft_fraction 0: the policy learns the seed training pairs' chosen answers and the RM data is
+  every pair."""
   from pit import stages
   got = {}
   for frac in (0.3, 0.0):

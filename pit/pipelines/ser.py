@@ -6,16 +6,17 @@ retrained on them (with the seed pairs, pairwise loss with a margin) until no ne
 the evolved RM then drives PPO. Stages (each a `pit.stages` stage in WORKDIR/<stage>/, skipped
 once done, resumed from its own checkpoints):
 
-  data        the labelled pairs split into: the SFT split (`ser.sft_fraction`, the SFT share
-              of the paper's SFT:RM:PPO = 0.3:0.65:0.05; whole prompts, `sft_split`): its
-              chosen answers are the policy's SFT rows and no RM trains on its pairs (every RM
-              starts from that policy with `reward_init_from_policy`); with 0 the policy learns
-              the seed training pairs' chosen answers instead) and the RM data: the seed share (`ser.seed_fraction` of the RM data,
+  data        the labelled pairs split into the SFT split and the RM data. The SFT split
+              (`ser.sft_fraction`, the SFT share of the paper's SFT:RM:PPO = 0.3:0.65:0.05;
+              whole prompts, `sft_split`): its chosen answers are the policy's SFT rows and no
+              RM trains on its pairs, though every RM starts from that policy with
+              `reward_init_from_policy` (with 0 the policy learns the seed training pairs'
+              chosen answers instead). The RM data: the seed share (`ser.seed_fraction`,
               default 15 %) -- of which `seed_val_fraction` is the validation set the driver
               decides on --, the unlabelled rest (answers in random a/b order; the hidden label
               kept apart in unlabelled_truth.jsonl, read only to report how right the
-              self-labels are); the held-out test pairs (reported, never decided on) and the
-              evaluation prompts
+              self-labels are). Also the held-out test pairs (reported, never decided on) and
+              the evaluation prompts
   policy_sft  the SFT policy (PPO's start and KL reference; the RMs' trunk with
               `reward_init_from_policy`)
   pool        the unlabelled pairs: the data's (`unlabelled_source='pairs'`) or two answers per
@@ -197,8 +198,8 @@ def planned_status(previous: list[dict], *, min_gain: float, z: float) -> int:
 def sft_split(pairs: list, fraction: float) -> tuple[list, list]:
   """(SFT split, RM data) of `pairs` (already shuffled): whole prompts, in order of first
   appearance, go to the SFT split until it holds round(fraction x N) pairs or more, so no
-  prompt of the SFT split is in the RM data (data with several pairs per prompt: TL;DR, HH-RLHF);
-  with one pair per prompt it is the first round(fraction x N) pairs. Order kept in both."""
+  prompt of the SFT split is in the RM data (data with several pairs per prompt: TL;DR,
+  HH-RLHF); with one pair per prompt it is the first round(fraction x N) pairs. Order kept."""
   target = int(round(float(fraction) * len(pairs)))
   counts: dict[str, int] = {}
   for p in pairs:

@@ -85,8 +85,9 @@ def synthetic(c, smoke: bool):
   # pairs are near-identical answers; plain DPO lowers the chosen likelihood with the rejected).
   c.dpo.update(beta=0.1, nll_coef=1.0, reference="precompute")
   if smoke:
-    # mixed batches: a few hundred steps of length-grouped batches hold too few instruction-creation
-    # batches for the tiny M1 to write a parseable prompt. The 4-7-number task: with 8-12
+    # mixed batches: a few hundred steps of length-grouped batches hold too few
+    # instruction-creation batches for the tiny M1 to write a parseable prompt. The
+    # 4-7-number task: with 8-12
     # numbers the 150-step M1 ended few of its prompts within 48 tokens, and whether M2 (4 DPO
     # steps) wrote any depended on the CPU's float rounding (0 of 64 on one machine, enough on
     # another; CI stop 26)

@@ -347,6 +347,10 @@ def ser_defaults() -> ml_collections.ConfigDict:
                                     # confident (largest |p_a - p_b|) first (0: all)
       rm_epochs=2.0,                # every RM trains ceil(epochs * rows / batch) steps (the
                                     # paper's 2 epochs), at most its section's train.steps
+      retrain="continue",           # a loop's RM: continue (the current RM goes on with the
+                                    # loop's kept pairs + the seed pairs) | fresh (a new RM,
+                                    # started as the seed RM, on the seed pairs + every pair
+                                    # kept so far, this loop's and the earlier loops')
       margin=1.0,                   # m of -log sigmoid(r_w - r_l - m)
       center_coef=0.01,             # + c (r_w + r_l)^2: rewards near 0, so p = sigmoid(r) means
                                     # the same in every loop (the thresholds are absolute)

@@ -396,3 +396,50 @@ def test_killed_inside_a_loop_resumes_there(smoke_run, tmp_path):
     assert _read(os.path.join(wd, name, "selected.jsonl")) == \
         _read(os.path.join(smoke_run, name, "selected.jsonl"))
   assert _summary(wd, "evaluate")["rows"] == _summary(smoke_run, "evaluate")["rows"]
+
+
+def test_fresh_retraining_starts_each_loop_rm_from_the_policy_on_every_kept_pair(smoke_run,
+                                                                                  tmp_path):
+  """ser.retrain='fresh': each loop self-labels with the best RM so far (as 'continue' does)
+  but trains a new RM from the SFT policy on its kept pairs, then every earlier loop's kept
+  pairs with their self-labels, then the seed pairs."""
+  wd = str(tmp_path / "run")
+  os.makedirs(wd)
+  for stage in ("data", "policy_sft", "pool", "seed_rm", "full_rm"):
+    shutil.copytree(os.path.join(smoke_run, stage), os.path.join(wd, stage))
+  c = _cfg()
+  c.ser.retrain = "fresh"
+  built = [s for s in ser.build_stages(c) if s.name.startswith("loop_") or s.name in (
+      "data", "policy_sft", "pool", "seed_rm", "full_rm")]
+  from pit import stages
+  stages.run_stages(wd, built)
+  d = os.path.join(wd, "data")
+  seed_train = _read(f"{d}/seed_train.jsonl")
+  by_id = {r["id"]: r for r in _read(f"{d}/unlabelled.jsonl")}
+
+  def pairs(loop):   # a loop's kept pairs as training rows, from its selection and the pool
+    out = []
+    for r in _read(os.path.join(wd, loop, "selected.jsonl")):
+      src = by_id[r["id"]]
+      w, l = (src["a"], src["b"]) if r["label"] == "a" else (src["b"], src["a"])
+      out.append((src["prompt"], w, l))
+    return out
+
+  key = lambda r: (r["prompt"], r["chosen"], r["rejected"])
+  summaries = {"seed_rm": _summary(wd, "seed_rm")}
+  earlier = []
+  for k in (1, 2, 3):
+    name = f"loop_{k}"
+    s = _summary(wd, name)
+    assert s["trained"], name
+    best = ser.best_rm(["seed_rm"] + [f"loop_{j}" for j in range(1, k)], summaries, "best_val")
+    assert s["from"] == best
+    rows = _read(os.path.join(wd, name, "train.jsonl"))
+    mine = pairs(name)
+    assert [key(r) for r in rows] == mine + earlier + [key(r) for r in seed_train]
+    assert s["train_rows"] == len(rows) and s["earlier_kept_rows"] == len(earlier)
+    rc = _config(wd, name, "reward")
+    assert rc["reward"]["init_reward_model"] == ""
+    assert rc["reward"]["init_checkpoint"] == os.path.join(wd, "policy_sft")
+    earlier += mine
+    summaries[name] = s

@@ -71,6 +71,7 @@ DATA, POLICY, POOL, SEED_RM, FULL_RM, PPO, EVAL = (
     "data", "policy_sft", "pool", "seed_rm", "full_rm", "ppo", "evaluate")
 UNLABELLED_SOURCES = ("pairs", "policy")
 FINAL_RM = ("best_val", "last")
+RETRAIN = ("continue", "fresh")   # ser.retrain: how a loop's RM starts (loop_stage)
 SYSTEMS = ("policy_sft", "ppo")
 DISPLAY = {"policy_sft": "SFT policy", "ppo": "PPO (evolved RM)"}
 
@@ -93,6 +94,8 @@ def _check(config):
                      f"{UNLABELLED_SOURCES}")
   if s.final_rm not in FINAL_RM:
     raise ValueError(f"ser.final_rm: {s.final_rm!r} not in {FINAL_RM}")
+  if s.retrain not in RETRAIN:
+    raise ValueError(f"ser.retrain: {s.retrain!r} not in {RETRAIN}")
   for field in ("seed_fraction", "seed_val_fraction"):
     if not 0.0 < float(s[field]) < 1.0:
       raise ValueError(f"ser.{field} must be in (0, 1), got {s[field]}")
@@ -517,8 +520,10 @@ def loop_stage(config, k: int):
   self-label accuracy against the hidden labels, validation before -> after with the paired
   gain ± s.e., test accuracy, stopped (and why)."""
   c = _reward_config(config, "loop", ("tau_high", "tau_low", "delta", "min_gain", "switch_z",
-                                      "max_kept_per_loop"))
+                                      "max_kept_per_loop", "retrain"))
   earlier = [loop_name(j) for j in range(1, k)]
+  fresh = c.ser.retrain == "fresh"
+  from_policy = fresh and bool(config.ser.reward_init_from_policy)
 
   def run(ctx):
     prev = [ctx.input_summary(n) for n in earlier]
@@ -544,8 +549,12 @@ def loop_stage(config, k: int):
       return {**out, "trained": False}
     rc = _jsonl(c, os.path.join(ctx.dir, "train.jsonl"), ctx.input_path(DATA, "pairs_eval.jsonl"))
     length = _epoch_steps(rc, int(out["train_rows"]))
-    rc.reward.init_reward_model = rm_dir
-    rc.reward.init_checkpoint = ""
+    if fresh:      # a new RM, started as the seed RM was, on every pair labelled so far
+      rc.reward.init_reward_model = ""
+      rc.reward.init_checkpoint = ctx.input_dir(POLICY) if from_policy else ""
+    else:          # the current RM continues on this loop's pairs and the seed pairs
+      rc.reward.init_reward_model = rm_dir
+      rc.reward.init_checkpoint = ""
     common.save_config(rc, ctx.dir)
     summary = reward_pipeline.run(rc, ctx.dir)
     after = _evaluate_rm(ctx, rt, ctx.dir, bs)
@@ -553,7 +562,7 @@ def loop_stage(config, k: int):
     return {**summary, **out, **length, "trained": True, "accuracy": after,
             "val_before": summaries[current]["accuracy"]["val"]["accuracy"],
             "val_gain": gain["mean"], "val_gain_se": gain["se"]}
-  inputs = (DATA, POOL, SEED_RM, *earlier)
+  inputs = (DATA, POOL, SEED_RM, *((POLICY,) if from_policy else ()), *earlier)
   return stages.Stage(loop_name(k), run, settings=c, inputs=inputs)
 
 
@@ -600,11 +609,27 @@ def _self_label(ctx, rt, c, rm_dir: str, earlier, prev, bs: int) -> dict:
     if truth.get(r["id"]) in ("a", "b"):   # the hidden label: read to report, never to decide
       right.append(float(truth[r["id"]] == label))
   seed = read_pairs_jsonl(ctx.input_path(DATA, "seed_train.jsonl"))
+  before = _kept_before(ctx, earlier) if s.retrain == "fresh" else []
   if jax.process_index() == 0:
     jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "selected.jsonl"), selected)
-    write_pairs_jsonl(os.path.join(ctx.dir, "train.jsonl"), chosen + seed)
-  return {**out, "stopped": False, "train_rows": len(chosen) + len(seed), "seed_rows": len(seed),
+    write_pairs_jsonl(os.path.join(ctx.dir, "train.jsonl"), chosen + before + seed)
+  return {**out, "stopped": False, "train_rows": len(chosen) + len(before) + len(seed),
+          "seed_rows": len(seed), "earlier_kept_rows": len(before),
           "self_label_accuracy": accuracy_se(right), "labelled_kept": len(right)}
+
+
+def _kept_before(ctx, earlier) -> list:
+  """The pairs the loops in `earlier` kept, each with its self-label (chosen = the answer the
+  loop's RM gave the higher p), in loop order: what a `retrain='fresh'` loop trains on besides
+  its own kept pairs and the seed pairs."""
+  pool = {r["id"]: r for r in _read_pool(ctx.input_path(POOL, "unlabelled.jsonl"))}
+  out = []
+  for n in earlier:
+    for r in records.read_jsonl(ctx.input_path(n, "selected.jsonl"), ("id", "label")):
+      q = pool[r["id"]]
+      w, l = (q["a"], q["b"]) if r["label"] == "a" else (q["b"], q["a"])
+      out.append(PreferencePair(q["prompt"], w, l, 1.0, {}))
+  return out
 
 
 def final_rm(config, summaries: dict) -> str:

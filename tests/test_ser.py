@@ -110,6 +110,7 @@ def test_accuracy_and_its_standard_error():
 def test_config_checks_name_the_field():
   for field, value, match in (("unlabelled_source", "web", "unlabelled_source"),
                               ("final_rm", "first", "final_rm"),
+                              ("retrain", "scratch", "retrain"),
                               ("seed_fraction", 1.0, "seed_fraction"),
                               ("seed_val_fraction", 0.0, "seed_val_fraction"),
                               ("tau_low", 0.7, "tau_low"),
@@ -242,6 +243,7 @@ def test_what_flows_between_the_stages(smoke_run):
     assert s["self_label_accuracy"]["accuracy"] == pytest.approx(np.mean(right))
     rc = _config(wd, name, "reward")
     assert rc["reward"]["init_reward_model"] == os.path.join(wd, best)
+    assert s["retrain"] == "continue" and s["earlier_kept_rows"] == 0
     assert rc["reward"]["margin_scale"] == 1.0 and rc["train"]["steps"] == s["steps"]
     with open(os.path.join(wd, name, "credits.json")) as f:
       after = json.load(f)["val"]
@@ -437,9 +439,31 @@ def test_fresh_retraining_starts_each_loop_rm_from_the_policy_on_every_kept_pair
     rows = _read(os.path.join(wd, name, "train.jsonl"))
     mine = pairs(name)
     assert [key(r) for r in rows] == mine + earlier + [key(r) for r in seed_train]
+    assert all(r["margin"] == 1.0 for r in rows)
     assert s["train_rows"] == len(rows) and s["earlier_kept_rows"] == len(earlier)
+    assert s["retrain"] == "fresh" and "a new RM" in ser._trained_on(s)
     rc = _config(wd, name, "reward")
     assert rc["reward"]["init_reward_model"] == ""
     assert rc["reward"]["init_checkpoint"] == os.path.join(wd, "policy_sft")
     earlier += mine
     summaries[name] = s
+
+
+def test_retrain_touches_only_the_loops_and_what_reads_them():
+  """'continue' leaves the loops' settings (and so every workdir made before the option) as
+  they were; 'fresh' changes the loop stages' fingerprints and what reads them, nothing
+  before; a fresh loop reads the policy only when RMs start from it."""
+  from pit import stages
+  cont, fresh = _cfg(), _cfg()
+  fresh.ser.retrain = "fresh"
+  built_c, built_f = ser.build_stages(cont), ser.build_stages(fresh)
+  fp_c, fp_f = stages.fingerprints(built_c), stages.fingerprints(built_f)
+  changed = {n for n in fp_c if fp_c[n] != fp_f[n]}
+  assert changed == {n for n in fp_c if n.startswith("loop_")} | {"ppo", "evaluate"}
+  loop_c = {s.name: s for s in built_c}["loop_1"]
+  loop_f = {s.name: s for s in built_f}["loop_1"]
+  assert "retrain" not in loop_c.settings.ser and loop_f.settings.ser.retrain == "fresh"
+  assert "policy_sft" not in loop_c.inputs and "policy_sft" in loop_f.inputs
+  fresh.ser.reward_init_from_policy = False
+  loop_r = {s.name: s for s in ser.build_stages(fresh)}["loop_2"]
+  assert "policy_sft" not in loop_r.inputs and "loop_1" in loop_r.inputs

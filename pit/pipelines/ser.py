@@ -28,9 +28,11 @@ once done, resumed from its own checkpoints):
               the current RM scores both answers of every pair still in the pool, p = sigmoid(r);
               status 1 keeps pairs with one p > tau_high and the other < tau_low, status 2 pairs
               with |p_a - p_b| > delta; label: the higher p wins; the kept pairs leave the pool;
-              the RM continues training on them plus the seed pairs (margin loss). A loop whose
-              status finds nothing (status 1 finds nothing -> it tries status 2 at once) or whose
-              pool is empty stops the run's loops: it and every later loop train nothing
+              the RM continues training on them plus the seed pairs (margin loss; with
+              `ser.retrain='fresh'` a new RM, started as the seed RM was, trains on the seed
+              pairs and every pair kept so far instead). A loop whose status finds nothing
+              (status 1 finds nothing -> it tries status 2 at once) or whose pool is empty stops
+              the run's loops: it and every later loop train nothing
   ppo         PPO of the SFT policy against the final RM (the seed or loop RM with the best
               validation accuracy on the seed labels, `final_rm='best_val'`; or the last)
   evaluate    held-out accuracy ± s.e. of the seed RM, every loop, the final RM and the full-
@@ -501,9 +503,10 @@ def best_rm(names: list[str], summaries: dict, rule: str) -> str:
   accuracy on the seed labels (ties: the later) for rule 'best_val', the last for 'last'."""
   if rule == "last":
     return names[-1]
+  val = lambda name: summaries[name]["accuracy"]["val"]["accuracy"]
   best = names[0]
   for n in names[1:]:
-    if summaries[n]["accuracy"]["val"]["accuracy"] >= summaries[best]["accuracy"]["val"]["accuracy"]:
+    if val(n) >= val(best):
       best = n
   return best
 
@@ -514,15 +517,19 @@ SELECTION = "selection.json"   # written last: the loop's self-labelling is done
 def loop_stage(config, k: int):
   """SER loop k (module docstring): self-label what is left of the pool with the current RM
   (the best on validation so far), keep pairs by status, continue training that RM on them plus
-  the seed pairs. Writes scores.jsonl (p of both answers of every pool pair), selected.jsonl
-  (ids, self-labels), train.jsonl (the pairs trained on) and selection.json; a loop killed
-  after its selection resumes with it (never re-scores). Summary: status, pool, passed, kept,
-  self-label accuracy against the hidden labels, validation before -> after with the paired
-  gain ± s.e., test accuracy, stopped (and why)."""
+  the seed pairs (`retrain='fresh'`: train a new RM from where the seed RM started on the seed
+  pairs and every pair kept by this and the earlier loops). Writes scores.jsonl (p of both
+  answers of every pool pair), selected.jsonl (ids, self-labels), train.jsonl (the pairs
+  trained on) and selection.json; a loop killed after its selection resumes with it (never
+  re-scores). Summary: status, pool, passed, kept, self-label accuracy against the hidden
+  labels, validation before -> after with the paired gain ± s.e., test accuracy, stopped (and
+  why)."""
+  fresh = config.ser.retrain == "fresh"
+  # 'retrain' joins the loop's settings only when it is 'fresh': loops that continue keep the
+  # fingerprints they had before the option existed, so their workdirs are reused, not rerun
   c = _reward_config(config, "loop", ("tau_high", "tau_low", "delta", "min_gain", "switch_z",
-                                      "max_kept_per_loop", "retrain"))
+                                      "max_kept_per_loop", *(("retrain",) if fresh else ())))
   earlier = [loop_name(j) for j in range(1, k)]
-  fresh = c.ser.retrain == "fresh"
   from_policy = fresh and bool(config.ser.reward_init_from_policy)
 
   def run(ctx):
@@ -541,7 +548,7 @@ def loop_stage(config, k: int):
       with open(selection_path) as f:
         out = json.load(f)
     else:
-      out = _self_label(ctx, rt, c, rm_dir, earlier, prev, bs)
+      out = _self_label(ctx, rt, c, rm_dir, earlier, prev, bs, fresh)
       out["from"] = current
       if jax.process_index() == 0:
         stages.write_json_atomic(selection_path, out)
@@ -560,20 +567,30 @@ def loop_stage(config, k: int):
     after = _evaluate_rm(ctx, rt, ctx.dir, bs)
     gain = paired_difference(_read_credits(ctx.dir)["val"], _read_credits(rm_dir)["val"])
     return {**summary, **out, **length, "trained": True, "accuracy": after,
+            "retrain": "fresh" if fresh else "continue",
             "val_before": summaries[current]["accuracy"]["val"]["accuracy"],
             "val_gain": gain["mean"], "val_gain_se": gain["se"]}
   inputs = (DATA, POOL, SEED_RM, *((POLICY,) if from_policy else ()), *earlier)
   return stages.Stage(loop_name(k), run, settings=c, inputs=inputs)
 
 
-def _self_label(ctx, rt, c, rm_dir: str, earlier, prev, bs: int) -> dict:
-  """A loop's self-labelling (see `loop_stage`): the selection summary, and its files."""
+def _labelled_pair(rec: dict, label: str) -> PreferencePair:
+  """A pool record ({prompt, a, b}) as a training pair with `label` ('a' or 'b') chosen."""
+  w, l = (rec["a"], rec["b"]) if label == "a" else (rec["b"], rec["a"])
+  return PreferencePair(rec["prompt"], w, l, 1.0, {})
+
+
+def _self_label(ctx, rt, c, rm_dir: str, earlier, prev, bs: int, fresh: bool) -> dict:
+  """A loop's self-labelling (see `loop_stage`): the selection summary, and its files. The
+  training rows: the kept pairs, with `fresh` every earlier loop's kept pairs (their
+  self-labels, in loop order), then the seed pairs."""
   s = c.ser
   status = planned_status(prev, min_gain=float(s.min_gain), z=float(s.switch_z))
-  used = set()
-  for n in earlier:
-    used |= {r["id"] for r in records.read_jsonl(ctx.input_path(n, "selected.jsonl"), ("id",))}
-  pool = [r for r in _read_pool(ctx.input_path(POOL, "unlabelled.jsonl")) if r["id"] not in used]
+  taken = [(r["id"], r["label"]) for n in earlier for r in records.read_jsonl(
+      ctx.input_path(n, "selected.jsonl"), ("id", "label"))]
+  used = {i for i, _ in taken}
+  everything = _read_pool(ctx.input_path(POOL, "unlabelled.jsonl"))
+  pool = [r for r in everything if r["id"] not in used]
   out = {"pool": len(pool), "status_planned": status, "status": status, "kept": 0, "passed": 0}
   if not pool:
     return {**out, "stopped": True, "reason": "the pool is empty"}
@@ -601,35 +618,20 @@ def _self_label(ctx, rt, c, rm_dir: str, earlier, prev, bs: int) -> dict:
       ctx.input_path(POOL, "unlabelled_truth.jsonl"), ("id",))}
   chosen, selected, right = [], [], []
   for i in np.flatnonzero(keep):
-    r, aw = pool[int(i)], bool(a_wins[i])
-    w, l = (r["a"], r["b"]) if aw else (r["b"], r["a"])
-    chosen.append(PreferencePair(r["prompt"], w, l, 1.0, {}))
-    label = "a" if aw else "b"
+    r, label = pool[int(i)], "a" if a_wins[i] else "b"
+    chosen.append(_labelled_pair(r, label))
     selected.append({"id": r["id"], "label": label, "p_a": float(p_a[i]), "p_b": float(p_b[i])})
     if truth.get(r["id"]) in ("a", "b"):   # the hidden label: read to report, never to decide
       right.append(float(truth[r["id"]] == label))
   seed = read_pairs_jsonl(ctx.input_path(DATA, "seed_train.jsonl"))
-  before = _kept_before(ctx, earlier) if s.retrain == "fresh" else []
+  by_id = {r["id"]: r for r in everything}
+  before = [_labelled_pair(by_id[i], label) for i, label in taken] if fresh else []
   if jax.process_index() == 0:
     jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "selected.jsonl"), selected)
     write_pairs_jsonl(os.path.join(ctx.dir, "train.jsonl"), chosen + before + seed)
   return {**out, "stopped": False, "train_rows": len(chosen) + len(before) + len(seed),
           "seed_rows": len(seed), "earlier_kept_rows": len(before),
           "self_label_accuracy": accuracy_se(right), "labelled_kept": len(right)}
-
-
-def _kept_before(ctx, earlier) -> list:
-  """The pairs the loops in `earlier` kept, each with its self-label (chosen = the answer the
-  loop's RM gave the higher p), in loop order: what a `retrain='fresh'` loop trains on besides
-  its own kept pairs and the seed pairs."""
-  pool = {r["id"]: r for r in _read_pool(ctx.input_path(POOL, "unlabelled.jsonl"))}
-  out = []
-  for n in earlier:
-    for r in records.read_jsonl(ctx.input_path(n, "selected.jsonl"), ("id", "label")):
-      q = pool[r["id"]]
-      w, l = (q["a"], q["b"]) if r["label"] == "a" else (q["b"], q["a"])
-      out.append(PreferencePair(q["prompt"], w, l, 1.0, {}))
-  return out
 
 
 def final_rm(config, summaries: dict) -> str:
@@ -762,6 +764,14 @@ def _sft_sentence(workdir: str, c) -> str:
   return f"SFT policy: the seed training pairs' chosen answers.{trunk}"
 
 
+def _trained_on(sm: dict) -> str:
+  """A loop's training rows and start for the report's loop table."""
+  if sm.get("retrain") == "fresh":
+    return (f"{sm['train_rows']} ({sm['seed_rows']} seed, {sm['earlier_kept_rows']} kept by "
+            f"earlier loops): a new RM; labelled by {sm['from']}")
+  return f"{sm['train_rows']} ({sm['seed_rows']} seed) from {sm['from']}"
+
+
 def _write_report(workdir, c, summaries, loops, final, diffs, rows, prompts, outputs,
                   decodings):
   acc = accuracy_summary(summaries, loops, final)
@@ -804,8 +814,8 @@ def _write_report(workdir, c, summaries, loops, final, diffs, rows, prompts, out
         f"| {n} | {sm['status']}{switched} | {sm['pool']} | {sm['passed']} / {sm['kept']} | "
         f"{_pct(sl)} (n={sl['n']}) | {100 * sm['val_before']:.1f} → "
         f"{100 * sm['accuracy']['val']['accuracy']:.1f} ({100 * sm['val_gain']:+.1f} ± "
-        f"{100 * sm['val_gain_se']:.1f}) | {sm['train_rows']} ({sm['seed_rows']} seed) from "
-        f"{sm['from']} | {sm['steps']} | mean p {sm.get('mean_p', float('nan')):.3f} |")
+        f"{100 * sm['val_gain_se']:.1f}) | {_trained_on(sm)} | {sm['steps']} | "
+        f"mean p {sm.get('mean_p', float('nan')):.3f} |")
   ppo_s = summaries.get(PPO) or {}
   ft = ppo_s.get("final_train") or {}
   lines += ["", f"PPO: reward model {ppo_s.get('reward_model')}, {ppo_s.get('num_prompts')} "

@@ -249,3 +249,41 @@ class BatchIterator:
     mine = [self.examples[int(i)] for i in idx[self.process_index * local:
                                                (self.process_index + 1) * local]]
     return self.collate_fn(mine, length, self.pad_id)
+
+
+def fixed_batches(examples: Sequence, *, batch_size: int, buckets: Sequence[int], pad_id: int,
+                  collate_fn: Callable, length_fn: Callable, process_index: int = 0,
+                  process_count: int = 1
+                  ) -> list[tuple[dict[str, np.ndarray], list[int]]]:
+  """Every example exactly once, in fixed-shape batches for evaluation / precompute.
+
+  Any example type batches here with its `collate_fn(items, length, pad_id, weights)` and
+  `length_fn` (pairs: `pair_batching.fixed_batches`; PIT's 4-row gap examples:
+  `gap_batching.fixed_gap_batches`; SFT examples with a weighted collate). Examples are grouped
+  by bucket (few shapes -> few compilations); a short last batch of a bucket is padded by
+  repeating its last example with weight 0. With `process_count` > 1 each batch holds only
+  this process's slice of the global batch (rows [p·B/P, (p+1)·B/P), for
+  `pit.sharding.put_batch`), and only those examples are read (a
+  `pit.data.sharded.ShardedExamples` encodes nothing else).
+  Returns [(batch, indices in `examples` of the global batch's real examples, in row order)].
+  Raises ValueError when batch_size is not divisible by process_count.
+  """
+  from pit.data import sharded   # it imports this module
+  if batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} not divisible by {process_count} processes")
+  lengths = sharded.lengths_of(examples, length_fn)
+  by_bucket: dict[int, list[int]] = {}
+  for i, n in enumerate(lengths):
+    by_bucket.setdefault(bucket_length(int(n), buckets), []).append(i)
+  local = batch_size // process_count
+  lo, hi = process_index * local, (process_index + 1) * local
+  out = []
+  for length in sorted(by_bucket):
+    idx = by_bucket[length]
+    for s in range(0, len(idx), batch_size):
+      chunk = idx[s:s + batch_size]
+      rows = chunk + [chunk[-1]] * (batch_size - len(chunk))
+      weights = [1.0] * len(chunk) + [0.0] * (batch_size - len(chunk))
+      items = [examples[i] for i in rows[lo:hi]]
+      out.append((collate_fn(items, length, pad_id, weights[lo:hi]), chunk))
+  return out

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from pit import pit_format
-from pit.data import batching, encoding, pair_batching
+from pit.data import batching, encoding
 from pit.data.pairs import PreferencePair
 
 GAP_ROWS = ("wl", "ww", "ll", "lw")
@@ -114,7 +114,7 @@ def fixed_gap_batches(examples: Sequence[GapExample], *, batch_size: int, bucket
                       pad_id: int, process_index: int = 0, process_count: int = 1
                       ) -> list[tuple[dict[str, np.ndarray], list[int]]]:
   """Every pair exactly once, in fixed-shape batches for evaluation
-  (`pair_batching.fixed_batches` with the gap collate; this process's slice of each batch)."""
-  return pair_batching.fixed_batches(examples, batch_size=batch_size, buckets=buckets,
-                                     pad_id=pad_id, collate_fn=collate_gap, length_fn=gap_length,
-                                     process_index=process_index, process_count=process_count)
+  (`batching.fixed_batches` with the gap collate; this process's slice of each batch)."""
+  return batching.fixed_batches(examples, batch_size=batch_size, buckets=buckets, pad_id=pad_id,
+                                collate_fn=collate_gap, length_fn=gap_length,
+                                process_index=process_index, process_count=process_count)

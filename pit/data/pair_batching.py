@@ -97,37 +97,11 @@ def pair_iterator(examples: Sequence[PairExample], *, batch_size: int, buckets: 
                                 group_by_length=group_by_length)
 
 
-def fixed_batches(examples: Sequence, *, batch_size: int, buckets: Sequence[int], pad_id: int,
-                  collate_fn=collate_pairs, length_fn=pair_length, process_index: int = 0,
-                  process_count: int = 1
+def fixed_batches(examples: Sequence[PairExample], *, batch_size: int, buckets: Sequence[int],
+                  pad_id: int, process_index: int = 0, process_count: int = 1
                   ) -> list[tuple[dict[str, np.ndarray], list[int]]]:
-  """Every pair exactly once, in fixed-shape batches for evaluation / precompute.
-
-  Any example type batches here with its `collate_fn(items, length, pad_id, weights)`
-  and `length_fn` (PIT's 4-row gap examples do). Pairs are grouped by bucket (few shapes ->
-  few compilations); a short last batch of a bucket is padded by repeating its last pair with
-  weight 0. With `process_count` > 1 each batch holds only this process's slice of the global
-  batch (rows [p·B/P, (p+1)·B/P), for `pit.sharding.put_batch`), and only those examples are
-  read (a `pit.data.sharded.ShardedExamples` encodes nothing else).
-  Returns [(batch, indices in `examples` of the global batch's real pairs, in row order)].
-  Raises ValueError when batch_size is not divisible by process_count.
-  """
-  from pit.data import sharded
-  if batch_size % process_count:
-    raise ValueError(f"batch_size {batch_size} not divisible by {process_count} processes")
-  lengths = sharded.lengths_of(examples, length_fn)
-  by_bucket: dict[int, list[int]] = {}
-  for i, n in enumerate(lengths):
-    by_bucket.setdefault(batching.bucket_length(int(n), buckets), []).append(i)
-  local = batch_size // process_count
-  lo, hi = process_index * local, (process_index + 1) * local
-  out = []
-  for length in sorted(by_bucket):
-    idx = by_bucket[length]
-    for s in range(0, len(idx), batch_size):
-      chunk = idx[s:s + batch_size]
-      rows = chunk + [chunk[-1]] * (batch_size - len(chunk))
-      weights = [1.0] * len(chunk) + [0.0] * (batch_size - len(chunk))
-      items = [examples[i] for i in rows[lo:hi]]
-      out.append((collate_fn(items, length, pad_id, weights[lo:hi]), chunk))
-  return out
+  """Every pair exactly once, in fixed-shape batches for evaluation / precompute
+  (`batching.fixed_batches` with the pair collate; this process's slice of each batch)."""
+  return batching.fixed_batches(examples, batch_size=batch_size, buckets=buckets, pad_id=pad_id,
+                                collate_fn=collate_pairs, length_fn=pair_length,
+                                process_index=process_index, process_count=process_count)

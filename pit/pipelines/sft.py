@@ -11,7 +11,7 @@ import numpy as np
 
 from pit import losses, pretrained, roles
 from pit import sharding as shd
-from pit.data import batching, pair_batching, sources
+from pit.data import batching, sources
 from pit.pipelines import common
 from pit.trainer import train
 
@@ -26,11 +26,11 @@ def _collate_weighted(items, length: int, pad_id: int, weights) -> dict:
 
 def make_eval_fn(rt, examples, config):
   """Held-out mean NLL on response tokens, in fixed-shape batches grouped by bucket
-  (`pair_batching.fixed_batches`: weight 0 on the padding rows of a bucket's last batch; each
+  (`batching.fixed_batches`: weight 0 on the padding rows of a bucket's last batch; each
   process collates only its slice of every batch)."""
   if not examples:
     return None
-  batches = [b for b, _ in pair_batching.fixed_batches(
+  batches = [b for b, _ in batching.fixed_batches(
       examples, batch_size=int(config.train.batch_size), buckets=common.buckets(config),
       pad_id=rt.tokenizer.pad_id, collate_fn=_collate_weighted,
       length_fn=batching.example_length, **common.process_share())]

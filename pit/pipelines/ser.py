@@ -624,8 +624,10 @@ def _self_label(ctx, rt, c, rm_dir: str, earlier, prev, bs: int, fresh: bool) ->
     if truth.get(r["id"]) in ("a", "b"):   # the hidden label: read to report, never to decide
       right.append(float(truth[r["id"]] == label))
   seed = read_pairs_jsonl(ctx.input_path(DATA, "seed_train.jsonl"))
-  by_id = {r["id"]: r for r in everything}
-  before = [_labelled_pair(by_id[i], label) for i, label in taken] if fresh else []
+  before = []
+  if fresh:
+    by_id = {r["id"]: r for r in everything}
+    before = [_labelled_pair(by_id[i], label) for i, label in taken]
   if jax.process_index() == 0:
     jsonio.write_jsonl_atomic(os.path.join(ctx.dir, "selected.jsonl"), selected)
     write_pairs_jsonl(os.path.join(ctx.dir, "train.jsonl"), chosen + before + seed)

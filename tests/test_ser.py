@@ -171,6 +171,15 @@ def smoke_run(tmp_path_factory):
   return wd
 
 
+def _workdir_from(smoke_run, tmp_path, stages_done):
+  """A new workdir holding copies of the smoke run's stages `stages_done` (reused, not rerun)."""
+  wd = str(tmp_path / "run")
+  os.makedirs(wd)
+  for stage in stages_done:
+    shutil.copytree(os.path.join(smoke_run, stage), os.path.join(wd, stage))
+  return wd
+
+
 def _config(wd, stage, pipeline):
   with open(os.path.join(wd, stage, f"config_{pipeline}.json")) as f:
     return json.load(f)
@@ -274,10 +283,7 @@ def test_what_flows_between_the_stages(smoke_run):
 def test_hidden_labels_never_change_the_selection(smoke_run, tmp_path):
   """loop_1 rerun on a copy whose hidden labels are all flipped: the same pairs, the same
   self-labels, the same RM; only the reported self-label accuracy changes."""
-  wd = str(tmp_path / "run")
-  os.makedirs(wd)
-  for stage in ("data", "policy_sft", "pool", "seed_rm", "full_rm"):
-    shutil.copytree(os.path.join(smoke_run, stage), os.path.join(wd, stage))
+  wd = _workdir_from(smoke_run, tmp_path, ("data", "policy_sft", "pool", "seed_rm", "full_rm"))
   path = os.path.join(wd, "pool", "unlabelled_truth.jsonl")
   flipped = [{"id": r["id"], "better": "b" if r["better"] == "a" else "a"} for r in _read(path)]
   with open(path, "w") as f:
@@ -347,10 +353,7 @@ def test_sft_split_is_the_papers_or_the_seed_pairs(tmp_path):
 def test_a_loop_that_finds_nothing_stops_the_loops(smoke_run, tmp_path):
   """Status 2 with a delta nothing passes: loop 1 tries status 1, then 2, keeps nothing and
   stops; later loops train nothing; PPO uses the seed RM."""
-  wd = str(tmp_path / "run")
-  os.makedirs(wd)
-  for stage in ("data", "policy_sft", "pool", "seed_rm", "full_rm"):
-    shutil.copytree(os.path.join(smoke_run, stage), os.path.join(wd, stage))
+  wd = _workdir_from(smoke_run, tmp_path, ("data", "policy_sft", "pool", "seed_rm", "full_rm"))
   c = _cfg()
   c.ser.update(delta=0.99, tau_high=0.99, tau_low=0.01)
   built = [s for s in ser.build_stages(c) if s.name.startswith("loop_") or s.name in (
@@ -368,10 +371,8 @@ def test_killed_inside_a_loop_resumes_there(smoke_run, tmp_path):
   """SIGKILL once loop 2's RM has saved its first training step; the same command resumes it
   there (its selection read back, not redone) and finishes the run, and what it wrote equals
   the uninterrupted run's."""
-  wd = str(tmp_path / "run")
-  os.makedirs(wd)
-  for stage in ("data", "policy_sft", "pool", "seed_rm", "full_rm", "loop_1"):
-    shutil.copytree(os.path.join(smoke_run, stage), os.path.join(wd, stage))
+  wd = _workdir_from(smoke_run, tmp_path,
+                     ("data", "policy_sft", "pool", "seed_rm", "full_rm", "loop_1"))
   cmd = [sys.executable, "-m", "pit.main",
          f"--config={os.path.join(REPO, 'configs', 'ser.py')}:synthetic_smoke",
          f"--workdir={wd}", "--config.progress=False"]
@@ -405,10 +406,7 @@ def test_fresh_retraining_starts_each_loop_rm_from_the_policy_on_every_kept_pair
   """ser.retrain='fresh': each loop self-labels with the best RM so far (as 'continue' does)
   but trains a new RM from the SFT policy on its kept pairs, then every earlier loop's kept
   pairs with their self-labels, then the seed pairs."""
-  wd = str(tmp_path / "run")
-  os.makedirs(wd)
-  for stage in ("data", "policy_sft", "pool", "seed_rm", "full_rm"):
-    shutil.copytree(os.path.join(smoke_run, stage), os.path.join(wd, stage))
+  wd = _workdir_from(smoke_run, tmp_path, ("data", "policy_sft", "pool", "seed_rm", "full_rm"))
   c = _cfg()
   c.ser.retrain = "fresh"
   built = [s for s in ser.build_stages(c) if s.name.startswith("loop_") or s.name in (

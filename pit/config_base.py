@@ -336,6 +336,9 @@ def ser_defaults() -> ml_collections.ConfigDict:
                                     # (0: the policy learns the seed training pairs' answers)
       seed_fraction=0.15,           # share of the RM training pairs whose labels are used
       seed_val_fraction=0.2,        # of the seed pairs: the validation set the driver decides on
+      label_noise=0.0,              # annotators' error rate: each training pair's label (SFT,
+                                    # seed, validation, full-label) swapped with this
+                                    # probability; held-out test pairs keep the data's labels
       unlabelled_source="pairs",    # pairs (the rest, labels hidden) | policy (2 samples / prompt)
       pool_samples=2, pool_temperature=1.0, pool_top_p=1.0, max_pool_prompts=0,
       tau_high=0.55, tau_low=0.45,  # status 1: one p > tau_high, the other < tau_low

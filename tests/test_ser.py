@@ -116,6 +116,7 @@ def test_config_checks_name_the_field():
                               ("tau_low", 0.7, "tau_low"),
                               ("tau_high", 1.0, "tau_high"),
                               ("delta", 1.0, "delta"),
+                              ("label_noise", 0.5, "label_noise"),
                               ("max_loops", 0, "max_loops"),
                               ("max_kept_per_loop", -1, "max_kept_per_loop"),
                               ("max_pairs", -5, "max_pairs"),
@@ -285,7 +286,10 @@ def test_hidden_labels_never_change_the_selection(smoke_run, tmp_path):
   self-labels, the same RM; only the reported self-label accuracy changes."""
   wd = _workdir_from(smoke_run, tmp_path, ("data", "policy_sft", "pool", "seed_rm", "full_rm"))
   path = os.path.join(wd, "pool", "unlabelled_truth.jsonl")
-  flipped = [{"id": r["id"], "better": "b" if r["better"] == "a" else "a"} for r in _read(path)]
+  # and an annotator's label beside each: the data's own (unflipped) one, which the flipped
+  # hidden label now calls wrong on every pair
+  flipped = [{"id": r["id"], "better": "b" if r["better"] == "a" else "a",
+              "annotator": r["better"]} for r in _read(path)]
   with open(path, "w") as f:
     f.write("".join(json.dumps(r) + "\n" for r in flipped))
   from pit import stages
@@ -298,6 +302,75 @@ def test_hidden_labels_never_change_the_selection(smoke_run, tmp_path):
   assert a["accuracy"] == b["accuracy"]
   assert a["self_label_accuracy"]["accuracy"] == pytest.approx(
       1.0 - b["self_label_accuracy"]["accuracy"])
+  assert a["annotator_accuracy"]["accuracy"] == 0.0
+  assert a["annotator_accuracy"]["n"] == a["labelled_kept"] == a["kept"] > 0
+  assert "annotator_accuracy" not in b   # no annotator labels without label_noise
+
+
+def test_annotator_labels_are_wrong_at_the_rate_asked():
+  from pit.data.pairs import PreferencePair
+  pairs = [PreferencePair(f"p{i}", f"w{i}", f"l{i}", 0.5, {"k": i}) for i in range(4000)]
+  out = ser.annotator_labels(pairs, 0.25, np.random.default_rng(3))
+  wrong = [q for q in out if q.meta.get("label_flipped")]
+  # binomial(4000, 0.25): mean 1000, s.d. 27.4
+  assert abs(len(wrong) - 1000) < 4.5 * 27.4
+  for p, q in zip(pairs, out):
+    if q.meta.get("label_flipped"):
+      assert (q.prompt, q.chosen, q.rejected, q.margin) == (p.prompt, p.rejected, p.chosen, 0.5)
+      assert q.meta["k"] == p.meta["k"] and "label_flipped" not in p.meta
+    else:
+      assert q is p
+  again = ser.annotator_labels(pairs, 0.25, np.random.default_rng(3))
+  assert [q.chosen for q in again] == [q.chosen for q in out]
+  assert ser.annotator_labels(pairs, 0.0, np.random.default_rng(3)) == pairs
+  for rate in (0.5, -0.1):
+    with pytest.raises(ValueError, match="label_noise"):
+      ser.annotator_labels(pairs, rate, np.random.default_rng(3))
+
+
+def test_label_noise_reaches_every_training_label_and_no_test_label(tmp_path):
+  """label_noise: the SFT answers, seed, validation and full-label pairs carry the annotators'
+  labels (the same label for a pair wherever it appears), the pool's hidden label stays the
+  data's own with the annotator's beside it, the held-out test pairs are untouched; 0 leaves
+  the data stage's settings (and so old workdirs) as they were."""
+  from pit import stages
+  got = {}
+  for noise in (0.0, 0.4):
+    c = _cfg()
+    c.ser.label_noise = noise
+    wd = str(tmp_path / f"run{noise}")
+    built = ser.build_stages(c)
+    data = [s for s in built if s.name == "data"]
+    assert ("label_noise" in data[0].settings.ser) == bool(noise)
+    stages.run_stages(wd, data)
+    d = os.path.join(wd, "data")
+    got[noise] = {n: _read(f"{d}/{n}.jsonl") for n in (
+        "seed_train", "seed_val", "full_train", "pairs_eval", "unlabelled", "unlabelled_truth",
+        "policy_sft_train")}
+    got[noise]["counts"] = _summary(wd, "data")["counts"]
+  clean, noisy = got[0.0], got[0.4]
+  key = lambda r: (r["prompt"], frozenset((r["chosen"], r["rejected"])))
+  true_chosen = {key(r): r["chosen"] for r in clean["full_train"]}
+  assert [key(r) for r in noisy["full_train"]] == [key(r) for r in clean["full_train"]]
+  annotator = {key(r): r["chosen"] for r in noisy["full_train"]}
+  wrong = [k for k in annotator if annotator[k] != true_chosen[k]]
+  assert len(wrong) == noisy["counts"]["annotator_wrong"]["rm_data"] > 0.25 * len(annotator)
+  assert clean["counts"]["annotator_wrong"] == {"sft": 0, "rm_data": 0}
+  for name in ("seed_train", "seed_val"):   # the annotator's label, as in full_train
+    assert all(annotator[key(r)] == r["chosen"] for r in noisy[name])
+    assert any(annotator[key(r)] != true_chosen[key(r)] for r in noisy[name])
+  assert noisy["pairs_eval"] == clean["pairs_eval"]
+  # the SFT answers: the annotators' chosen ones
+  sft_clean = [(r["prompt"], r["response"]) for r in clean["policy_sft_train"]]
+  sft_noisy = [(r["prompt"], r["response"]) for r in noisy["policy_sft_train"]]
+  assert [p for p, _ in sft_noisy] == [p for p, _ in sft_clean]
+  n_sft_wrong = sum(a != b for a, b in zip(sft_clean, sft_noisy))
+  assert n_sft_wrong == noisy["counts"]["annotator_wrong"]["sft"] > 0
+  # the pool: hidden label = the true better answer; annotator = the noisy full_train's chosen
+  for r, t in zip(noisy["unlabelled"], noisy["unlabelled_truth"]):
+    k = (r["prompt"], frozenset((r["a"], r["b"])))
+    assert r[t["better"]] == true_chosen[k] and r[t["annotator"]] == annotator[k]
+  assert all(set(t) == {"id", "better"} for t in clean["unlabelled_truth"])
 
 
 def test_sft_split_takes_whole_prompts():

@@ -16,7 +16,9 @@ once done, resumed from its own checkpoints):
               decides on --, the unlabelled rest (answers in random a/b order; the hidden label
               kept apart in unlabelled_truth.jsonl, read only to report how right the
               self-labels are). Also the held-out test pairs (reported, never decided on) and
-              the evaluation prompts
+              the evaluation prompts. `ser.label_noise` > 0: every training label (SFT answers,
+              seed, validation, full-label) is an annotator's, wrong with that probability
+              (`annotator_labels`); the test pairs and the pool's hidden labels stay the data's
   policy_sft  the SFT policy (PPO's start and KL reference; the RMs' trunk with
               `reward_init_from_policy`)
   pool        the unlabelled pairs: the data's (`unlabelled_source='pairs'`) or two answers per
@@ -106,6 +108,8 @@ def _check(config):
   if not 0.0 < float(s.tau_low) <= float(s.tau_high) < 1.0:
     raise ValueError(f"ser.tau_low={s.tau_low} / ser.tau_high={s.tau_high}: need "
                      "0 < tau_low <= tau_high < 1 (p = sigmoid(r) is never 0 or 1)")
+  if not 0.0 <= float(s.label_noise) < 0.5:
+    raise ValueError(f"ser.label_noise must be in [0, 0.5), got {s.label_noise}")
   if not 0.0 <= float(s.delta) < 1.0:
     raise ValueError(f"ser.delta must be in [0, 1), got {s.delta}")
   for field, low in (("max_loops", 1), ("max_kept_per_loop", 0), ("max_pairs", 0),
@@ -218,6 +222,26 @@ def sft_split(pairs: list, fraction: float) -> tuple[list, list]:
   return ([p for p in pairs if p.prompt in chosen], [p for p in pairs if p.prompt not in chosen])
 
 
+def annotator_labels(pairs: list, rate: float, rng: np.random.Generator) -> list:
+  """The labels annotators give: each pair's label is wrong (chosen and rejected swapped) with
+  probability `rate`, independently; the swapped pairs carry meta["label_flipped"] = True
+  (read only to report how right the annotators were, never to decide). One uniform draw a
+  pair, in order, so a seed gives the same flips. rate 0 returns the pairs as they are.
+
+  Why: human preference labels are noisy -- two annotators agree on ~63-66 % of HH-RLHF /
+  AlpacaFarm pairs (Bai et al. 2022; Dubois et al. 2023), which independent errors at
+  rate e give as (1 - e)^2 + e^2 (0.625 at e = 0.25) -- while the synthetic task's oracle labels
+  are exact. ValueError unless 0 <= rate < 0.5."""
+  if not 0.0 <= float(rate) < 0.5:
+    raise ValueError(f"ser.label_noise must be in [0, 0.5), got {rate}")
+  if not rate:
+    return list(pairs)
+  flips = rng.random(len(pairs)) < float(rate)
+  return [PreferencePair(p.prompt, p.rejected, p.chosen, p.margin,
+                         {**p.meta, "label_flipped": True}) if f else p
+          for p, f in zip(pairs, flips)]
+
+
 def paired_difference(a, b) -> dict:
   """mean(a - b) over paired per-pair credits with its s.e. (ddof 1) and 95 % t-interval."""
   from scipy.stats import t as student_t
@@ -259,9 +283,13 @@ def _margin_pairs(pairs):
 def data_stage(config):
   """Labelled pairs -> seed / validation / unlabelled / test files (module docstring). Raises
   ValueError when the seed share leaves fewer than 2 training or 1 validation pair."""
+  noise = float(config.ser.label_noise)
+  # label_noise joins the data's settings only when it is set: workdirs made before the option
+  # keep their data stage (and so every later stage)
   c = derive(config, "data", None, keep=("train_split", "eval_split", "sft_fraction",
                                          "seed_fraction", "seed_val_fraction",
-                                         "max_eval_prompts", "max_pairs"))
+                                         "max_eval_prompts", "max_pairs",
+                                         *(("label_noise",) if noise else ())))
 
   def run(ctx):
     dcfg, s, d = c.data, c.ser, ctx.dir
@@ -272,6 +300,9 @@ def data_stage(config):
     train = [train[int(i)] for i in rng.permutation(len(train))]
     if int(s.max_pairs):
       train = train[:int(s.max_pairs)]
+    # every label a model or the driver sees is an annotator's (label_noise); the held-out test
+    # pairs keep the data's own labels (the oracle's on the synthetic task)
+    train = annotator_labels(train, noise, np.random.default_rng([int(dcfg.seed), 37]))
     # the SFT share of the paper's split (its SFT:RM:PPO = 0.3:0.65:0.05): its chosen answers
     # train the policy and no RM trains on its pairs; the rest is the RM data, of which
     # seed_fraction is labelled
@@ -295,10 +326,19 @@ def data_stage(config):
     for i, (p, flip) in enumerate(zip(rest, flips)):
       a, b = (p.rejected, p.chosen) if flip else (p.chosen, p.rejected)
       unlabelled.append({"id": str(i), "prompt": p.prompt, "a": a, "b": b})
-      truth.append({"id": str(i), "better": "b" if flip else "a"})
+      annotator = "b" if flip else "a"
+      if noise:   # the hidden label is the data's own; the annotator's is kept beside it
+        wrong = bool(p.meta.get("label_flipped"))
+        truth.append({"id": str(i), "better": ("a" if flip else "b") if wrong else annotator,
+                      "annotator": annotator})
+      else:
+        truth.append({"id": str(i), "better": annotator})
     prompts = list(dict.fromkeys(p.prompt for p in evals))[:int(s.max_eval_prompts) or None]
     counts = {
-        "sft_pairs": n_sft, "train_pairs": len(train), "seed_train": write_pairs_jsonl(
+        "sft_pairs": n_sft, "train_pairs": len(train),
+        "annotator_wrong": {"sft": sum(bool(p.meta.get("label_flipped")) for p in sft_pairs),
+                            "rm_data": sum(bool(p.meta.get("label_flipped")) for p in train)},
+        "seed_train": write_pairs_jsonl(
             os.path.join(d, "seed_train.jsonl"), _margin_pairs(seed_train)),
         "seed_val": write_pairs_jsonl(os.path.join(d, "seed_val.jsonl"), seed_val),
         "full_train": write_pairs_jsonl(os.path.join(d, "full_train.jsonl"), _margin_pairs(train)),
@@ -614,15 +654,19 @@ def _self_label(ctx, rt, c, rm_dir: str, earlier, prev, bs: int, fresh: bool) ->
                                for r, a, b in zip(pool, p_a, p_b)])
   if not keep.any():
     return {**out, "stopped": True, "reason": f"no pair passes status {status}"}
-  truth = {r["id"]: r.get("better") for r in records.read_jsonl(
+  truth = {r["id"]: r for r in records.read_jsonl(
       ctx.input_path(POOL, "unlabelled_truth.jsonl"), ("id",))}
-  chosen, selected, right = [], [], []
+  chosen, selected, right, annotators = [], [], [], []
   for i in np.flatnonzero(keep):
     r, label = pool[int(i)], "a" if a_wins[i] else "b"
     chosen.append(_labelled_pair(r, label))
     selected.append({"id": r["id"], "label": label, "p_a": float(p_a[i]), "p_b": float(p_b[i])})
-    if truth.get(r["id"]) in ("a", "b"):   # the hidden label: read to report, never to decide
-      right.append(float(truth[r["id"]] == label))
+    # the hidden labels: read to report, never to decide
+    hidden = truth.get(r["id"]) or {}
+    if hidden.get("better") in ("a", "b"):
+      right.append(float(hidden["better"] == label))
+      if hidden.get("annotator") in ("a", "b"):   # how right the annotator was on this pair
+        annotators.append(float(hidden["annotator"] == hidden["better"]))
   seed = read_pairs_jsonl(ctx.input_path(DATA, "seed_train.jsonl"))
   before = []
   if fresh:
@@ -633,7 +677,8 @@ def _self_label(ctx, rt, c, rm_dir: str, earlier, prev, bs: int, fresh: bool) ->
     write_pairs_jsonl(os.path.join(ctx.dir, "train.jsonl"), chosen + before + seed)
   return {**out, "stopped": False, "train_rows": len(chosen) + len(before) + len(seed),
           "seed_rows": len(seed), "earlier_kept_rows": len(before),
-          "self_label_accuracy": accuracy_se(right), "labelled_kept": len(right)}
+          "self_label_accuracy": accuracy_se(right), "labelled_kept": len(right),
+          **({"annotator_accuracy": accuracy_se(annotators)} if annotators else {})}
 
 
 def final_rm(config, summaries: dict) -> str:
@@ -679,7 +724,9 @@ def evaluate_stage(config, before: list[str]):
   c = derive(config, "generate", None, keep=("dataset_name", "max_new_tokens", "generation",
                                              "chunk", "final_rm", "max_loops", "eval_top_p",
                                              "rm_epochs", "sft_fraction",
-                                             "reward_init_from_policy"))
+                                             "reward_init_from_policy",
+                                             *(("label_noise",) if float(
+                                                 config.ser.label_noise) else ())))
   c.eval = config.eval.to_dict()
   loops = [loop_name(k) for k in range(1, int(config.ser.max_loops) + 1)]
 
@@ -766,6 +813,18 @@ def _sft_sentence(workdir: str, c) -> str:
   return f"SFT policy: the seed training pairs' chosen answers.{trunk}"
 
 
+def _labels_sentence(workdir: str, c) -> str:
+  """Whose labels the models saw: the data's, or annotators' with `ser.label_noise` errors."""
+  if not float(c.ser.get("label_noise", 0.0)):
+    return ""
+  wrong = stages.read_summary(workdir, DATA)["counts"].get("annotator_wrong") or {}
+  return (f" Every training label is an annotator's, wrong with probability "
+          f"{c.ser.label_noise} (`ser.label_noise`; {wrong.get('rm_data', '?')} of the RM "
+          f"data's and {wrong.get('sft', '?')} of the SFT split's labels are wrong): the seed, "
+          "validation and full-label pairs and the SFT answers; the held-out test pairs and the "
+          "hidden labels the self-labels are checked against are the data's own.")
+
+
 def _trained_on(sm: dict) -> str:
   """A loop's training rows and start for the report's loop table."""
   if sm.get("retrain") == "fresh":
@@ -797,7 +856,7 @@ def _write_report(workdir, c, summaries, loops, final, diffs, rows, prompts, out
             f"Seed RM: {summaries[SEED_RM].get('train_rows')} labelled pairs trained on (the seed "
             "share less its validation pairs, which the driver decides on); full-label RM: "
             f"{summaries[FULL_RM].get('train_rows')}; every RM {c.ser.rm_epochs} epochs of its "
-            "rows. " + _sft_sentence(workdir, c), "",
+            "rows. " + _sft_sentence(workdir, c) + _labels_sentence(workdir, c), "",
             "## Loops\n", "| loop | status | pool | passed / kept | self-label accuracy vs hidden "
             "labels | validation before → after (paired gain ± s.e.) | trained on | steps | "
             "note |", "|---|---|---|---|---|---|---|---|---|"]
@@ -812,9 +871,11 @@ def _write_report(workdir, c, summaries, loops, final, diffs, rows, prompts, out
       continue
     sl = sm["self_label_accuracy"]
     switched = " (switched in loop)" if sm.get("switched_in_loop") else ""
+    ann = sm.get("annotator_accuracy")
+    ann = f"; the annotators' labels {_pct(ann)}" if ann else ""
     lines.append(
         f"| {n} | {sm['status']}{switched} | {sm['pool']} | {sm['passed']} / {sm['kept']} | "
-        f"{_pct(sl)} (n={sl['n']}) | {100 * sm['val_before']:.1f} → "
+        f"{_pct(sl)} (n={sl['n']}){ann} | {100 * sm['val_before']:.1f} → "
         f"{100 * sm['accuracy']['val']['accuracy']:.1f} ({100 * sm['val_gain']:+.1f} ± "
         f"{100 * sm['val_gain_se']:.1f}) | {_trained_on(sm)} | {sm['steps']} | "
         f"mean p {sm.get('mean_p', float('nan')):.3f} |")

@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
       synthetic_train_size=2000, synthetic_eval_size=200,
       synthetic_task="sort",         # pit.data.synthetic.TASKS: 'sort' | 'sort_long'
       download=False))              # tfds: fetch the official files when no manual_dir has them
+  # decay_steps: the cosine's length; 0 = the run's train.steps (stage_overrides' sections)
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=3e-4, warmup_steps=20, decay_steps=1000, end_lr_ratio=0.1,
       grad_clip_norm=1.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1))
@@ -172,12 +173,14 @@ def stage_overrides(*, steps: int, batch_size: int, learning_rate: float, warmup
                     eval_every: int = 0, checkpoint_every: int = 0, weight_decay: float = 0.1,
                     end_lr_ratio: float = 0.1, log_every: int = 10, **sections) -> ml_collections.ConfigDict:
   """A `pit.<stage>` override section: train/optim/checkpoint settings plus any other
-  root sections given as dicts (e.g. model=dict(head='scalar'), data=dict(max_len=128))."""
+  root sections given as dicts (e.g. model=dict(head='scalar'), data=dict(max_len=128)). The
+  learning rate decays over the stage's train.steps (optim.decay_steps = 0), whatever they are
+  set to later (`--config.<method>.<stage>.train.steps=N` moves the schedule too)."""
   c = ml_collections.ConfigDict()
   c.train = ml_collections.ConfigDict(dict(steps=steps, batch_size=batch_size, eval_every=eval_every,
                                             log_every=log_every))
   c.optim = ml_collections.ConfigDict(dict(learning_rate=learning_rate, warmup_steps=warmup_steps,
-                                           decay_steps=max(steps, 1), weight_decay=weight_decay,
+                                           decay_steps=0, weight_decay=weight_decay,
                                            end_lr_ratio=end_lr_ratio))
   c.checkpoint = ml_collections.ConfigDict(dict(every=checkpoint_every or steps))
   for name, values in sections.items():

@@ -5,11 +5,28 @@ import jax
 import optax
 
 
-def learning_rate_schedule(cfg) -> optax.Schedule:
-  """cfg: optim section (learning_rate, warmup_steps, decay_steps, end_lr_ratio)."""
+def decay_length(cfg, total_steps: int | None = None) -> int:
+  """The cosine's length in steps: cfg.decay_steps, or with decay_steps = 0 the run's own
+  length `total_steps` (train.steps), so overriding a run's steps moves its schedule too.
+  ValueError when decay_steps is 0 and no total_steps is given, or either is negative."""
+  decay = int(cfg.decay_steps)
+  if decay < 0:
+    raise ValueError(f"optim.decay_steps must be >= 0 (0: train.steps), got {decay}")
+  if decay == 0:
+    if total_steps is None or int(total_steps) < 1:
+      raise ValueError("optim.decay_steps = 0 means 'the run's train.steps', but no step "
+                       f"count was given (total_steps={total_steps})")
+    decay = int(total_steps)
+  return decay
+
+
+def learning_rate_schedule(cfg, total_steps: int | None = None) -> optax.Schedule:
+  """Linear warmup then cosine decay to end_lr_ratio x peak (optax.warmup_cosine_decay_schedule).
+  cfg: optim section (learning_rate, warmup_steps, decay_steps, end_lr_ratio); decay_steps 0:
+  `total_steps` (`decay_length`)."""
   peak = float(cfg.learning_rate)
   warmup = int(cfg.warmup_steps)
-  decay = max(int(cfg.decay_steps), warmup + 1)
+  decay = max(decay_length(cfg, total_steps), warmup + 1)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
       decay_steps=decay, end_value=peak * float(cfg.end_lr_ratio))
@@ -37,14 +54,14 @@ def _decay_mask(params):
   return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
-def make_optimizer(cfg) -> optax.GradientTransformation:
+def make_optimizer(cfg, total_steps: int | None = None) -> optax.GradientTransformation:
   """The optimizer of a config's `optim` section: global-norm gradient clipping (when
   grad_clip_norm > 0), then AdamW (Loshchilov & Hutter 2019; b1, b2, eps) on
   `learning_rate_schedule`, with weight decay on weight matrices only (`_decay_mask`)."""
   parts = []
   if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(float(cfg.grad_clip_norm)))
-  parts.append(optax.adamw(learning_rate_schedule(cfg), b1=float(cfg.b1), b2=float(cfg.b2),
+  parts.append(optax.adamw(learning_rate_schedule(cfg, total_steps), b1=float(cfg.b1), b2=float(cfg.b2),
                            eps=float(cfg.eps), weight_decay=float(cfg.weight_decay),
                            mask=_decay_mask))
   return optax.chain(*parts)

@@ -153,9 +153,18 @@ def derive(config, pipeline: str, section: str | None, *, method: str = "pit",
   overrides = msec.get(section, None) if (msec is not None and section) else None
   if overrides is not None:
     _merge(c, overrides, f"{method}.{section}")
+  _resolve_decay(c)
   if msec is not None:
     c[method] = ml_collections.ConfigDict({k: msec[k] for k in keep})
   return c
+
+
+def _resolve_decay(c):
+  """optim.decay_steps = 0 ("the run's train.steps", `pit.optim.decay_length`) written as that
+  number, so the stage's fingerprint holds the schedule it trains with and a command-line
+  change of the stage's train.steps moves its decay with it."""
+  if "optim" in c and "train" in c and int(c.optim.get("decay_steps", 1)) == 0:
+    c.optim.decay_steps = max(int(c.train.steps), 1)
 
 
 def _merge(dst, src, path: str):

@@ -79,8 +79,8 @@ def train(config, workdir: str, mdef: ModelDef, loss_fn: ts.LossFn, data: Iterat
 def _train(config, workdir, mdef, loss_fn, data, *, mesh, rules, extra, extra_shardings,
            init_params_fn, eval_fn, name) -> TrainResult:
   tcfg, ccfg = config.train, config.checkpoint
-  optimizer = optim.make_optimizer(config.optim)
-  schedule = optim.learning_rate_schedule(config.optim)
+  optimizer = optim.make_optimizer(config.optim, int(tcfg.steps))
+  schedule = optim.learning_rate_schedule(config.optim, int(tcfg.steps))
   lcfg = lora.LoraConfig.from_config(tcfg.get("lora", None))
   plain_mdef = mdef
   frozen = frozen_shardings = None

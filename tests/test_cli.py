@@ -56,10 +56,14 @@ def test_missing_workdir_and_bad_preset(tmp_path):
 
 def test_sft_trains_then_generate_samples(tmp_path):
   wd = tmp_path / "run"
+  # decay_steps 0: the cosine spans the run's 120 steps (the preset's 300 would leave the
+  # learning rate near 2.2e-3 at step 120), ending at end_lr_ratio 0.1 x 3e-3
   r = _run(wd, "--config.train.steps=120", "--config.train.log_every=10",
-           "--config.train.eval_every=60")
+           "--config.train.eval_every=60", "--config.optim.decay_steps=0")
   assert r.returncode == 0, r.stderr[-3000:]
   lines = [json.loads(l) for l in open(wd / "metrics.jsonl")]
+  assert [l for l in lines if l["split"] == "train"][-1]["learning_rate"] == pytest.approx(
+      3e-4, rel=0.01)
   train = [l["loss"] for l in lines if l["split"] == "train"]
   evals = [l["nll"] for l in lines if l["split"] == "eval"]
   assert train[-1] < 0.7 * train[0], train

@@ -238,3 +238,24 @@ def test_every_public_function_is_documented(path):
                     if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")
                     and not ast.get_docstring(m)]
   assert not missing, f"{path}: undocumented {missing}"
+
+
+def test_a_stage_schedule_follows_its_steps_set_on_the_command_line():
+  """A stage section made by stage_overrides decays over the stage's own train.steps, also
+  when they are overridden later (as --config.ser.policy_sft.train.steps=N does); a decay set
+  explicitly stays; the number, not 0, is in the stage's settings (its fingerprint)."""
+  import sys
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import ser as cfgmod
+  from pit.pipelines import ser
+
+  def settings(c, name):
+    return {s.name: s for s in ser.build_stages(c)}[name].settings
+  c = cfgmod.get_config("synthetic")
+  assert settings(c, "policy_sft").optim.decay_steps == c.ser.policy_sft.train.steps == 1500
+  c.ser.policy_sft.train.steps = 777
+  assert settings(c, "policy_sft").optim.decay_steps == 777
+  c.ser.policy_sft.optim.decay_steps = 50
+  assert settings(c, "policy_sft").optim.decay_steps == 50
+  c.ser.ppo.train.steps = 8
+  assert settings(c, "ppo").optim.decay_steps == 8

@@ -1,5 +1,6 @@
 """The generic train step: SFT loss vs numpy, gradient accumulation, meshes."""
 import functools
+import math
 
 import jax
 import numpy as np
@@ -194,3 +195,28 @@ def test_sft_held_out_nll_is_every_example_once_against_float64():
     state = types.SimpleNamespace(params=init_params(mdef, m, shd.DEFAULT_RULES, 0))
     got = sft.make_eval_fn(rt, examples, config)(state, 0)["nll"]
     np.testing.assert_allclose(got, tot / cnt, rtol=2e-6)
+
+
+def _cosine_reference(t, peak, warmup, decay, end_ratio):
+  """Linear warmup from 0, then a half cosine from peak to end_ratio x peak over the
+  remaining decay - warmup steps (optax.warmup_cosine_decay_schedule's definition), float64."""
+  if t < warmup:
+    return peak * t / warmup
+  frac = min(t - warmup, decay - warmup) / (decay - warmup)
+  return peak * (end_ratio + (1 - end_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def test_decay_steps_zero_decays_over_the_runs_own_steps():
+  """optim.decay_steps = 0: the cosine spans total_steps (train.steps); a set value wins."""
+  for decay_steps, total, want in ((0, 50, 50), (0, 7, 7), (30, 50, 30)):
+    cfg = optim_cfg(decay_steps=decay_steps, warmup_steps=5, learning_rate=1e-2,
+                    end_lr_ratio=0.1)
+    assert optim.decay_length(cfg, total) == want
+    schedule = optim.learning_rate_schedule(cfg, total)
+    for t in range(0, total + 10):
+      assert float(schedule(t)) == pytest.approx(
+          _cosine_reference(t, 1e-2, 5, max(want, 6), 0.1), rel=1e-5, abs=1e-9), (t, want)
+  with pytest.raises(ValueError, match="no step count"):
+    optim.learning_rate_schedule(optim_cfg(decay_steps=0))
+  with pytest.raises(ValueError, match="decay_steps must be >= 0"):
+    optim.decay_length(optim_cfg(decay_steps=-1), 10)

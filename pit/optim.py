@@ -8,14 +8,17 @@ import optax
 def decay_length(cfg, total_steps: int | None = None) -> int:
   """The cosine's length in steps: cfg.decay_steps, or with decay_steps = 0 the run's own
   length `total_steps` (train.steps), so overriding a run's steps moves its schedule too.
-  ValueError when decay_steps is 0 and no total_steps is given, or either is negative."""
+  ValueError when decay_steps < 0, or decay_steps = 0 and total_steps is missing or < 1."""
   decay = int(cfg.decay_steps)
   if decay < 0:
     raise ValueError(f"optim.decay_steps must be >= 0 (0: train.steps), got {decay}")
   if decay == 0:
-    if total_steps is None or int(total_steps) < 1:
+    if total_steps is None:
       raise ValueError("optim.decay_steps = 0 means 'the run's train.steps', but no step "
-                       f"count was given (total_steps={total_steps})")
+                       "count was given")
+    if int(total_steps) < 1:
+      raise ValueError(f"optim.decay_steps = 0 follows train.steps, which is {total_steps} "
+                       "(need >= 1)")
     decay = int(total_steps)
   return decay
 
@@ -57,11 +60,12 @@ def _decay_mask(params):
 def make_optimizer(cfg, total_steps: int | None = None) -> optax.GradientTransformation:
   """The optimizer of a config's `optim` section: global-norm gradient clipping (when
   grad_clip_norm > 0), then AdamW (Loshchilov & Hutter 2019; b1, b2, eps) on
-  `learning_rate_schedule`, with weight decay on weight matrices only (`_decay_mask`)."""
+  `learning_rate_schedule`, with weight decay on weight matrices only (`_decay_mask`).
+  total_steps: the run's train.steps, the schedule's length when decay_steps = 0."""
   parts = []
   if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(float(cfg.grad_clip_norm)))
-  parts.append(optax.adamw(learning_rate_schedule(cfg, total_steps), b1=float(cfg.b1), b2=float(cfg.b2),
-                           eps=float(cfg.eps), weight_decay=float(cfg.weight_decay),
+  parts.append(optax.adamw(learning_rate_schedule(cfg, total_steps), b1=float(cfg.b1),
+                           b2=float(cfg.b2), eps=float(cfg.eps), weight_decay=float(cfg.weight_decay),
                            mask=_decay_mask))
   return optax.chain(*parts)

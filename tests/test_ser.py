@@ -360,6 +360,10 @@ def test_label_noise_reaches_every_training_label_and_no_test_label(tmp_path):
     assert all(annotator[key(r)] == r["chosen"] for r in noisy[name])
     assert any(annotator[key(r)] != true_chosen[key(r)] for r in noisy[name])
   assert noisy["pairs_eval"] == clean["pairs_eval"]
+  # nothing a model or the driver reads says which labels are wrong (nor the data's scores)
+  for name in ("seed_train", "seed_val", "full_train", "unlabelled", "policy_sft_train"):
+    text = json.dumps(noisy[name])
+    assert "label_flipped" not in text and "chosen_score" not in text, name
   # the SFT answers: the annotators' chosen ones
   sft_clean = [(r["prompt"], r["response"]) for r in clean["policy_sft_train"]]
   sft_noisy = [(r["prompt"], r["response"]) for r in noisy["policy_sft_train"]]

@@ -340,7 +340,10 @@ def data_stage(config):
                             "rm_data": sum(bool(p.meta.get("label_flipped")) for p in train)},
         "seed_train": write_pairs_jsonl(
             os.path.join(d, "seed_train.jsonl"), _margin_pairs(seed_train)),
-        "seed_val": write_pairs_jsonl(os.path.join(d, "seed_val.jsonl"), seed_val),
+        # with annotator noise the validation pairs' meta (the data's scores, which answer was
+        # swapped) would tell the truth: written without it, as the training files are
+        "seed_val": write_pairs_jsonl(os.path.join(d, "seed_val.jsonl"),
+                                      _margin_pairs(seed_val) if noise else seed_val),
         "full_train": write_pairs_jsonl(os.path.join(d, "full_train.jsonl"), _margin_pairs(train)),
         "pairs_eval": write_pairs_jsonl(os.path.join(d, "pairs_eval.jsonl"), evals),
         "unlabelled": jsonio.write_jsonl_atomic(os.path.join(d, "unlabelled.jsonl"), unlabelled),
@@ -819,10 +822,13 @@ def _labels_sentence(workdir: str, c) -> str:
     return ""
   wrong = stages.read_summary(workdir, DATA)["counts"].get("annotator_wrong") or {}
   return (f" Every training label is an annotator's, wrong with probability "
-          f"{c.ser.label_noise} (`ser.label_noise`; {wrong.get('rm_data', '?')} of the RM "
-          f"data's and {wrong.get('sft', '?')} of the SFT split's labels are wrong): the seed, "
-          "validation and full-label pairs and the SFT answers; the held-out test pairs and the "
-          "hidden labels the self-labels are checked against are the data's own.")
+          f"{c.ser.label_noise} (`ser.label_noise`; {wrong.get('rm_data', '?')} of the "
+          f"full-label pairs' and {wrong.get('sft', '?')} of the SFT split's labels are wrong): "
+          "the seed, validation and full-label pairs and the SFT answers (so the SFT policy, "
+          "PPO's start, learnt from them too); the held-out test pairs and the hidden labels "
+          "the self-labels are checked against are the data's own. Validation accuracy (and "
+          "so the driver's decisions and the final RM's choice) is against the annotators' "
+          "labels.")
 
 
 def _trained_on(sm: dict) -> str:
@@ -836,8 +842,11 @@ def _trained_on(sm: dict) -> str:
 def _write_report(workdir, c, summaries, loops, final, diffs, rows, prompts, outputs,
                   decodings):
   acc = accuracy_summary(summaries, loops, final)
+  val_labels = ("seed share, annotators' labels" if float(c.ser.get("label_noise", 0.0))
+                else "seed labels")
   lines = ["## Reward-model accuracy on held-out labelled pairs (%, ± s.e., pair as the unit)\n",
-           "| reward model | held-out accuracy | validation (seed labels) | n |", "|---|---|---|---|"]
+           f"| reward model | held-out accuracy | validation ({val_labels}) | n |",
+           "|---|---|---|---|"]
   named = [("seed RM (seed share of the labels)", SEED_RM)] + [
       (f"{n} (status {summaries[n].get('status')})", n) for n in loops
       if summaries.get(n, {}).get("trained")] + [("full-label RM", FULL_RM)]
@@ -857,9 +866,9 @@ def _write_report(workdir, c, summaries, loops, final, diffs, rows, prompts, out
             "share less its validation pairs, which the driver decides on); full-label RM: "
             f"{summaries[FULL_RM].get('train_rows')}; every RM {c.ser.rm_epochs} epochs of its "
             "rows. " + _sft_sentence(workdir, c) + _labels_sentence(workdir, c), "",
-            "## Loops\n", "| loop | status | pool | passed / kept | self-label accuracy vs hidden "
-            "labels | validation before → after (paired gain ± s.e.) | trained on | steps | "
-            "note |", "|---|---|---|---|---|---|---|---|---|"]
+            "## Loops\n", "| loop | status | pool | passed / kept | self-label accuracy vs "
+            f"hidden labels | validation ({val_labels}) before → after (paired gain ± s.e.) | "
+            "trained on | steps | note |", "|---|---|---|---|---|---|---|---|---|"]
   for n in loops:
     sm = summaries.get(n) or {}
     if not sm.get("trained"):

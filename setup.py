@@ -40,8 +40,9 @@ setup(
         # accelerate: transformers' GGUF loader, the reference of tests/test_gguf.py
         # peer: `python -m pit.bench --peer=torch` (PyTorch / transformers side by side)
         "peer": ["torch==2.13.0", "accelerate>=1.0"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0", "setuptools>=70",
-                 "accelerate>=1.0"],
+        # pytest-xdist: the README's test command runs two workers (one a core on CI's 2)
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "torch==2.13.0",
+                 "setuptools>=70", "accelerate>=1.0"],
     },
     entry_points={"console_scripts": ["pit=pit.main:entry"]},
 )

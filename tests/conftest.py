@@ -13,6 +13,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="pit-test-xla-cache-")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 
+# TFDS builds made by tests (no data_dir given) go to a folder of this session, not the user's
+# ~/tensorflow_datasets, and never to one another's: under pytest-xdist each worker has its own
+if "TFDS_DATA_DIR" not in os.environ or os.environ.get("PIT_TEST_TFDS_OWNED"):
+  import atexit
+  import shutil
+  import tempfile
+  os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="pit-test-tfds-")
+  os.environ["PIT_TEST_TFDS_OWNED"] = "1"
+  atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], True)
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -244,10 +244,13 @@ def test_a_stage_schedule_follows_its_steps_set_on_the_command_line():
   """A stage section made by stage_overrides decays over the stage's own train.steps, also
   when they are overridden later (as --config.ser.policy_sft.train.steps=N does); a decay set
   explicitly stays; the number, not 0, is in the stage's settings (its fingerprint)."""
-  import sys
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs import ser as cfgmod
+  import importlib.util
   from pit.pipelines import ser
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "ser.py")
+  spec = importlib.util.spec_from_file_location("ser_config_for_decay_test", path)
+  cfgmod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cfgmod)
 
   def settings(c, name):
     return {s.name: s for s in ser.build_stages(c)}[name].settings

@@ -66,6 +66,6 @@ def make_optimizer(cfg, total_steps: int | None = None) -> optax.GradientTransfo
   if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(float(cfg.grad_clip_norm)))
   parts.append(optax.adamw(learning_rate_schedule(cfg, total_steps), b1=float(cfg.b1),
-                           b2=float(cfg.b2), eps=float(cfg.eps), weight_decay=float(cfg.weight_decay),
-                           mask=_decay_mask))
+                           b2=float(cfg.b2), eps=float(cfg.eps),
+                           weight_decay=float(cfg.weight_decay), mask=_decay_mask))
   return optax.chain(*parts)

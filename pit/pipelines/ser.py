@@ -326,13 +326,13 @@ def data_stage(config):
     for i, (p, flip) in enumerate(zip(rest, flips)):
       a, b = (p.rejected, p.chosen) if flip else (p.chosen, p.rejected)
       unlabelled.append({"id": str(i), "prompt": p.prompt, "a": a, "b": b})
-      annotator = "b" if flip else "a"
+      annotator = "b" if flip else "a"   # the answer p's label calls better
+      row = {"id": str(i), "better": annotator}
       if noise:   # the hidden label is the data's own; the annotator's is kept beside it
-        wrong = bool(p.meta.get("label_flipped"))
-        truth.append({"id": str(i), "better": ("a" if flip else "b") if wrong else annotator,
-                      "annotator": annotator})
-      else:
-        truth.append({"id": str(i), "better": annotator})
+        if p.meta.get("label_flipped"):
+          row["better"] = "a" if flip else "b"
+        row["annotator"] = annotator
+      truth.append(row)
     prompts = list(dict.fromkeys(p.prompt for p in evals))[:int(s.max_eval_prompts) or None]
     counts = {
         "sft_pairs": n_sft, "train_pairs": len(train),
